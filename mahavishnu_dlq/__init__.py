@@ -1,0 +1,77 @@
+"""mahavishnu-dlq: no failed workflow execution is ever lost.
+
+A failure is captured, classified, scheduled for retry under a policy, stored,
+retried by a background processor, and kept for an operator to inspect, replay,
+archive or purge. Start with :class:`DeadLetterQueue`.
+"""
+
+from __future__ import annotations
+
+from mahavishnu_dlq.blocking import BlockingDLQ
+from mahavishnu_dlq.classifier import ClassifierRule, ErrorClassifier
+from mahavishnu_dlq.errors import (
+    ConfigurationError,
+    DLQError,
+    InvalidPayloadError,
+    PayloadTooLargeError,
+    QueueFullError,
+    RetryAfter,
+    StoreUnavailableError,
+    TaskBusyError,
+    TaskNotFoundError,
+)
+from mahavishnu_dlq.integration import DLQIntegration
+from mahavishnu_dlq.models import (
+    Attempt,
+    AttemptOutcome,
+    DeadLetterStatus,
+    DLQIntegrationStrategy,
+    ErrorCategory,
+    FailedTask,
+    ReplayReport,
+    RetryPolicy,
+    TaskFilter,
+    TaskPage,
+)
+from mahavishnu_dlq.policy import Jitter, PolicyBook, PolicyParams
+from mahavishnu_dlq.processor import RetryProcessor
+from mahavishnu_dlq.queue import DeadLetterQueue
+from mahavishnu_dlq.settings import DLQSettings
+from mahavishnu_dlq.storage import MemoryStore, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "AttemptOutcome",
+    "BlockingDLQ",
+    "ClassifierRule",
+    "ConfigurationError",
+    "DLQError",
+    "DLQIntegration",
+    "DLQIntegrationStrategy",
+    "DLQSettings",
+    "DeadLetterQueue",
+    "DeadLetterStatus",
+    "ErrorCategory",
+    "ErrorClassifier",
+    "FailedTask",
+    "InvalidPayloadError",
+    "Jitter",
+    "MemoryStore",
+    "PayloadTooLargeError",
+    "PolicyBook",
+    "PolicyParams",
+    "QueueFullError",
+    "ReplayReport",
+    "RetryAfter",
+    "RetryPolicy",
+    "RetryProcessor",
+    "Store",
+    "StoreUnavailableError",
+    "TaskBusyError",
+    "TaskFilter",
+    "TaskNotFoundError",
+    "TaskPage",
+    "__version__",
+]

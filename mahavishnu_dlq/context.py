@@ -1,0 +1,57 @@
+"""The failure context captured with every failure.
+
+When a workflow fails, the record keeps where and when it failed — host, pid,
+process uptime, Python and package versions, and the trace id of the failing
+run when OpenTelemetry is in use — under ``metadata["failure_context"]``. The
+static part is computed once per process; only the uptime and trace id change.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from functools import cache
+from typing import Any
+
+__all__ = ["current_trace_id", "failure_context"]
+
+_STARTED = time.monotonic()
+
+
+@cache
+def _static() -> dict[str, Any]:
+    from mahavishnu_dlq import __version__  # noqa: PLC0415 - avoid an import cycle
+
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "mahavishnu_dlq": __version__,
+    }
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current OpenTelemetry span, if there is a recording one."""
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x")
+
+
+def failure_context() -> dict[str, Any]:
+    """Where this failure happened (a new dict each call)."""
+    ctx = dict(_static())
+    if ctx["pid"] != os.getpid():  # forked: the cached pid belongs to the parent
+        _static.cache_clear()
+        ctx = dict(_static())
+    ctx["uptime_seconds"] = round(time.monotonic() - _STARTED, 3)
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        ctx["trace_id"] = trace_id
+    return ctx

@@ -1,0 +1,109 @@
+"""Errors raised by mahavishnu-dlq.
+
+Every error derives from :class:`DLQError`. Subclasses carry structured
+attributes (``task_id``, ``limit``, ``field`` …) as well as a message, so that a
+host can react to them without parsing text. Errors raised by a storage client
+are wrapped and kept as ``__cause__``.
+
+:class:`RetryAfter` is not an error: it is a control-flow signal a workflow
+raises to ask for a later retry without counting the attempt as a failure.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DLQError",
+    "InvalidPayloadError",
+    "PayloadTooLargeError",
+    "QueueFullError",
+    "RetryAfter",
+    "StoreUnavailableError",
+    "TaskBusyError",
+    "TaskNotFoundError",
+]
+
+
+class DLQError(Exception):
+    """The dead-letter queue could not do what was asked."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (type(self).__doc__ or "").strip())
+
+
+class QueueFullError(DLQError):
+    """The dead-letter queue is full."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"dead-letter queue is full: {size} open tasks, max_size is {limit}; "
+            "archive or purge tasks, or raise max_size"
+        )
+
+
+class TaskNotFoundError(DLQError, LookupError):
+    """No task with this id is stored."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id!r} in the dead-letter queue")
+
+
+class TaskBusyError(DLQError):
+    """The task is being retried right now."""
+
+    def __init__(self, task_id: str, owner: str | None = None, reason: str | None = None) -> None:
+        self.task_id = task_id
+        self.owner = owner
+        detail = reason or (f"it is being retried by {owner}" if owner else "it is being retried")
+        super().__init__(f"task {task_id!r} is busy: {detail}")
+
+
+class StoreUnavailableError(DLQError):
+    """The storage backend is unavailable."""
+
+    def __init__(self, backend: str, detail: str = "") -> None:
+        self.backend = backend
+        super().__init__(f"{backend} store is unavailable" + (f": {detail}" if detail else ""))
+
+
+class ConfigurationError(DLQError, ValueError):
+    """The configuration is invalid."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class PayloadTooLargeError(DLQError, ValueError):
+    """The task payload is too large to store."""
+
+    def __init__(self, task_id: str, size: int, limit: int) -> None:
+        self.task_id = task_id
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"task {task_id!r} is too large to store: {size} bytes of JSON, "
+            f"the limit (max_payload_bytes) is {limit}"
+        )
+
+
+class InvalidPayloadError(DLQError, ValueError):
+    """The task payload cannot be stored."""
+
+    def __init__(self, task_id: str, detail: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} cannot be stored: {detail}")
+
+
+class RetryAfter(Exception):  # noqa: N818 - a signal, not an error; named like tenacity's TryAgain
+    """Retry this task later without counting the attempt as a failure."""
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        if seconds < 0:
+            raise ValueError(f"RetryAfter seconds must be >= 0, got {seconds}")
+        self.seconds = float(seconds)
+        self.reason = reason
+        super().__init__(f"retry after {seconds:g}s" + (f": {reason}" if reason else ""))

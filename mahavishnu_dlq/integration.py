@@ -1,0 +1,345 @@
+"""Wrapping workflows so that their failures land in the dead-letter queue.
+
+Three ways in — ``execute_with_dlq(fn, task, repos)``, the ``@dlq.workflow(name)``
+decorator, and ``async with dlq.guard(...)`` — and one rule for what the caller
+sees:
+
+- **success**: the workflow's result, untouched (nothing is stored, nothing
+  allocated beyond the call itself);
+- **failure**: the *original* exception is re-raised. It carries
+  ``dlq_task_id`` (the id it is stored under) and ``dlq_error`` (None, or the
+  :class:`~mahavishnu_dlq.errors.DLQError` that kept it from being stored —
+  queue full, payload too large, store down), plus a note saying which. A
+  failure is never swallowed and never replaced by a DLQ error.
+
+Sync workflow functions run in a worker thread. :class:`DLQIntegration` adds
+strategies (enqueue every failure, only retryable ones, or only explicit
+enqueues) and its own counters.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mahavishnu_dlq.models import (
+    DLQIntegrationStrategy,
+    ErrorCategory,
+    FailedTask,
+    RetryPolicy,
+)
+from mahavishnu_dlq.processor import _is_async, call_handler
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
+
+__all__ = [
+    "DLQIntegration",
+    "capture_failure",
+    "execute_with_dlq",
+    "guard",
+    "workflow_decorator",
+]
+
+_log = logging.getLogger("mahavishnu_dlq")
+R = TypeVar("R")
+
+_SELECTIVE = frozenset({ErrorCategory.TRANSIENT, ErrorCategory.NETWORK, ErrorCategory.RESOURCE})
+
+
+def _note(exc: BaseException, text: str) -> None:
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(text)
+    else:  # Python 3.10
+        notes = getattr(exc, "__notes__", None)
+        if notes is None:
+            notes = []
+            exc.__notes__ = notes  # type: ignore[attr-defined]
+        notes.append(text)
+
+
+def _mark(exc: BaseException, task_id: str | None, error: BaseException | None) -> None:
+    try:
+        exc.dlq_task_id = task_id  # type: ignore[attr-defined]
+        exc.dlq_error = error  # type: ignore[attr-defined]
+    except AttributeError:  # exceptions with __slots__: the note still tells
+        pass
+
+
+async def capture_failure(
+    dlq: DeadLetterQueue,
+    exc: BaseException,
+    task: Mapping[str, Any],
+    repos: Iterable[str] | None,
+    *,
+    task_id: str | None = None,
+    workflow: str | None = None,
+    retry_policy: RetryPolicy | str | None = None,
+    max_retries: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> FailedTask | None:
+    """Store ``exc`` as a failed task and mark the exception; never raises.
+
+    Returns the stored record, or None when the DLQ could not take it (then
+    ``exc.dlq_error`` says why). The caller re-raises ``exc``.
+    """
+    tid = task_id or uuid.uuid4().hex
+    try:
+        record = await dlq.enqueue(
+            tid,
+            task,
+            repos,
+            exc,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+            workflow=workflow,
+        )
+    except Exception as error:  # noqa: BLE001 - the workflow's failure must reach the caller
+        _mark(exc, None, error)
+        _note(exc, f"mahavishnu-dlq could not store this failure (task {tid}): {error}")
+        _log.error(
+            "dlq.enqueue %s failed: %s",
+            tid,
+            error,
+            extra={"action": "dlq.enqueue", "task_id": tid, "outcome": "not_stored"},
+        )
+        return None
+    _mark(exc, record.task_id, None)
+    _note(
+        exc,
+        f"stored in the dead-letter queue as task {record.task_id} "
+        f"({record.error_category.value}, {record.status.value})",
+    )
+    return record
+
+
+async def execute_with_dlq(
+    dlq: DeadLetterQueue,
+    fn: Callable[..., Awaitable[R]] | Callable[..., R],
+    task: Mapping[str, Any],
+    repos: Iterable[str] | None = None,
+    *,
+    task_id: str | None = None,
+    workflow: str | None = None,
+    retry_policy: RetryPolicy | str | None = None,
+    max_retries: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> R:
+    """Run ``fn(task, repos)``; store a failure in ``dlq`` and re-raise it."""
+    repo_list = list(repos) if repos is not None else []
+    try:
+        if _is_async(fn):
+            return await fn(task, repo_list)  # type: ignore[no-any-return,misc]
+        return await call_handler(fn, task, repo_list)  # type: ignore[no-any-return]
+    except Exception as exc:
+        await capture_failure(
+            dlq,
+            exc,
+            task,
+            repo_list,
+            task_id=task_id,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+        raise
+
+
+def workflow_decorator(
+    dlq: DeadLetterQueue, name: str
+) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
+    """``@dlq.workflow(name)``: register the handler and wrap its calls with the DLQ.
+
+    The wrapped function is called as ``await fn(task, repos=None, *, task_id=None,
+    metadata=None)``; retries call the original ``fn(task, repos)``.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        dlq.register_handler(name, fn)
+
+        @functools.wraps(fn)
+        async def wrapper(
+            task: Mapping[str, Any],
+            repos: Iterable[str] | None = None,
+            *,
+            task_id: str | None = None,
+            metadata: Mapping[str, Any] | None = None,
+        ) -> Any:
+            return await execute_with_dlq(
+                dlq, fn, task, repos, task_id=task_id, workflow=name, metadata=metadata
+            )
+
+        wrapper.workflow_name = name  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+@asynccontextmanager
+async def guard(
+    dlq: DeadLetterQueue,
+    task_id: str | None,
+    task: Mapping[str, Any],
+    repos: Iterable[str] | None = None,
+    *,
+    workflow: str | None = None,
+    retry_policy: RetryPolicy | str | None = None,
+    max_retries: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> AsyncIterator[None]:
+    """A failure inside the block is stored in ``dlq``, then re-raised."""
+    try:
+        yield
+    except Exception as exc:
+        await capture_failure(
+            dlq,
+            exc,
+            task,
+            repos,
+            task_id=task_id,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+        raise
+
+
+class DLQIntegration:
+    """Decides which workflow failures go to the DLQ, and counts what happened.
+
+    - ``AUTOMATIC``: every failure is enqueued;
+    - ``SELECTIVE``: only transient, network and resource failures;
+    - ``MANUAL``: only explicit :meth:`enqueue_failed_workflow` calls;
+    - ``DISABLED``: nothing is enqueued (failures still propagate).
+    """
+
+    def __init__(
+        self,
+        dlq: DeadLetterQueue,
+        strategy: DLQIntegrationStrategy | str = DLQIntegrationStrategy.AUTOMATIC,
+    ) -> None:
+        self.dlq = dlq
+        self.strategy = DLQIntegrationStrategy(strategy)
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        """Zero the counters."""
+        self._stats: dict[str, int] = {
+            "workflows_executed": 0,
+            "workflows_failed": 0,
+            "auto_enqueued": 0,
+            "manually_enqueued": 0,
+            "skipped_permanent": 0,
+            "skipped_permission": 0,
+            "skipped_by_strategy": 0,
+            "not_stored": 0,
+        }
+
+    def _category(self, error: BaseException | str | ErrorCategory) -> ErrorCategory:
+        if isinstance(error, ErrorCategory):
+            return error
+        return self.dlq.classifier.classify(error)
+
+    def should_enqueue(self, error: BaseException | str | ErrorCategory) -> bool:
+        """Whether a failure like ``error`` is enqueued automatically under this strategy."""
+        if self.strategy is DLQIntegrationStrategy.AUTOMATIC:
+            return True
+        if self.strategy is DLQIntegrationStrategy.SELECTIVE:
+            return self._category(error) in _SELECTIVE
+        return False
+
+    def determine_retry_policy(
+        self, error: BaseException | str | ErrorCategory, workflow: str = ""
+    ) -> RetryPolicy:
+        """The policy a failure like ``error`` would be retried with."""
+        return self.dlq.policies.resolve(workflow=workflow, category=self._category(error)).policy
+
+    async def enqueue_failed_workflow(
+        self,
+        task_id: str,
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None,
+        error: BaseException | str,
+        *,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> FailedTask | None:
+        """Enqueue a failure explicitly (any strategy but DISABLED); None when disabled."""
+        if self.strategy is DLQIntegrationStrategy.DISABLED:
+            return None
+        record = await self.dlq.enqueue(
+            task_id,
+            task,
+            repos,
+            error,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+            workflow=workflow,
+        )
+        self._stats["manually_enqueued"] += 1
+        return record
+
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Awaitable[R]] | Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Run ``fn(task, repos)``; enqueue a failure if the strategy says so, re-raise it."""
+        self._stats["workflows_executed"] += 1
+        repo_list = list(repos) if repos is not None else []
+        try:
+            return await call_handler(fn, task, repo_list)  # type: ignore[no-any-return]
+        except Exception as exc:
+            self._stats["workflows_failed"] += 1
+            category = self._category(exc)
+            if self.should_enqueue(category):
+                record = await capture_failure(
+                    self.dlq,
+                    exc,
+                    task,
+                    repo_list,
+                    task_id=task_id,
+                    workflow=workflow,
+                    retry_policy=retry_policy,
+                    max_retries=max_retries,
+                    metadata=metadata,
+                )
+                self._stats["auto_enqueued" if record is not None else "not_stored"] += 1
+            else:
+                _mark(exc, None, None)
+                if self.strategy is not DLQIntegrationStrategy.SELECTIVE:
+                    self._stats["skipped_by_strategy"] += 1
+                elif category is ErrorCategory.PERMISSION:
+                    self._stats["skipped_permission"] += 1
+                else:
+                    self._stats["skipped_permanent"] += 1
+            raise
+
+    def get_statistics(self) -> dict[str, Any]:
+        """The counters, the strategy and ``enqueue_rate`` (percent of failures enqueued)."""
+        failed = self._stats["workflows_failed"]
+        return {
+            **self._stats,
+            "strategy": self.strategy.value,
+            "enqueue_rate": round(100.0 * self._stats["auto_enqueued"] / failed, 2)
+            if failed
+            else 0.0,
+        }

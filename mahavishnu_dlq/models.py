@@ -1,0 +1,309 @@
+"""The data model: failed tasks, their attempts and the enums that describe them.
+
+Data only, no I/O. The string values of the enums and the field names of
+:class:`FailedTask` are the persisted format: changing them is a migration.
+A :class:`FailedTask` is immutable; the queue makes a new one for every change
+(``model_copy(update=...)``), so a record handed to a caller can never be
+changed behind its back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "OPEN_STATUSES",
+    "Attempt",
+    "AttemptOutcome",
+    "DLQIntegrationStrategy",
+    "DeadLetterStatus",
+    "ErrorCategory",
+    "FailedTask",
+    "ReplayItem",
+    "ReplayReport",
+    "RetryPolicy",
+    "TaskFilter",
+    "TaskPage",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+
+class RetryPolicy(str, Enum):
+    """When the processor retries a task."""
+
+    NEVER = "never"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+    IMMEDIATE = "immediate"
+
+
+class DeadLetterStatus(str, Enum):
+    """Where a task is in its life (see the state machine in the user guide)."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    EXHAUSTED = "exhausted"
+    COMPLETED = "completed"
+    ARCHIVED = "archived"
+
+
+#: Statuses that count toward ``max_size``: the task still needs something done.
+OPEN_STATUSES = frozenset(
+    {DeadLetterStatus.PENDING, DeadLetterStatus.RETRYING, DeadLetterStatus.EXHAUSTED}
+)
+
+
+class ErrorCategory(str, Enum):
+    """What kind of failure this is; decides the default retry policy."""
+
+    TRANSIENT = "transient"
+    NETWORK = "network"
+    RESOURCE = "resource"
+    PERMISSION = "permission"
+    VALIDATION = "validation"
+    PERMANENT = "permanent"
+
+
+class DLQIntegrationStrategy(str, Enum):
+    """Which failures :class:`~mahavishnu_dlq.integration.DLQIntegration` enqueues."""
+
+    AUTOMATIC = "automatic"
+    SELECTIVE = "selective"
+    MANUAL = "manual"
+    DISABLED = "disabled"
+
+
+class AttemptOutcome(str, Enum):
+    """How one attempt ended."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    DEFERRED = "deferred"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class Attempt(BaseModel):
+    """One retry attempt of a task."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    number: int = Field(ge=1, description="1 for the first retry, 2 for the second …")
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: AttemptOutcome = AttemptOutcome.RUNNING
+    error: str | None = None
+    error_type: str | None = None
+    worker: str = ""
+    trigger: str = Field(default="processor", description="'processor' or 'manual'")
+
+
+class FailedTask(BaseModel):
+    """A failed workflow execution held by the dead-letter queue."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
+    task_id: str = Field(min_length=1, max_length=512)
+    workflow: str = ""
+    task: dict[str, Any] = Field(default_factory=dict)
+    repos: list[str] = Field(default_factory=list)
+
+    error: str = ""
+    error_type: str = ""
+    error_category: ErrorCategory = ErrorCategory.PERMANENT
+    error_fingerprint: str = ""
+    traceback: str | None = None
+    last_error: str | None = None
+    last_error_type: str | None = None
+
+    attempts: list[Attempt] = Field(default_factory=list)
+    retry_count: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=3, ge=0)
+    total_attempts: int = Field(default=1, ge=0)
+    retry_policy: RetryPolicy = RetryPolicy.EXPONENTIAL
+    next_retry_at: datetime | None = None
+    status: DeadLetterStatus = DeadLetterStatus.PENDING
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    failed_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    archived_at: datetime | None = None
+
+    @field_validator(
+        "failed_at",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "archived_at",
+        "next_retry_at",
+        "lease_expires_at",
+    )
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (UTC)")
+        return value.astimezone(timezone.utc)
+
+    @property
+    def retries_left(self) -> int:
+        """How many automatic retries remain."""
+        return max(0, self.max_retries - self.retry_count)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the task still needs something done (counts toward ``max_size``)."""
+        return self.status in OPEN_STATUSES
+
+    def lease_active(self, now: datetime) -> bool:
+        """True while a worker holds an unexpired lease on this task."""
+        return (
+            self.status is DeadLetterStatus.RETRYING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict (timestamps as ISO 8601 strings)."""
+        return self.model_dump(mode="json")
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, Enum)):
+        return (value,)
+    return tuple(value)
+
+
+class TaskFilter(BaseModel):
+    """Which tasks to list, replay or purge. Every field narrows the selection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: tuple[DeadLetterStatus, ...] | None = None
+    error_category: tuple[ErrorCategory, ...] | None = None
+    workflow: tuple[str, ...] | None = None
+    since: datetime | None = Field(default=None, description="failed_at >= since")
+    until: datetime | None = Field(default=None, description="failed_at < until")
+    text: str | None = Field(
+        default=None,
+        description="case-insensitive substring of the id, workflow, error, error type "
+        "or fingerprint",
+    )
+    fingerprint: str | None = None
+
+    @field_validator("status", "error_category", "workflow", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> tuple[Any, ...] | None:
+        return _as_tuple(value)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("since/until must be timezone-aware (UTC)")
+        return value
+
+    def matches(self, task: FailedTask) -> bool:
+        """True when ``task`` is selected by this filter."""
+        if self.status is not None and task.status not in self.status:
+            return False
+        if self.error_category is not None and task.error_category not in self.error_category:
+            return False
+        if self.workflow is not None and task.workflow not in self.workflow:
+            return False
+        if self.since is not None and task.failed_at < self.since:
+            return False
+        if self.until is not None and task.failed_at >= self.until:
+            return False
+        if self.fingerprint is not None and task.error_fingerprint != self.fingerprint:
+            return False
+        if self.text:
+            needle = self.text.casefold()
+            haystack = (
+                task.task_id,
+                task.workflow,
+                task.error,
+                task.error_type,
+                task.last_error or "",
+                task.error_fingerprint,
+            )
+            if not any(needle in field.casefold() for field in haystack):
+                return False
+        return True
+
+
+T = TypeVar("T")
+
+
+class TaskPage(list[T], Generic[T]):
+    """A page of results: a plain list plus ``cursor`` for the next page (None at the end)."""
+
+    def __init__(self, items: Iterable[T] = (), cursor: str | None = None) -> None:
+        super().__init__(items)
+        self.cursor = cursor
+
+
+def encode_cursor(sort_key: int, task_id: str) -> str:
+    """An opaque, URL-safe cursor for listing order (failed_at desc, task_id asc)."""
+    raw = json.dumps([sort_key, task_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of :func:`encode_cursor`; ``ValueError`` names a malformed cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key, task_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"malformed cursor {cursor!r}") from exc
+    if not isinstance(key, int) or not isinstance(task_id, str):
+        raise ValueError(f"malformed cursor {cursor!r}")  # noqa: TRY004 - one error for any bad cursor
+    return key, task_id
+
+
+class ReplayItem(BaseModel):
+    """What replay did with one task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    outcome: str = Field(
+        description="'replayed', 'would_replay', 'succeeded', 'failed' or 'skipped'"
+    )
+    detail: str = ""
+
+
+class ReplayReport(BaseModel):
+    """The result of :meth:`DeadLetterQueue.replay`."""
+
+    dry_run: bool
+    matched: int = 0
+    replayed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    items: list[ReplayItem] = Field(default_factory=list)
+
+    @property
+    def failures(self) -> list[ReplayItem]:
+        """The items that could not be replayed, with their reason."""
+        return [item for item in self.items if item.outcome in {"failed", "skipped"}]

@@ -1,0 +1,435 @@
+"""RetryProcessor: claims due tasks and retries them in the background.
+
+``run()`` keeps up to ``concurrency`` attempts in flight: it claims due tasks
+from the store (a lease each), runs their handlers with a per-attempt timeout,
+and records the outcome through the state machine. It wakes when a task falls
+due, when a slot frees, when new work is enqueued, or every ``check_interval``.
+Leases of long attempts are renewed; stopping (or cancelling) the processor
+releases in-flight attempts back to PENDING in shielded cleanup.
+
+For tests, :meth:`run_once` does one cycle to completion and :meth:`drain`
+repeats cycles until nothing is due — both deterministic under a fake clock.
+Any number of processors (threads, processes, machines) may share one store:
+claims are atomic, so a task never runs twice at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from mahavishnu_dlq import lifecycle
+from mahavishnu_dlq.classifier import error_type_name
+from mahavishnu_dlq.errors import DLQError, RetryAfter, TaskBusyError
+from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
+from mahavishnu_dlq.policy import RetryState, decide, retry_after_hint
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue, Handler
+
+__all__ = ["AttemptResult", "RetryProcessor", "call_handler", "run_attempt"]
+
+_log = logging.getLogger("mahavishnu_dlq")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """How one attempt ended, and the task's status after it."""
+
+    task_id: str
+    outcome: AttemptOutcome
+    status: DeadLetterStatus
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.outcome is AttemptOutcome.SUCCESS
+
+
+def _inspect_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+_inspect_cached = lru_cache(maxsize=1024)(_inspect_async)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` must be awaited (cached: this sits on every wrapped call)."""
+    try:
+        return _inspect_cached(fn)
+    except TypeError:  # unhashable callable object
+        return _inspect_async(fn)
+
+
+async def call_handler(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync or async workflow function; sync ones run in a worker thread."""
+    if _is_async(fn):
+        return await fn(*args)
+    result = await anyio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _record(
+    dlq: DeadLetterQueue, task: FailedTask, owner: str, **outcome: Any
+) -> FailedTask | None:
+    """Write the attempt's outcome; None when our lease was lost meanwhile."""
+    try:
+        return await dlq.store.mutate(task.task_id, _finisher(dlq, owner=owner, **outcome))
+    except TaskBusyError as exc:
+        _log.warning(
+            "dlq.retry %s: outcome discarded, %s",
+            task.task_id,
+            exc,
+            extra={"action": "dlq.retry", "task_id": task.task_id, "outcome": "lease_lost"},
+        )
+        return None
+
+
+def _finisher(
+    dlq: DeadLetterQueue,
+    *,
+    owner: str,
+    outcome: AttemptOutcome,
+    error: str | None = None,
+    error_type: str | None = None,
+    exc: BaseException | None = None,
+    defer_seconds: float | None = None,
+) -> Callable[[FailedTask | None], FailedTask]:
+    def finish(current: FailedTask | None) -> FailedTask:
+        if current is None:
+            raise TaskBusyError("?", reason="the task was deleted during its attempt")
+        now = dlq.clock.now()
+        if outcome is AttemptOutcome.SUCCESS:
+            return lifecycle.finish(current, now=now, owner=owner, outcome=outcome)
+        if outcome is AttemptOutcome.DEFERRED:
+            until = now + timedelta(seconds=defer_seconds or 0.0)
+            return lifecycle.finish(
+                current, now=now, owner=owner, outcome=outcome, defer_until=until
+            )
+        params = dlq.policies.resolve(
+            workflow=current.workflow,
+            category=current.error_category,
+            policy=current.retry_policy,
+            max_retries=current.max_retries,
+        )
+        state = RetryState(
+            retry_count=current.retry_count,
+            first_failed_at=current.failed_at,
+            now=now,
+            retry_after=retry_after_hint(exc),
+        )
+        return lifecycle.finish(
+            current,
+            now=now,
+            owner=owner,
+            outcome=outcome,
+            error=error,
+            error_type=error_type,
+            decision=decide(params, state, dlq.rng),
+        )
+
+    return finish
+
+
+async def run_attempt(
+    dlq: DeadLetterQueue, task: FailedTask, *, owner: str, timeout: float | None = None
+) -> AttemptResult:
+    """Run one claimed attempt of ``task`` and record its outcome.
+
+    Used by the processor and by manual retries alike. If the caller is
+    cancelled, the lease is released (shielded) and the cancellation propagates.
+    """
+    handler: Handler | None = dlq.handler_for(task.workflow)
+    limit = dlq.attempt_timeout_seconds if timeout is None else timeout
+    result: Any = None
+    outcome: dict[str, Any]
+    try:
+        if handler is None:
+            raise LookupError(f"no handler registered for workflow {task.workflow!r}")
+        with anyio.move_on_after(limit) as scope:
+            result = await call_handler(handler, dict(task.task), list(task.repos))
+        if scope.cancelled_caught:
+            outcome = {
+                "outcome": AttemptOutcome.TIMEOUT,
+                "error": f"attempt timed out after {limit:g}s",
+                "error_type": "TimeoutError",
+            }
+        else:
+            outcome = {"outcome": AttemptOutcome.SUCCESS}
+    except RetryAfter as signal:
+        outcome = {"outcome": AttemptOutcome.DEFERRED, "defer_seconds": signal.seconds}
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await _release(dlq, task, owner)
+        raise
+    except Exception as exc:  # noqa: BLE001 - a workflow's failure is data, never a crash
+        outcome = {
+            "outcome": AttemptOutcome.FAILURE,
+            "error": str(exc) or error_type_name(exc),
+            "error_type": error_type_name(exc),
+            "exc": exc,
+        }
+    stored = await _record(dlq, task, owner, **outcome)
+    _count(dlq, task, outcome["outcome"], stored)
+    status = stored.status if stored is not None else DeadLetterStatus.RETRYING
+    return AttemptResult(task.task_id, outcome["outcome"], status, result, outcome.get("error"))
+
+
+def _count(
+    dlq: DeadLetterQueue, task: FailedTask, outcome: AttemptOutcome, stored: FailedTask | None
+) -> None:
+    life = dlq.lifetime
+    if stored is None:
+        life["lost"] += 1
+        return
+    if outcome is AttemptOutcome.SUCCESS:
+        life["retry_success"] += 1
+    elif outcome is AttemptOutcome.DEFERRED:
+        life["deferred"] += 1
+    else:
+        life["retry_failed"] += 1
+        if stored.status is DeadLetterStatus.EXHAUSTED:
+            life["exhausted"] += 1
+    if _log.isEnabledFor(logging.INFO):
+        level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
+        _log.log(
+            level,
+            "dlq.retry %s attempt %d: %s -> %s",
+            task.task_id,
+            task.retry_count,
+            outcome.value,
+            stored.status.value,
+            extra={
+                "action": "dlq.retry",
+                "task_id": task.task_id,
+                "workflow": task.workflow,
+                "attempt": task.retry_count,
+                "outcome": outcome.value,
+                "status": stored.status.value,
+            },
+        )
+
+
+async def _release(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> None:
+    now = dlq.clock.now()
+    try:
+        await dlq.store.mutate(
+            task.task_id,
+            lambda current: lifecycle.release(
+                _present(current, task.task_id), now=now, owner=owner
+            ),
+        )
+    except DLQError as exc:
+        _log.warning("dlq.release %s failed: %s", task.task_id, exc)
+
+
+def _present(task: FailedTask | None, task_id: str) -> FailedTask:
+    if task is None:
+        raise TaskBusyError(task_id, reason="the task was deleted during its attempt")
+    return task
+
+
+class RetryProcessor:
+    """Retries due tasks of one :class:`DeadLetterQueue`, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        dlq: DeadLetterQueue,
+        *,
+        concurrency: int = 10,
+        attempt_timeout: float = 300.0,
+        check_interval: float = 60.0,
+        batch_size: int = 100,
+        lease_seconds: float | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if check_interval <= 0:
+            raise ValueError(f"check_interval must be > 0, got {check_interval}")
+        self.dlq = dlq
+        self.concurrency = concurrency
+        self.attempt_timeout = attempt_timeout
+        self.check_interval = check_interval
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds or dlq.lease_seconds
+        self.worker_id = worker_id or dlq.worker_id
+        self.running = False
+        self.cycles = 0
+        self._in_flight: dict[str, FailedTask] = {}
+        self._scope: anyio.CancelScope | None = None
+        self._wake: anyio.Event | None = None
+
+    # -- claiming -----------------------------------------------------------------
+
+    def _claimer(self, now: datetime) -> Callable[[FailedTask | None], FailedTask]:
+        def claim(current: FailedTask | None) -> FailedTask:
+            if current is None:
+                raise TaskBusyError("?", reason="gone")
+            if (
+                current.status is DeadLetterStatus.RETRYING
+                and current.retry_count >= current.max_retries
+                and not current.lease_active(now)
+            ):
+                return lifecycle.expire(current, now=now)
+            return lifecycle.claim(
+                current,
+                now=now,
+                owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
+                trigger="processor",
+                attempts_kept=self.dlq.attempts_kept,
+            )
+
+        return claim
+
+    async def claim(self, limit: int) -> list[FailedTask]:
+        """Lease up to ``limit`` due tasks to this processor."""
+        now = self.dlq.clock.now()
+        changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+        mine = []
+        for task in changed:
+            if task.status is DeadLetterStatus.RETRYING and task.lease_owner == self.worker_id:
+                mine.append(task)
+            else:  # a stranded attempt that had no retry left
+                self.dlq.lifetime["lost"] += 1
+                self.dlq.lifetime["exhausted"] += 1
+        return mine
+
+    async def _attempt(self, task: FailedTask) -> None:
+        self._in_flight[task.task_id] = task
+        try:
+            await run_attempt(self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout)
+        finally:
+            self._in_flight.pop(task.task_id, None)
+            if self._wake is not None:
+                self._wake.set()
+
+    # -- deterministic driving ------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One cycle: claim what is due now (up to ``batch_size``), run it all to the end.
+
+        Returns the number of attempts made.
+        """
+        tasks = await self.claim(self.batch_size)
+        if tasks:
+            limiter = anyio.CapacityLimiter(self.concurrency)
+
+            async def limited(task: FailedTask) -> None:
+                async with limiter:
+                    await self._attempt(task)
+
+            async with anyio.create_task_group() as group:
+                for task in tasks:
+                    group.start_soon(limited, task)
+        self.cycles += 1
+        return len(tasks)
+
+    async def drain(self, *, max_cycles: int = 1_000_000) -> int:
+        """Run cycles until nothing is due now; the number of attempts made."""
+        total = 0
+        for _ in range(max_cycles):
+            done = await self.run_once()
+            if not done:
+                break
+            total += done
+        return total
+
+    # -- running forever -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop; in-flight attempts are released back to PENDING."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def wakeup(self) -> None:
+        """Look for due work now instead of at the next planned check."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Retry due tasks until stopped or cancelled."""
+        self.running = True
+        self._wake = anyio.Event()
+        self.dlq._wakeup = self.wakeup
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                task_status.started()
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._renew_leases)
+                    await self._loop(group)
+        finally:
+            self.running = False
+            self._scope = None
+            if self.dlq._wakeup == self.wakeup:
+                self.dlq._wakeup = None
+
+    async def _loop(self, group: anyio.abc.TaskGroup) -> None:
+        while True:
+            self._wake = anyio.Event()
+            free = self.concurrency - len(self._in_flight)
+            claimed: list[FailedTask] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(min(free, self.batch_size))
+                except DLQError as exc:
+                    _log.warning("dlq.claim failed: %s", exc, extra={"action": "dlq.claim"})
+                for task in claimed:
+                    self._in_flight[task.task_id] = task
+                    group.start_soon(self._attempt, task)
+            self.cycles += 1
+            if claimed and len(claimed) == free:
+                await self._wake.wait()  # saturated: go on when a slot frees
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for new work, a free slot, the next due task or the check interval."""
+        wait = self.check_interval
+        try:
+            due = await self.dlq.store.next_due_at()
+        except DLQError:
+            due = None
+        if due is not None:
+            wait = min(wait, max(0.0, (due - self.dlq.clock.now()).total_seconds()))
+        if wait <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        wake = self._wake
+        assert wake is not None  # noqa: S101 - set by run()
+        with anyio.move_on_after(wait):
+            await wake.wait()
+
+    async def _renew_leases(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        while True:
+            await anyio.sleep(interval)
+            now = self.dlq.clock.now()
+            for task_id in list(self._in_flight):
+                try:
+                    await self.dlq.store.mutate(task_id, partial(self._renew, task_id, now))
+                except DLQError as exc:
+                    _log.warning("dlq.renew %s failed: %s", task_id, exc)
+
+    def _renew(self, task_id: str, now: datetime, current: FailedTask | None) -> FailedTask:
+        return lifecycle.renew(
+            _present(current, task_id),
+            now=now,
+            owner=self.worker_id,
+            lease_seconds=self.lease_seconds,
+        )

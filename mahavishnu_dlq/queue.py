@@ -1,0 +1,733 @@
+"""DeadLetterQueue: the public face of the library and the only caller of the store.
+
+It turns a failure into a record (classified, fingerprinted, scheduled by its
+policy), enforces the limits (``max_size``, payload size), applies the state
+machine of :mod:`mahavishnu_dlq.lifecycle` through :meth:`Store.mutate`, keeps
+the lifetime counters, and owns the background :class:`RetryProcessor`.
+Wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) lives in
+:mod:`mahavishnu_dlq.integration`; the methods here delegate to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import traceback as tb
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from mahavishnu_dlq import lifecycle
+from mahavishnu_dlq.classifier import ErrorClassifier, error_type_name
+from mahavishnu_dlq.clock import Clock, SystemClock
+from mahavishnu_dlq.context import failure_context
+from mahavishnu_dlq.errors import (
+    ConfigurationError,
+    InvalidPayloadError,
+    PayloadTooLargeError,
+    QueueFullError,
+    TaskBusyError,
+    TaskNotFoundError,
+)
+from mahavishnu_dlq.models import (
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    ReplayItem,
+    ReplayReport,
+    RetryPolicy,
+    TaskFilter,
+    TaskPage,
+)
+from mahavishnu_dlq.policy import PolicyBook, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.storage.base import Store
+from mahavishnu_dlq.storage.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.processor import RetryProcessor
+    from mahavishnu_dlq.settings import DLQSettings
+
+__all__ = ["DeadLetterQueue", "Handler"]
+
+_log = logging.getLogger("mahavishnu_dlq")
+R = TypeVar("R")
+
+#: A retry handler: called with the task's input and repos, sync or async.
+Handler = Callable[[dict[str, Any], list[str]], Any]
+
+_LIFETIME_KEYS = (
+    "enqueued_total",
+    "deduplicated",
+    "retry_success",
+    "retry_failed",
+    "exhausted",
+    "manually_retried",
+    "archived",
+    "purged",
+    "deferred",
+    "lost",
+)
+_REPLAYABLE = (DeadLetterStatus.PENDING, DeadLetterStatus.EXHAUSTED, DeadLetterStatus.RETRYING)
+_PURGEABLE_DEFAULT = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
+
+
+def _statuses(
+    value: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None,
+) -> tuple[DeadLetterStatus, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, DeadLetterStatus)) else list(value)
+    try:
+        return tuple(DeadLetterStatus(item) for item in items)
+    except ValueError:
+        allowed = ", ".join(s.value for s in DeadLetterStatus)
+        raise ValueError(f"unknown status in {items!r}; allowed: {allowed}") from None
+
+
+class DeadLetterQueue:
+    """Captures failed workflow runs, retries them under a policy, keeps them for operators.
+
+    Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
+    explicit :meth:`start` / :meth:`stop`. The plain constructor with no settings
+    never starts a processor on its own.
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        max_size: int = 10000,
+        classifier: ErrorClassifier | None = None,
+        settings: DLQSettings | None = None,
+        policies: PolicyBook | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        worker_id: str | None = None,
+        max_payload_bytes: int = 1_048_576,
+        attempts_kept: int = 20,
+        lease_seconds: float = 600.0,
+        attempt_timeout_seconds: float = 300.0,
+        concurrency: int = 10,
+        retry_interval_seconds: float = 60.0,
+    ) -> None:
+        if max_size < 1:
+            raise ConfigurationError(f"max_size must be >= 1, got {max_size}", field="max_size")
+        self.store: Store = store if store is not None else MemoryStore()
+        self.settings = settings
+        self.max_size = max_size
+        self.classifier = classifier or ErrorClassifier()
+        self.policies = policies or PolicyBook()
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.worker_id = worker_id or f"{uuid.uuid4().hex[:12]}"
+        self.max_payload_bytes = max_payload_bytes
+        self.attempts_kept = attempts_kept
+        self.lease_seconds = lease_seconds
+        self.attempt_timeout_seconds = attempt_timeout_seconds
+        self.concurrency = concurrency
+        self.retry_interval_seconds = retry_interval_seconds
+        self.handlers: dict[str, Handler] = {}
+        self.default_callback: Handler | None = None
+        self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
+        self.processor: RetryProcessor | None = None
+        self._task_group: TaskGroup | None = None
+        self._opened = False
+        self._wakeup: Callable[[], None] | None = None
+
+    # -- construction and lifecycle ------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: DLQSettings, *, store: Store | None = None) -> DeadLetterQueue:
+        """Build a queue, its store, classifier and policies from :class:`DLQSettings`."""
+        if store is None:
+            store = _store_from_settings(settings)
+        return cls(
+            store,
+            max_size=settings.max_size,
+            classifier=settings.error_classifier(),
+            settings=settings,
+            policies=settings.policy_book(),
+            worker_id=settings.processor.worker_id,
+            max_payload_bytes=settings.max_payload_bytes,
+            attempts_kept=settings.attempts_kept,
+            lease_seconds=settings.processor.lease_seconds,
+            attempt_timeout_seconds=settings.processor.attempt_timeout_seconds,
+            concurrency=settings.processor.concurrency,
+            retry_interval_seconds=settings.retry_interval_seconds,
+        )
+
+    async def start(self) -> None:
+        """Connect the store; start the processor when settings enable it and a handler exists."""
+        if not self._opened:
+            await self.store.open()
+            self._opened = True
+        wants = self.settings is not None and self.settings.enabled
+        wants = wants and self.settings is not None and self.settings.retry_processor_enabled
+        if wants and (self.handlers or self.default_callback) and not self.is_processor_running:
+            await self.start_retry_processor(check_interval_seconds=self.retry_interval_seconds)
+
+    async def stop(self) -> None:
+        """Stop the processor (in-flight attempts go back to pending), close the store."""
+        await self.stop_retry_processor()
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+
+    async def __aenter__(self) -> DeadLetterQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.stop()
+
+    # -- handlers --------------------------------------------------------------------
+
+    def register_handler(self, workflow: str, handler: Handler) -> None:
+        """Retry tasks of ``workflow`` with ``handler(task, repos)`` (sync or async)."""
+        if not workflow:
+            raise ValueError("a handler needs a workflow name")
+        self.handlers[workflow] = handler
+
+    def handler_for(self, workflow: str) -> Handler | None:
+        """The handler that retries tasks of ``workflow``: registered, else the default."""
+        return self.handlers.get(workflow) or self.default_callback
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    def _payload_size(self, task_id: str, task: Any, metadata: Any) -> int:
+        if not isinstance(task, Mapping):
+            raise InvalidPayloadError(
+                task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
+            )
+        try:
+            text = json.dumps([task, metadata], separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
+        return len(text)
+
+    def build_record(
+        self,
+        task_id: str,
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None,
+        error: BaseException | str,
+        *,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        error_category: ErrorCategory | str | None = None,
+        workflow: str | None = None,
+    ) -> FailedTask:
+        """The record a failure becomes, scheduled by its policy (nothing is stored)."""
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 512:
+            raise InvalidPayloadError(str(task_id), "task_id must be a string of 1-512 characters")
+        size = self._payload_size(task_id, task, metadata or {})
+        if size > self.max_payload_bytes:
+            raise PayloadTooLargeError(task_id, size, self.max_payload_bytes)
+        if max_retries is not None and not 0 <= max_retries <= 1000:
+            raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
+        now = self.clock.now()
+        workflow = workflow or ""
+        hint: float | None = None
+        if isinstance(error, BaseException):
+            error_type = error_type_name(error)
+            message = str(error) or error_type
+            category = ErrorCategory(error_category) if error_category else None
+            category = category or self.classifier.classify(error)
+            fingerprint = self.classifier.fingerprint(error)
+            trace = (
+                "".join(tb.format_exception(type(error), error, error.__traceback__))
+                if error.__traceback__ is not None
+                else None
+            )
+            hint = retry_after_hint(error)
+        else:
+            error_type = ""
+            message = str(error)
+            category = ErrorCategory(error_category) if error_category else None
+            category = category or self.classifier.classify(message)
+            fingerprint = self.classifier.fingerprint(message)
+            trace = None
+        params = self.policies.resolve(
+            workflow=workflow,
+            category=category,
+            policy=RetryPolicy(retry_policy) if retry_policy else None,
+            max_retries=max_retries,
+        )
+        meta = dict(metadata) if metadata else {}
+        meta["failure_context"] = failure_context()
+        record = FailedTask.model_construct(
+            task_id=task_id,
+            workflow=workflow,
+            task=dict(task),
+            repos=[str(repo) for repo in repos] if repos else [],
+            error=message,
+            error_type=error_type,
+            error_category=category,
+            error_fingerprint=fingerprint,
+            traceback=trace,
+            last_error=message,
+            last_error_type=error_type,
+            attempts=[],
+            retry_count=0,
+            max_retries=params.max_retries,
+            total_attempts=1,
+            retry_policy=params.policy,
+            next_retry_at=None,
+            status=DeadLetterStatus.PENDING,
+            lease_owner=None,
+            lease_expires_at=None,
+            metadata=meta,
+            failed_at=now,
+            created_at=now,
+            updated_at=now,
+            completed_at=None,
+            archived_at=None,
+        )
+        state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
+        return lifecycle.scheduled(record, decide(params, state, self.rng))
+
+    async def enqueue(
+        self,
+        task_id: str,
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        error: BaseException | str = "",
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        error_category: ErrorCategory | str | None = None,
+        workflow: str | None = None,
+    ) -> FailedTask:
+        """Store a failed task (idempotent by ``task_id``) and schedule its retry.
+
+        Raises :class:`QueueFullError` when ``max_size`` open tasks are stored,
+        :class:`PayloadTooLargeError` / :class:`InvalidPayloadError` for input
+        that cannot be stored. An id that is already open is updated, never
+        duplicated (see :func:`mahavishnu_dlq.lifecycle.merge_failure`).
+        """
+        record = self.build_record(
+            task_id,
+            task,
+            repos,
+            error,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+            error_category=error_category,
+            workflow=workflow,
+        )
+        full = await self.store.open_count() >= self.max_size
+        size_seen = self.max_size if full else 0
+
+        def enqueue_into(current: FailedTask | None) -> FailedTask:
+            if full and (current is None or not current.is_open):
+                raise QueueFullError(size_seen, self.max_size)
+            return lifecycle.merge_failure(current, record)
+
+        stored = await self.store.mutate(task_id, enqueue_into)
+        if stored.created_at == record.created_at and stored.failed_at == record.failed_at:
+            self.lifetime["enqueued_total"] += 1
+        else:
+            self.lifetime["deduplicated"] += 1
+        if stored.status is DeadLetterStatus.EXHAUSTED and stored.retry_count == 0:
+            self.lifetime["exhausted"] += 1
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "dlq.enqueue %s (%s, %s)",
+                task_id,
+                stored.error_category.value,
+                stored.status.value,
+                extra={
+                    "action": "dlq.enqueue",
+                    "task_id": task_id,
+                    "workflow": stored.workflow,
+                    "error_category": stored.error_category.value,
+                    "status": stored.status.value,
+                },
+            )
+        if stored.next_retry_at is not None and self._wakeup is not None:
+            self._wakeup()
+        return stored
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> FailedTask | None:
+        """The stored record, or None."""
+        return await self.store.get(task_id)
+
+    async def list_tasks(
+        self,
+        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+        limit: int = 100,
+        *,
+        error_category: ErrorCategory | str | Iterable[ErrorCategory | str] | None = None,
+        workflow: str | Iterable[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage[FailedTask]:
+        """Tasks newest failure first; ``.cursor`` on the result fetches the next page."""
+        if not 1 <= limit <= 10000:
+            raise ValueError(f"limit must be between 1 and 10000, got {limit}")
+        flt = TaskFilter(
+            status=_statuses(status),
+            error_category=error_category,
+            workflow=workflow,
+            since=since,
+            until=until,
+            text=text,
+        )
+        return await self.store.query(flt, limit=limit, cursor=cursor)
+
+    async def get_statistics(self) -> dict[str, Any]:
+        """Counts, lifetime counters and health, with the original Mahavishnu keys."""
+        stats = await self.store.statistics()
+        now = self.clock.now()
+        size = stats.open_count
+        oldest = stats.oldest_pending_failed_at
+        return {
+            "queue_size": size,
+            "max_size": self.max_size,
+            "utilization_percent": round(100.0 * size / self.max_size, 2),
+            "status_breakdown": {s.value: stats.by_status.get(s, 0) for s in DeadLetterStatus},
+            "error_categories": {c.value: stats.by_category.get(c.value, 0) for c in ErrorCategory},
+            "retry_policies": {p.value: stats.by_policy.get(p.value, 0) for p in RetryPolicy},
+            "lifetime_stats": dict(self.lifetime),
+            "is_processor_running": self.is_processor_running,
+            "retry_interval_seconds": self.retry_interval_seconds,
+            "backend": self.store.backend,
+            "total_stored": stats.total,
+            "oldest_pending_age_seconds": (
+                None if oldest is None else max(0.0, (now - oldest).total_seconds())
+            ),
+            "top_fingerprints": [
+                {
+                    "fingerprint": fp.fingerprint,
+                    "count": fp.count,
+                    "error_type": fp.error_type,
+                    "example_error": fp.example_error,
+                }
+                for fp in stats.top_fingerprints
+            ],
+        }
+
+    # -- operator actions ----------------------------------------------------------------
+
+    async def retry_task(self, task_id: str) -> dict[str, Any]:
+        """Retry one task now through its handler, claiming it like the processor does.
+
+        Returns ``{"success", "task_id", "result" | "error", "message"}``. Raises
+        :class:`TaskNotFoundError` for an unknown id and :class:`TaskBusyError`
+        while the task is being retried elsewhere. A failure counts toward
+        exhaustion exactly like an automatic retry.
+        """
+        from mahavishnu_dlq.processor import run_attempt  # noqa: PLC0415 - cycle
+
+        current = await self.store.get(task_id)
+        if current is None:
+            raise TaskNotFoundError(task_id)
+        if self.handler_for(current.workflow) is None:
+            return {
+                "success": False,
+                "task_id": task_id,
+                "error": "no handler",
+                "message": f"no handler registered for workflow {current.workflow!r} "
+                "and no default callback",
+            }
+        owner = f"{self.worker_id}/manual"
+        claimed = await self.store.mutate(task_id, partial(self._claim_manual, owner=owner))
+        self.lifetime["manually_retried"] += 1
+        outcome = await run_attempt(self, claimed, owner=owner)
+        if outcome.success:
+            return {
+                "success": True,
+                "task_id": task_id,
+                "result": outcome.result,
+                "message": f"task {task_id} succeeded on retry {claimed.retry_count}",
+            }
+        return {
+            "success": False,
+            "task_id": task_id,
+            "error": outcome.error,
+            "message": f"retry {claimed.retry_count} of task {task_id} failed; "
+            f"task is now {outcome.status.value}",
+        }
+
+    def _claim_manual(self, current: FailedTask | None, *, owner: str) -> FailedTask:
+        if current is None:
+            raise TaskNotFoundError(owner)
+        return lifecycle.claim(
+            current,
+            now=self.clock.now(),
+            owner=owner,
+            lease_seconds=self.lease_seconds,
+            trigger="manual",
+            attempts_kept=self.attempts_kept,
+        )
+
+    async def archive_task(self, task_id: str) -> bool:
+        """Set a task aside for audit. False when no such task exists."""
+
+        def archive(current: FailedTask | None) -> FailedTask:
+            if current is None:
+                raise TaskNotFoundError(task_id)
+            return lifecycle.archive(current, now=self.clock.now())
+
+        try:
+            before = await self.store.get(task_id)
+            await self.store.mutate(task_id, archive)
+        except TaskNotFoundError:
+            return False
+        if before is not None and before.status is not DeadLetterStatus.ARCHIVED:
+            self.lifetime["archived"] += 1
+        return True
+
+    async def replay(
+        self,
+        filter: TaskFilter | None = None,
+        *,
+        dry_run: bool = False,
+        rate_per_second: float | None = None,
+        limit: int | None = None,
+        run: bool = False,
+    ) -> ReplayReport:
+        """Make matching tasks due now (or, with ``run=True``, retry each one inline).
+
+        Without a status in ``filter``, pending, exhausted and stranded retrying
+        tasks are selected. ``dry_run`` lists what would be replayed and touches
+        nothing; ``rate_per_second`` paces the changes; ``limit`` caps how many.
+        An exhausted task gets one more retry.
+        """
+        if rate_per_second is not None and rate_per_second <= 0:
+            raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        flt = filter or TaskFilter()
+        if flt.status is None:
+            flt = flt.model_copy(update={"status": _REPLAYABLE})
+        report = ReplayReport(dry_run=dry_run)
+        started = anyio.current_time()
+        async for task in self._iterate(flt, limit):
+            report.matched += 1
+            item = await self._replay_one(task, dry_run=dry_run, run=run)
+            report.items.append(item)
+            if item.outcome in ("replayed", "would_replay"):
+                report.replayed += 1
+            elif item.outcome == "succeeded":
+                report.replayed += 1
+                report.succeeded += 1
+            elif item.outcome == "failed":
+                report.failed += 1
+            else:
+                report.skipped += 1
+            if rate_per_second and not dry_run:
+                wait = started + report.matched / rate_per_second - anyio.current_time()
+                if wait > 0:
+                    await self.clock.sleep(wait)
+        if report.replayed and not dry_run and self._wakeup is not None:
+            self._wakeup()
+        return report
+
+    async def _iterate(self, flt: TaskFilter, limit: int | None) -> AsyncIterator[FailedTask]:
+        seen = 0
+        cursor: str | None = None
+        while limit is None or seen < limit:
+            size = 500 if limit is None else min(500, limit - seen)
+            page = await self.store.query(flt, limit=size, cursor=cursor)
+            for task in page:
+                yield task
+                seen += 1
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def _replay_one(self, task: FailedTask, *, dry_run: bool, run: bool) -> ReplayItem:
+        now = self.clock.now()
+        try:
+            if dry_run:
+                lifecycle.make_due(task, now=now)
+                return ReplayItem(task_id=task.task_id, outcome="would_replay")
+            if run:
+                result = await self.retry_task(task.task_id)
+                outcome = "succeeded" if result["success"] else "failed"
+                return ReplayItem(
+                    task_id=task.task_id, outcome=outcome, detail=str(result.get("error") or "")
+                )
+
+            def due(current: FailedTask | None) -> FailedTask:
+                if current is None:
+                    raise TaskNotFoundError(task.task_id)
+                return lifecycle.make_due(current, now=now)
+
+            await self.store.mutate(task.task_id, due)
+            return ReplayItem(task_id=task.task_id, outcome="replayed")
+        except (TaskBusyError, TaskNotFoundError) as exc:
+            return ReplayItem(task_id=task.task_id, outcome="skipped", detail=str(exc))
+
+    async def purge(
+        self,
+        *,
+        older_than: timedelta | datetime | None = None,
+        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+    ) -> int:
+        """Delete records (completed and archived unless ``status`` says otherwise).
+
+        ``older_than`` is an age (timedelta) or a cut-off time: records last
+        updated before it go. Returns how many were deleted.
+        """
+        statuses = _statuses(status) or _PURGEABLE_DEFAULT
+        cutoff: datetime | None
+        if isinstance(older_than, timedelta):
+            if older_than < timedelta(0):
+                raise ValueError(f"older_than must not be negative, got {older_than}")
+            cutoff = self.clock.now() - older_than
+        else:
+            cutoff = older_than
+        count = await self.store.purge(older_than=cutoff, statuses=statuses)
+        self.lifetime["purged"] += count
+        return count
+
+    async def clear_all(self) -> int:
+        """Delete every record. Returns how many were deleted."""
+        count = await self.store.clear()
+        self.lifetime["purged"] += count
+        return count
+
+    # -- the processor ---------------------------------------------------------------------
+
+    @property
+    def is_processor_running(self) -> bool:
+        """True while the background retry processor runs."""
+        return self.processor is not None and self.processor.running
+
+    async def start_retry_processor(
+        self,
+        callback: Handler | None = None,
+        check_interval_seconds: float | None = None,
+    ) -> RetryProcessor:
+        """Start retrying due tasks in the background; the first cycle runs at once.
+
+        ``callback`` becomes the default handler (for tasks whose workflow has no
+        registered handler). Stop it with :meth:`stop_retry_processor` from the
+        same task that started it (or use ``async with dlq``).
+        """
+        from mahavishnu_dlq.processor import RetryProcessor  # noqa: PLC0415 - cycle
+
+        if callback is not None:
+            self.default_callback = callback
+        if self.is_processor_running and self.processor is not None:
+            return self.processor
+        if not self._opened:
+            await self.store.open()
+            self._opened = True
+        processor = RetryProcessor(
+            self,
+            check_interval=check_interval_seconds or self.retry_interval_seconds,
+            concurrency=self.concurrency,
+            attempt_timeout=self.attempt_timeout_seconds,
+        )
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._task_group = group
+        self.processor = processor
+        await group.start(processor.run)
+        return processor
+
+    async def stop_retry_processor(self) -> None:
+        """Stop the processor; in-flight attempts are released back to PENDING."""
+        group, self._task_group = self._task_group, None
+        if self.processor is not None:
+            self.processor.stop()
+        if group is not None:
+            with anyio.CancelScope(shield=True):
+                await group.__aexit__(None, None, None)
+
+    # -- wrapping workflows (see mahavishnu_dlq.integration) ---------------------------------
+
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Awaitable[R]] | Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Run ``fn(task, repos)``; on failure store it and re-raise the original exception.
+
+        Success returns the workflow's result untouched. On failure the original
+        exception propagates with ``dlq_task_id`` set (and ``dlq_error`` plus a
+        note when the DLQ could not store it).
+        """
+        from mahavishnu_dlq.integration import execute_with_dlq  # noqa: PLC0415 - cycle
+
+        return await execute_with_dlq(
+            self,
+            fn,
+            task,
+            repos,
+            task_id=task_id,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+
+    def workflow(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
+        """Decorator: register ``fn`` as the retry handler of ``name`` and wrap its calls."""
+        from mahavishnu_dlq.integration import workflow_decorator  # noqa: PLC0415 - cycle
+
+        return workflow_decorator(self, name)
+
+    def guard(
+        self,
+        task_id: str | None = None,
+        task: Mapping[str, Any] | None = None,
+        repos: Iterable[str] | None = None,
+        *,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with dlq.guard(...)``: a failure inside the block is stored, then re-raised."""
+        from mahavishnu_dlq.integration import guard  # noqa: PLC0415 - cycle
+
+        return guard(
+            self,
+            task_id,
+            task or {},
+            repos,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+
+
+def _store_from_settings(settings: DLQSettings) -> Store:
+    if settings.store == "memory":
+        return MemoryStore()
+    raise ConfigurationError(
+        f"store {settings.store!r} is not available in this version; use 'memory'",
+        field="store",
+    )

@@ -1,0 +1,413 @@
+"""The in-memory store: full semantics in one process, and the failover fallback.
+
+Records are kept as compact rows (``__slots__``, timestamps as integer
+microseconds, the JSON parts as encoded strings), so a stored task costs a few
+hundred bytes beyond its payload and nobody can change a stored record through
+an object they were handed: every read decodes a fresh :class:`FailedTask`.
+
+- get by id: one dict lookup, O(1);
+- due-task selection: a heap keyed by the time a task becomes claimable
+  (``next_retry_at`` for pending, ``lease_expires_at`` for retrying), with lazy
+  deletion of stale entries, O(log n) per claim — no scan per processor cycle;
+- counts per status, category, policy and fingerprint: kept incrementally.
+
+All methods run without suspending, so each one is atomic on the event loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.errors import DLQError
+from mahavishnu_dlq.models import (
+    OPEN_STATUSES,
+    Attempt,
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    RetryPolicy,
+    TaskFilter,
+    TaskPage,
+    decode_cursor,
+    encode_cursor,
+)
+from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatistics
+
+__all__ = ["MemoryStore"]
+
+_EMPTY_OBJECT = "{}"
+_PENDING = DeadLetterStatus.PENDING
+_RETRYING = DeadLetterStatus.RETRYING
+_MAX_SORT = 1 << 62
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    if not value:
+        return _EMPTY_OBJECT
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+class _Row:
+    """One stored task, compact. Strings that repeat (types, names) are interned."""
+
+    __slots__ = (
+        "archived_at",
+        "attempts",
+        "completed_at",
+        "created_at",
+        "due",
+        "error",
+        "error_category",
+        "error_fingerprint",
+        "error_type",
+        "failed_at",
+        "last_error",
+        "last_error_type",
+        "lease_expires_at",
+        "lease_owner",
+        "max_retries",
+        "metadata",
+        "next_retry_at",
+        "repos",
+        "retry_count",
+        "retry_policy",
+        "status",
+        "task",
+        "task_id",
+        "total_attempts",
+        "traceback",
+        "updated_at",
+        "workflow",
+    )
+
+    task_id: str
+    workflow: str
+    task: str
+    repos: tuple[str, ...]
+    error: str
+    error_type: str
+    error_category: ErrorCategory
+    error_fingerprint: str
+    traceback: str | None
+    last_error: str | None
+    last_error_type: str | None
+    attempts: tuple[Attempt, ...]
+    retry_count: int
+    max_retries: int
+    total_attempts: int
+    retry_policy: RetryPolicy
+    next_retry_at: int | None
+    status: DeadLetterStatus
+    lease_owner: str | None
+    lease_expires_at: int | None
+    metadata: str
+    failed_at: int
+    created_at: int
+    updated_at: int
+    completed_at: int | None
+    archived_at: int | None
+    due: int | None
+
+    def __init__(self, t: FailedTask, interned: dict[str, str]) -> None:
+        def intern(value: str) -> str:
+            return interned.setdefault(value, value)
+
+        self.task_id = t.task_id
+        self.workflow = intern(t.workflow)
+        self.task = _dumps(t.task)
+        self.repos = tuple(intern(repo) for repo in t.repos)
+        self.error = t.error
+        self.error_type = intern(t.error_type)
+        self.error_category = ErrorCategory(t.error_category)
+        self.error_fingerprint = intern(t.error_fingerprint)
+        self.traceback = t.traceback
+        self.last_error = t.last_error
+        self.last_error_type = None if t.last_error_type is None else intern(t.last_error_type)
+        self.attempts = tuple(t.attempts)
+        self.retry_count = t.retry_count
+        self.max_retries = t.max_retries
+        self.total_attempts = t.total_attempts
+        self.retry_policy = RetryPolicy(t.retry_policy)
+        self.next_retry_at = _us(t.next_retry_at)
+        self.status = DeadLetterStatus(t.status)
+        self.lease_owner = None if t.lease_owner is None else intern(t.lease_owner)
+        self.lease_expires_at = _us(t.lease_expires_at)
+        self.metadata = _dumps(t.metadata)
+        self.failed_at = to_micros(t.failed_at)
+        self.created_at = to_micros(t.created_at)
+        self.updated_at = to_micros(t.updated_at)
+        self.completed_at = _us(t.completed_at)
+        self.archived_at = _us(t.archived_at)
+        if self.status is _PENDING:
+            self.due = self.next_retry_at
+        elif self.status is _RETRYING:
+            self.due = self.lease_expires_at
+        else:
+            self.due = None
+
+    def to_task(self) -> FailedTask:
+        return FailedTask.model_construct(
+            task_id=self.task_id,
+            workflow=self.workflow,
+            task=json.loads(self.task),
+            repos=list(self.repos),
+            error=self.error,
+            error_type=self.error_type,
+            error_category=self.error_category,
+            error_fingerprint=self.error_fingerprint,
+            traceback=self.traceback,
+            last_error=self.last_error,
+            last_error_type=self.last_error_type,
+            attempts=list(self.attempts),
+            retry_count=self.retry_count,
+            max_retries=self.max_retries,
+            total_attempts=self.total_attempts,
+            retry_policy=self.retry_policy,
+            next_retry_at=_dt(self.next_retry_at),
+            status=self.status,
+            lease_owner=self.lease_owner,
+            lease_expires_at=_dt(self.lease_expires_at),
+            metadata=json.loads(self.metadata),
+            failed_at=from_micros(self.failed_at),
+            created_at=from_micros(self.created_at),
+            updated_at=from_micros(self.updated_at),
+            completed_at=_dt(self.completed_at),
+            archived_at=_dt(self.archived_at),
+        )
+
+    def matches(self, flt: TaskFilter, since: int | None, until: int | None) -> bool:
+        if flt.status is not None and self.status not in flt.status:
+            return False
+        if flt.error_category is not None and self.error_category not in flt.error_category:
+            return False
+        if flt.workflow is not None and self.workflow not in flt.workflow:
+            return False
+        if since is not None and self.failed_at < since:
+            return False
+        if until is not None and self.failed_at >= until:
+            return False
+        if flt.fingerprint is not None and self.error_fingerprint != flt.fingerprint:
+            return False
+        if flt.text:
+            needle = flt.text.casefold()
+            fields = (
+                self.task_id,
+                self.workflow,
+                self.error,
+                self.error_type,
+                self.last_error or "",
+                self.error_fingerprint,
+            )
+            return any(needle in value.casefold() for value in fields)
+        return True
+
+
+class MemoryStore:
+    """Keeps tasks in this process. Fast, complete, and gone when the process ends."""
+
+    backend = "memory"
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._due: list[tuple[int, str]] = []
+        self._pending_age: list[tuple[int, str]] = []
+        self._by_status: Counter[DeadLetterStatus] = Counter()
+        self._by_category: Counter[str] = Counter()
+        self._by_policy: Counter[str] = Counter()
+        self._open_fingerprints: Counter[str] = Counter()
+        self._fingerprint_example: dict[str, tuple[str, str]] = {}
+        self._interned: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- single records --------------------------------------------------------
+
+    async def get(self, task_id: str) -> FailedTask | None:
+        row = self._rows.get(task_id)
+        return None if row is None else row.to_task()
+
+    async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        row = self._rows.get(task_id)
+        new = fn(None if row is None else row.to_task())
+        self._write(task_id, row, new)
+        return new
+
+    async def delete(self, task_id: str) -> bool:
+        row = self._rows.pop(task_id, None)
+        if row is None:
+            return False
+        self._account(row, -1)
+        return True
+
+    # -- the processor's view ----------------------------------------------------
+
+    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+        now_us = to_micros(now)
+        claimed: list[FailedTask] = []
+        refused: list[tuple[int, str]] = []
+        heap = self._due
+        while heap and heap[0][0] <= now_us and len(claimed) < limit:
+            entry = heapq.heappop(heap)
+            row = self._rows.get(entry[1])
+            if row is None or row.due != entry[0]:
+                continue  # stale: the task changed or went away since this entry
+            try:
+                new = fn(row.to_task())
+            except DLQError:
+                refused.append(entry)
+                continue
+            self._write(row.task_id, row, new)
+            claimed.append(new)
+        for entry in refused:
+            heapq.heappush(heap, entry)
+        return claimed
+
+    async def next_due_at(self) -> datetime | None:
+        heap = self._due
+        while heap:
+            key, task_id = heap[0]
+            row = self._rows.get(task_id)
+            if row is not None and row.due == key:
+                return from_micros(key)
+            heapq.heappop(heap)
+        return None
+
+    # -- many records ------------------------------------------------------------
+
+    def _select(self, flt: TaskFilter | None) -> Iterator[_Row]:
+        if flt is None:
+            yield from self._rows.values()
+            return
+        since = None if flt.since is None else to_micros(flt.since)
+        until = None if flt.until is None else to_micros(flt.until)
+        for row in self._rows.values():
+            if row.matches(flt, since, until):
+                yield row
+
+    async def query(
+        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
+    ) -> TaskPage[FailedTask]:
+        rows = self._select(flt)
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            rows = (row for row in rows if (-row.failed_at, row.task_id) > after)
+        page = heapq.nsmallest(limit + 1, rows, key=lambda row: (-row.failed_at, row.task_id))
+        more = len(page) > limit
+        page = page[:limit]
+        next_cursor = encode_cursor(-page[-1].failed_at, page[-1].task_id) if more else None
+        return TaskPage((row.to_task() for row in page), next_cursor)
+
+    async def count(self, flt: TaskFilter | None = None) -> int:
+        if flt is None:
+            return len(self._rows)
+        only_status = flt.model_dump(exclude_none=True).keys() <= {"status"}
+        if only_status and flt.status is not None:
+            return sum(self._by_status[status] for status in set(flt.status))
+        return sum(1 for _ in self._select(flt))
+
+    async def open_count(self) -> int:
+        return sum(self._by_status[status] for status in OPEN_STATUSES)
+
+    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
+        top = [
+            FingerprintCount(fp, count, *self._fingerprint_example.get(fp, ("", "")))
+            for fp, count in self._open_fingerprints.most_common(top_fingerprints)
+        ]
+        return StoreStatistics(
+            total=len(self._rows),
+            by_status={status: self._by_status[status] for status in DeadLetterStatus},
+            by_category={key: n for key, n in self._by_category.items() if n},
+            by_policy={key: n for key, n in self._by_policy.items() if n},
+            oldest_pending_failed_at=self._oldest_pending(),
+            top_fingerprints=top,
+        )
+
+    async def purge(
+        self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
+    ) -> int:
+        wanted = set(statuses)
+        limit = _MAX_SORT if older_than is None else to_micros(older_than)
+        doomed = [
+            task_id
+            for task_id, row in self._rows.items()
+            if row.status in wanted and row.updated_at < limit
+        ]
+        for task_id in doomed:
+            self._account(self._rows.pop(task_id), -1)
+        return len(doomed)
+
+    async def clear(self) -> int:
+        count = len(self._rows)
+        self._reset()
+        return count
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def _write(self, task_id: str, old: _Row | None, new: FailedTask) -> None:
+        if new.task_id != task_id:
+            raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
+        row = _Row(new, self._interned)
+        if old is not None:
+            self._account(old, -1)
+        self._rows[task_id] = row
+        self._account(row, +1)
+        if row.due is not None and (old is None or old.due != row.due):
+            heapq.heappush(self._due, (row.due, task_id))
+        if row.status is _PENDING and (
+            old is None or old.status is not _PENDING or old.failed_at != row.failed_at
+        ):
+            heapq.heappush(self._pending_age, (row.failed_at, task_id))
+        if len(self._due) > 2 * len(self._rows) + 1024:
+            self._due = [(r.due, r.task_id) for r in self._rows.values() if r.due is not None]
+            heapq.heapify(self._due)
+        if len(self._pending_age) > 2 * len(self._rows) + 1024:
+            self._pending_age = [
+                (r.failed_at, r.task_id) for r in self._rows.values() if r.status is _PENDING
+            ]
+            heapq.heapify(self._pending_age)
+
+    def _account(self, row: _Row, sign: int) -> None:
+        self._by_status[row.status] += sign
+        self._by_category[row.error_category.value] += sign
+        self._by_policy[row.retry_policy.value] += sign
+        if row.status in OPEN_STATUSES and row.error_fingerprint:
+            fp = row.error_fingerprint
+            self._open_fingerprints[fp] += sign
+            if self._open_fingerprints[fp] <= 0:
+                del self._open_fingerprints[fp]
+                self._fingerprint_example.pop(fp, None)
+            elif sign > 0 and fp not in self._fingerprint_example:
+                self._fingerprint_example[fp] = (row.error_type, row.error[:200])
+
+    def _oldest_pending(self) -> datetime | None:
+        heap = self._pending_age
+        while heap:
+            failed_at, task_id = heap[0]
+            row = self._rows.get(task_id)
+            if row is not None and row.status is _PENDING and row.failed_at == failed_at:
+                return from_micros(failed_at)
+            heapq.heappop(heap)
+        return None

@@ -1,0 +1,415 @@
+"""The Store contract: every backend must pass every test here, unchanged."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from mahavishnu_dlq import lifecycle
+from mahavishnu_dlq.errors import TaskBusyError
+from mahavishnu_dlq.models import (
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    RetryPolicy,
+    TaskFilter,
+)
+from mahavishnu_dlq.storage import Store
+from mahavishnu_dlq.testing import make_task
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def put(task: FailedTask) -> Any:
+    """A mutation that stores ``task`` whatever is there."""
+    return lambda _current: task
+
+
+async def seed(store: Store, *tasks: FailedTask) -> None:
+    for task in tasks:
+        await store.mutate(task.task_id, put(task))
+
+
+def claimer(now: datetime, owner: str = "w1") -> Any:
+    def claim(current: FailedTask | None) -> FailedTask:
+        assert current is not None
+        return lifecycle.claim(
+            current, now=now, owner=owner, lease_seconds=30, trigger="processor", attempts_kept=5
+        )
+
+    return claim
+
+
+# -- single records -----------------------------------------------------------------
+
+
+async def test_get_unknown_id_is_none(store: Store) -> None:
+    assert await store.get("nope") is None
+
+
+async def test_mutate_creates_and_get_reads_it_back_exactly(store: Store) -> None:
+    task = make_task(
+        task_id="a",
+        now=T0,
+        task={"nested": {"list": [1, 2.5, None, True], "text": "zażółć ✓"}},
+        metadata={"user": "ops", "n": 3},
+        repos=["r1", "r2"],
+        traceback="Traceback ...",
+        error_category=ErrorCategory.NETWORK,
+        retry_policy=RetryPolicy.LINEAR,
+        next_retry_at=at(61.000001),
+    )
+    stored = await store.mutate("a", put(task))
+    assert stored == task
+    read = await store.get("a")
+    assert read == task
+    assert read is not None
+    assert read.next_retry_at == at(61.000001)  # microseconds survive the round trip
+    assert read.failed_at.tzinfo is not None
+
+
+async def test_records_handed_out_are_copies(store: Store) -> None:
+    await seed(store, make_task(task_id="a", task={"k": [1]}, metadata={"m": 1}))
+    first = await store.get("a")
+    assert first is not None
+    first.task["k"].append(2)
+    first.metadata["m"] = 99
+    again = await store.get("a")
+    assert again is not None
+    assert again.task == {"k": [1]}
+    assert again.metadata == {"m": 1}
+
+
+async def test_mutate_passes_current_record(store: Store) -> None:
+    await seed(store, make_task(task_id="a", retry_count=1))
+    seen: list[FailedTask | None] = []
+
+    def bump(current: FailedTask | None) -> FailedTask:
+        seen.append(current)
+        assert current is not None
+        return current.model_copy(update={"retry_count": current.retry_count + 1})
+
+    result = await store.mutate("a", bump)
+    assert seen[-1] is not None
+    assert seen[-1].retry_count == 1
+    assert result.retry_count == 2
+    stored = await store.get("a")
+    assert stored is not None
+    assert stored.retry_count == 2
+
+
+async def test_mutate_that_raises_writes_nothing(store: Store) -> None:
+    await seed(store, make_task(task_id="a", retry_count=1))
+
+    def refuse(current: FailedTask | None) -> FailedTask:
+        raise TaskBusyError("a")
+
+    with pytest.raises(TaskBusyError):
+        await store.mutate("a", refuse)
+    with pytest.raises(TaskBusyError):
+        await store.mutate("new", refuse)
+    stored = await store.get("a")
+    assert stored is not None
+    assert stored.retry_count == 1
+    assert await store.get("new") is None
+
+
+async def test_mutate_must_keep_the_id(store: Store) -> None:
+    with pytest.raises(ValueError, match="returned task"):
+        await store.mutate("a", put(make_task(task_id="b")))
+    assert await store.get("a") is None
+    assert await store.get("b") is None
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["with/slash", "with space", "ünïcødé-✓", "_underscore", "..", "a" * 512, "q?x=1&y#frag"],
+)
+async def test_any_task_id_string_is_stored_safely(store: Store, task_id: str) -> None:
+    await seed(store, make_task(task_id=task_id))
+    read = await store.get(task_id)
+    assert read is not None
+    assert read.task_id == task_id
+    assert await store.delete(task_id)
+    assert await store.get(task_id) is None
+
+
+async def test_delete(store: Store) -> None:
+    await seed(store, make_task(task_id="a"))
+    assert await store.delete("a") is True
+    assert await store.delete("a") is False
+    assert await store.get("a") is None
+    assert await store.count() == 0
+
+
+# -- claiming -----------------------------------------------------------------------
+
+
+async def test_claim_due_takes_due_pending_tasks_oldest_first(store: Store) -> None:
+    await seed(
+        store,
+        make_task(task_id="late", next_retry_at=at(30)),
+        make_task(task_id="early", next_retry_at=at(10)),
+        make_task(task_id="future", next_retry_at=at(70)),
+        make_task(task_id="manual", next_retry_at=None),
+        make_task(task_id="done", status=DeadLetterStatus.COMPLETED, next_retry_at=None),
+    )
+    claimed = await store.claim_due(at(50), 10, claimer(at(50)))
+    assert [t.task_id for t in claimed] == ["early", "late"]
+    for task in claimed:
+        assert task.status is DeadLetterStatus.RETRYING
+        assert task.lease_owner == "w1"
+        stored = await store.get(task.task_id)
+        assert stored == task
+    assert await store.claim_due(at(50), 10, claimer(at(50))) == []
+    # at 70 s the others' 30 s leases (until 80 s) still hold
+    later = await store.claim_due(at(70), 10, claimer(at(70)))
+    assert [t.task_id for t in later] == ["future"]
+
+
+async def test_claim_due_respects_limit(store: Store) -> None:
+    await seed(store, *(make_task(task_id=f"t{i}", next_retry_at=at(i)) for i in range(5)))
+    first = await store.claim_due(at(10), 2, claimer(at(10)))
+    assert [t.task_id for t in first] == ["t0", "t1"]
+    rest = await store.claim_due(at(10), 10, claimer(at(10)))
+    assert [t.task_id for t in rest] == ["t2", "t3", "t4"]
+
+
+async def test_a_claimed_task_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
+    await seed(store, make_task(task_id="a", next_retry_at=at(0)))
+    assert len(await store.claim_due(at(1), 10, claimer(at(1), "w1"))) == 1
+    assert await store.claim_due(at(2), 10, claimer(at(2), "w2")) == []
+    # lease was 30 s: at 31 s the worker is presumed dead
+    again = await store.claim_due(at(31), 10, claimer(at(31), "w2"))
+    assert [t.lease_owner for t in again] == ["w2"]
+    assert again[0].retry_count == 2
+    assert again[0].attempts[0].outcome.value == "lost"
+
+
+async def test_claim_due_skips_tasks_whose_mutation_refuses(store: Store) -> None:
+    await seed(
+        store,
+        make_task(task_id="a", next_retry_at=at(0)),
+        make_task(task_id="b", next_retry_at=at(1)),
+    )
+
+    def only_b(current: FailedTask | None) -> FailedTask:
+        assert current is not None
+        if current.task_id == "a":
+            raise TaskBusyError("a")
+        return claimer(at(5))(current)  # type: ignore[no-any-return]
+
+    claimed = await store.claim_due(at(5), 10, only_b)
+    assert [t.task_id for t in claimed] == ["b"]
+    # the refused task stays due and is offered again
+    again = await store.claim_due(at(5), 10, claimer(at(5)))
+    assert [t.task_id for t in again] == ["a"]
+
+
+async def test_next_due_at(store: Store) -> None:
+    assert await store.next_due_at() is None
+    await seed(
+        store,
+        make_task(task_id="a", next_retry_at=at(20)),
+        make_task(task_id="b", next_retry_at=at(10)),
+        make_task(task_id="c", next_retry_at=None),
+    )
+    assert await store.next_due_at() == at(10)
+    await store.delete("b")
+    assert await store.next_due_at() == at(20)
+
+
+# -- queries ------------------------------------------------------------------------
+
+
+def _variety() -> list[FailedTask]:
+    return [
+        make_task(
+            task_id="net-1",
+            workflow="ingest",
+            failed_at=at(1),
+            error="connection reset",
+            error_category=ErrorCategory.NETWORK,
+            error_fingerprint="fp-net",
+        ),
+        make_task(
+            task_id="net-2",
+            workflow="ingest",
+            failed_at=at(2),
+            error="connection refused",
+            error_category=ErrorCategory.NETWORK,
+            error_fingerprint="fp-net",
+        ),
+        make_task(
+            task_id="val-1",
+            workflow="report",
+            failed_at=at(3),
+            error="invalid email address",
+            error_type="ValueError",
+            error_category=ErrorCategory.VALIDATION,
+            retry_policy=RetryPolicy.NEVER,
+            next_retry_at=None,
+            error_fingerprint="fp-val",
+        ),
+        make_task(
+            task_id="done-1",
+            workflow="report",
+            failed_at=at(4),
+            status=DeadLetterStatus.COMPLETED,
+            next_retry_at=None,
+            error="service temporarily unavailable",
+            error_category=ErrorCategory.TRANSIENT,
+            error_fingerprint="fp-tr",
+        ),
+        make_task(
+            task_id="exh-1",
+            workflow="ingest",
+            failed_at=at(5),
+            status=DeadLetterStatus.EXHAUSTED,
+            next_retry_at=None,
+            error="Quota exceeded",
+            error_category=ErrorCategory.RESOURCE,
+            retry_policy=RetryPolicy.LINEAR,
+            error_fingerprint="fp-res",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flt", "expected"),
+    [
+        (TaskFilter(), ["exh-1", "done-1", "val-1", "net-2", "net-1"]),
+        (TaskFilter(status=DeadLetterStatus.PENDING), ["val-1", "net-2", "net-1"]),
+        (TaskFilter(status=["completed", "exhausted"]), ["exh-1", "done-1"]),
+        (TaskFilter(error_category=ErrorCategory.NETWORK), ["net-2", "net-1"]),
+        (TaskFilter(workflow="report"), ["done-1", "val-1"]),
+        (TaskFilter(since=at(2), until=at(4)), ["val-1", "net-2"]),
+        (TaskFilter(text="CONNECTION RE"), ["net-2", "net-1"]),
+        (TaskFilter(text="valueerror"), ["val-1"]),
+        (TaskFilter(text="exh-"), ["exh-1"]),
+        (TaskFilter(fingerprint="fp-net"), ["net-2", "net-1"]),
+        (TaskFilter(workflow="ingest", status="pending", text="refused"), ["net-2"]),
+        (TaskFilter(text="nothing like this"), []),
+    ],
+)
+async def test_query_filters(store: Store, flt: TaskFilter, expected: list[str]) -> None:
+    await seed(store, *_variety())
+    page = await store.query(flt, limit=100)
+    assert [t.task_id for t in page] == expected
+    assert page.cursor is None
+    assert await store.count(flt) == len(expected)
+
+
+async def test_query_pages_cover_everything_once_in_order(store: Store) -> None:
+    tasks = [make_task(task_id=f"t{i:03d}", failed_at=at(i // 3)) for i in range(25)]
+    await seed(store, *tasks)
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.query(TaskFilter(), limit=7, cursor=cursor)
+        seen.extend(t.task_id for t in page)
+        pages += 1
+        cursor = page.cursor
+        if cursor is None:
+            break
+    expected = [
+        t.task_id for t in sorted(tasks, key=lambda t: (-t.failed_at.timestamp(), t.task_id))
+    ]
+    assert seen == expected
+    assert pages == 4
+
+
+async def test_cursor_stays_valid_while_records_change(store: Store) -> None:
+    await seed(store, *(make_task(task_id=f"t{i}", failed_at=at(i)) for i in range(6)))
+    first = await store.query(TaskFilter(), limit=3)
+    assert [t.task_id for t in first] == ["t5", "t4", "t3"]
+    # records on both sides of the cursor change and one is deleted
+    await store.mutate("t5", lambda c: c.model_copy(update={"retry_count": 2}))  # type: ignore[union-attr]
+    await store.mutate("t2", lambda c: c.model_copy(update={"retry_count": 2}))  # type: ignore[union-attr]
+    await store.delete("t1")
+    rest = await store.query(TaskFilter(), limit=10, cursor=first.cursor)
+    assert [t.task_id for t in rest] == ["t2", "t0"]
+
+
+async def test_malformed_cursor_is_a_clear_error(store: Store) -> None:
+    with pytest.raises(ValueError, match="malformed cursor"):
+        await store.query(TaskFilter(), limit=5, cursor="not-a-cursor!")
+
+
+async def test_counts_and_statistics(store: Store) -> None:
+    await seed(store, *_variety())
+    assert await store.count() == 5
+    assert await store.open_count() == 4
+    stats = await store.statistics()
+    assert stats.total == 5
+    assert stats.by_status[DeadLetterStatus.PENDING] == 3
+    assert stats.by_status[DeadLetterStatus.COMPLETED] == 1
+    assert stats.by_status[DeadLetterStatus.EXHAUSTED] == 1
+    assert stats.by_status.get(DeadLetterStatus.RETRYING, 0) == 0
+    assert stats.open_count == 4
+    assert stats.by_category == {"network": 2, "validation": 1, "transient": 1, "resource": 1}
+    assert stats.by_policy == {"exponential": 3, "never": 1, "linear": 1}
+    assert stats.oldest_pending_failed_at == at(1)
+    top = stats.top_fingerprints
+    assert top[0].fingerprint == "fp-net"
+    assert top[0].count == 2
+    assert top[0].example_error.startswith("connection re")
+    # completed tasks are not "open", so their fingerprint is not among the top
+    assert "fp-tr" not in {fp.fingerprint for fp in top}
+
+
+async def test_statistics_follow_changes(store: Store) -> None:
+    await seed(store, *_variety())
+    await store.claim_due(at(1000), 10, claimer(at(1000)))
+    stats = await store.statistics()
+    assert stats.by_status[DeadLetterStatus.RETRYING] == 2
+    assert stats.by_status[DeadLetterStatus.PENDING] == 1
+    assert stats.oldest_pending_failed_at == at(3)
+    await store.delete("val-1")
+    stats = await store.statistics()
+    assert stats.oldest_pending_failed_at is None
+    assert stats.total == 4
+
+
+async def test_empty_statistics(store: Store) -> None:
+    stats = await store.statistics()
+    assert stats.total == 0
+    assert stats.open_count == 0
+    assert stats.oldest_pending_failed_at is None
+    assert stats.top_fingerprints == []
+
+
+async def test_purge_by_status_and_age(store: Store) -> None:
+    await seed(
+        store,
+        make_task(task_id="old-done", status=DeadLetterStatus.COMPLETED, updated_at=at(0)),
+        make_task(task_id="new-done", status=DeadLetterStatus.COMPLETED, updated_at=at(100)),
+        make_task(task_id="old-arch", status=DeadLetterStatus.ARCHIVED, updated_at=at(0)),
+        make_task(task_id="old-pending", updated_at=at(0)),
+    )
+    done = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
+    assert await store.purge(older_than=at(50), statuses=done) == 2
+    assert await store.get("old-done") is None
+    assert await store.get("old-arch") is None
+    assert await store.get("new-done") is not None
+    assert await store.get("old-pending") is not None
+    assert await store.purge(older_than=None, statuses=done) == 1
+    assert await store.count() == 1
+
+
+async def test_clear(store: Store) -> None:
+    await seed(store, *_variety())
+    assert await store.clear() == 5
+    assert await store.count() == 0
+    assert await store.get("net-1") is None
+    assert await store.claim_due(at(10_000), 10, claimer(at(10_000))) == []
+    assert await store.clear() == 0
