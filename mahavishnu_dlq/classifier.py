@@ -23,6 +23,7 @@ import json
 import os
 import re
 import socket
+import sys
 import sysconfig
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -143,7 +144,6 @@ _TYPE_CATEGORIES: Final[Mapping[type, ErrorCategory]] = {
     TimeoutError: _C.NETWORK,
     asyncio.TimeoutError: _C.NETWORK,  # an alias of TimeoutError from 3.11
     concurrent.futures.TimeoutError: _C.NETWORK,  # idem
-    socket.timeout: _C.NETWORK,
     ConnectionError: _C.NETWORK,
     socket.gaierror: _C.NETWORK,
     socket.herror: _C.NETWORK,
@@ -505,7 +505,7 @@ _MASKS: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
         (r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", "<hex>"),
         # long tokens mixing letters and digits: base62 ids, ULIDs, API request ids
         (r"\b(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{16,}\b", "<id>"),
-        (r"\d+(?:[.,]\d+)*", "<num>"),
+        (r"(?:(?<![\w.-])-)?\d+(?:[.,]\d+)*", "<num>"),
         (r"\s+", " "),
     )
 )
@@ -560,10 +560,12 @@ def _user_frame(tb: TracebackType | None) -> str:
         tb = tb.tb_next
     for frame in reversed(frames):
         code = frame.f_code
-        if _is_user_file(code.co_filename):
-            module = frame.f_globals.get("__name__")
-            where = (
-                module if isinstance(module, str) and module else os.path.basename(code.co_filename)
-            )
+        module = frame.f_globals.get("__name__")
+        module = module if isinstance(module, str) else ""
+        filename = code.co_filename
+        if filename.startswith("<"):  # generated code (dataclasses, exec): judge its module
+            filename = getattr(sys.modules.get(module), "__file__", None) or filename
+        if _is_user_file(filename):
+            where = module or os.path.basename(code.co_filename)
             return f"{where}:{code.co_name}"
     return ""

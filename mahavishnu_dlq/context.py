@@ -32,13 +32,17 @@ def _static() -> dict[str, Any]:
     }
 
 
+try:
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - the otel extra is not installed
+    _trace = None  # type: ignore[assignment]
+
+
 def current_trace_id() -> str | None:
     """The trace id of the current OpenTelemetry span, if there is a recording one."""
-    try:
-        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-    except ImportError:
+    if _trace is None:  # pragma: no cover - the otel extra is not installed
         return None
-    context = trace.get_current_span().get_span_context()
+    context = _trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     return format(context.trace_id, "032x")

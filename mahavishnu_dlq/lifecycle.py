@@ -64,7 +64,7 @@ def _apply(decision: RetryDecision) -> dict[str, Any]:
 
 def scheduled(task: FailedTask, decision: RetryDecision) -> FailedTask:
     """A freshly built record with its first schedule applied."""
-    return task.model_copy(update=_apply(decision))
+    return task.evolve(**_apply(decision))
 
 
 def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTask:
@@ -81,8 +81,8 @@ def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTa
     if existing is None:
         return incoming
     if existing.status in (_PENDING, _RETRYING, _EXHAUSTED):
-        return existing.model_copy(
-            update={
+        return existing.evolve(
+            **{
                 "task": incoming.task,
                 "repos": incoming.repos,
                 "workflow": incoming.workflow or existing.workflow,
@@ -92,8 +92,8 @@ def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTa
                 "updated_at": incoming.updated_at,
             }
         )
-    return incoming.model_copy(
-        update={
+    return incoming.evolve(
+        **{
             "created_at": existing.created_at,
             "attempts": existing.attempts,
             "total_attempts": existing.total_attempts + incoming.total_attempts,
@@ -147,8 +147,8 @@ def claim(
         raise TaskBusyError(task.task_id, reason="it is not due")
     number = task.retry_count + 1
     attempt = Attempt(number=number, started_at=now, worker=owner, trigger=trigger)
-    return task.model_copy(
-        update={
+    return task.evolve(
+        **{
             "status": _RETRYING,
             "retry_count": number,
             "total_attempts": task.total_attempts + 1,
@@ -164,8 +164,8 @@ def expire(task: FailedTask, *, now: datetime) -> FailedTask:
     """A retrying task whose worker vanished and that has no retry left: exhausted."""
     if task.status is not _RETRYING or task.lease_active(now):
         raise TaskBusyError(task.task_id, task.lease_owner)
-    return task.model_copy(
-        update={
+    return task.evolve(
+        **{
             "status": _EXHAUSTED,
             "next_retry_at": None,
             "lease_owner": None,
@@ -193,8 +193,8 @@ def _check_owner(task: FailedTask, owner: str) -> None:
 def renew(task: FailedTask, *, now: datetime, owner: str, lease_seconds: float) -> FailedTask:
     """Extend the lease of a long attempt; refused when the lease was lost."""
     _check_owner(task, owner)
-    return task.model_copy(
-        update={"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
+    return task.evolve(
+        **{"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
     )
 
 
@@ -234,14 +234,14 @@ def finish(
         if decision is None:
             raise ValueError("a failed attempt needs the policy's decision")
         update.update(_apply(decision), last_error=error, last_error_type=error_type)
-    return task.model_copy(update=update)
+    return task.evolve(**update)
 
 
 def release(task: FailedTask, *, now: datetime, owner: str) -> FailedTask:
     """Give an attempt back unfinished (the processor is stopping): due again at once."""
     _check_owner(task, owner)
-    return task.model_copy(
-        update={
+    return task.evolve(
+        **{
             "status": _PENDING,
             "next_retry_at": now,
             "retry_count": max(0, task.retry_count - 1),
@@ -259,12 +259,15 @@ def archive(task: FailedTask, *, now: datetime) -> FailedTask:
         raise TaskBusyError(task.task_id, task.lease_owner)
     if task.status is _ARCHIVED:
         return task
-    return task.model_copy(
-        update={
+    return task.evolve(
+        **{
             "status": _ARCHIVED,
             "next_retry_at": None,
             "lease_owner": None,
             "lease_expires_at": None,
+            "attempts": _close_running(
+                task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST
+            ),
             "archived_at": now,
             "updated_at": now,
         }
@@ -277,8 +280,8 @@ def make_due(task: FailedTask, *, now: datetime) -> FailedTask:
         raise TaskBusyError(task.task_id, task.lease_owner)
     if task.status in (_COMPLETED, _ARCHIVED):
         raise TaskBusyError(task.task_id, reason=f"it is {task.status.value}")
-    return task.model_copy(
-        update={
+    return task.evolve(
+        **{
             "status": _PENDING,
             "next_retry_at": now,
             "max_retries": max(task.max_retries, task.retry_count + 1),

@@ -3,7 +3,7 @@
 Data only, no I/O. The string values of the enums and the field names of
 :class:`FailedTask` are the persisted format: changing them is a migration.
 A :class:`FailedTask` is immutable; the queue makes a new one for every change
-(``model_copy(update=...)``), so a record handed to a caller can never be
+(``evolve(...)``), so a record handed to a caller can never be
 changed behind its back.
 """
 
@@ -183,6 +183,31 @@ class FailedTask(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict (timestamps as ISO 8601 strings)."""
         return self.model_dump(mode="json")
+
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> FailedTask:
+        """Build from values the library produced itself: every field, right types.
+
+        What ``model_construct`` does, without its per-field bookkeeping: the hot
+        paths (enqueue, store reads, claims) build several records per operation.
+        ``values`` is taken over, not copied.
+        """
+        task = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(task, "__dict__", values)
+        _set(task, "__pydantic_fields_set__", set(_FIELD_NAMES))
+        _set(task, "__pydantic_extra__", None)
+        _set(task, "__pydantic_private__", None)
+        return task
+
+    def evolve(self, **changes: Any) -> FailedTask:
+        """A copy with ``changes`` applied (trusted values; no validation)."""
+        values = self.__dict__.copy()
+        values.update(changes)
+        return FailedTask.trusted(values)
+
+
+_FIELD_NAMES = frozenset(FailedTask.model_fields)
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...] | None:

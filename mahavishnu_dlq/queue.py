@@ -63,6 +63,8 @@ R = TypeVar("R")
 #: A retry handler: called with the task's input and repos, sync or async.
 Handler = Callable[[dict[str, Any], list[str]], Any]
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
 _LIFETIME_KEYS = (
     "enqueued_total",
     "deduplicated",
@@ -179,7 +181,8 @@ class DeadLetterQueue:
         await self.stop_retry_processor()
         if self._opened:
             self._opened = False
-            await self.store.close()
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
 
     async def __aenter__(self) -> DeadLetterQueue:
         await self.start()
@@ -191,8 +194,7 @@ class DeadLetterQueue:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.stop()
+        await self.stop()  # shielded inside: the processor's group and the store's close
 
     # -- handlers --------------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class DeadLetterQueue:
                 task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
             )
         try:
-            text = json.dumps([task, metadata], separators=(",", ":"), allow_nan=False)
+            text = _encode([task, metadata])
         except (TypeError, ValueError) as exc:
             raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
         return len(text)
@@ -270,33 +272,35 @@ class DeadLetterQueue:
         )
         meta = dict(metadata) if metadata else {}
         meta["failure_context"] = failure_context()
-        record = FailedTask.model_construct(
-            task_id=task_id,
-            workflow=workflow,
-            task=dict(task),
-            repos=[str(repo) for repo in repos] if repos else [],
-            error=message,
-            error_type=error_type,
-            error_category=category,
-            error_fingerprint=fingerprint,
-            traceback=trace,
-            last_error=message,
-            last_error_type=error_type,
-            attempts=[],
-            retry_count=0,
-            max_retries=params.max_retries,
-            total_attempts=1,
-            retry_policy=params.policy,
-            next_retry_at=None,
-            status=DeadLetterStatus.PENDING,
-            lease_owner=None,
-            lease_expires_at=None,
-            metadata=meta,
-            failed_at=now,
-            created_at=now,
-            updated_at=now,
-            completed_at=None,
-            archived_at=None,
+        record = FailedTask.trusted(
+            dict(
+                task_id=task_id,
+                workflow=workflow,
+                task=dict(task),
+                repos=[str(repo) for repo in repos] if repos else [],
+                error=message,
+                error_type=error_type,
+                error_category=category,
+                error_fingerprint=fingerprint,
+                traceback=trace,
+                last_error=message,
+                last_error_type=error_type,
+                attempts=[],
+                retry_count=0,
+                max_retries=params.max_retries,
+                total_attempts=1,
+                retry_policy=params.policy,
+                next_retry_at=None,
+                status=DeadLetterStatus.PENDING,
+                lease_owner=None,
+                lease_expires_at=None,
+                metadata=meta,
+                failed_at=now,
+                created_at=now,
+                updated_at=now,
+                completed_at=None,
+                archived_at=None,
+            )
         )
         state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
         return lifecycle.scheduled(record, decide(params, state, self.rng))
@@ -331,21 +335,26 @@ class DeadLetterQueue:
             error_category=error_category,
             workflow=workflow,
         )
-        full = await self.store.open_count() >= self.max_size
-        size_seen = self.max_size if full else 0
+        open_now = await self.store.open_count()
+        full = open_now >= self.max_size
+        duplicate = False
 
         def enqueue_into(current: FailedTask | None) -> FailedTask:
-            if full and (current is None or not current.is_open):
-                raise QueueFullError(size_seen, self.max_size)
+            nonlocal duplicate
+            duplicate = current is not None and current.is_open
+            if full and not duplicate:
+                raise QueueFullError(open_now, self.max_size)
             return lifecycle.merge_failure(current, record)
 
         stored = await self.store.mutate(task_id, enqueue_into)
-        if stored.created_at == record.created_at and stored.failed_at == record.failed_at:
-            self.lifetime["enqueued_total"] += 1
-        else:
+        # Decided by what was stored before, not by comparing timestamps: under a
+        # coarse (or fake) clock a duplicate has the same timestamps as the original.
+        if duplicate:
             self.lifetime["deduplicated"] += 1
-        if stored.status is DeadLetterStatus.EXHAUSTED and stored.retry_count == 0:
-            self.lifetime["exhausted"] += 1
+        else:
+            self.lifetime["enqueued_total"] += 1
+            if stored.status is DeadLetterStatus.EXHAUSTED:
+                self.lifetime["exhausted"] += 1
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "dlq.enqueue %s (%s, %s)",
@@ -522,8 +531,16 @@ class DeadLetterQueue:
         if flt.status is None:
             flt = flt.model_copy(update={"status": _REPLAYABLE})
         report = ReplayReport(dry_run=dry_run)
-        started = anyio.current_time()
+        # Paced by the injected clock (not the event loop's): item k starts k/rate
+        # seconds after the first, so n items take (n-1)/rate seconds.
+        pace = rate_per_second is not None and not dry_run
+        started = self.clock.now()
         async for task in self._iterate(flt, limit):
+            if pace and report.matched and rate_per_second is not None:
+                start_at = started + timedelta(seconds=report.matched / rate_per_second)
+                wait = (start_at - self.clock.now()).total_seconds()
+                if wait > 0:
+                    await self.clock.sleep(wait)
             report.matched += 1
             item = await self._replay_one(task, dry_run=dry_run, run=run)
             report.items.append(item)
@@ -536,10 +553,6 @@ class DeadLetterQueue:
                 report.failed += 1
             else:
                 report.skipped += 1
-            if rate_per_second and not dry_run:
-                wait = started + report.matched / rate_per_second - anyio.current_time()
-                if wait > 0:
-                    await self.clock.sleep(wait)
         if report.replayed and not dry_run and self._wakeup is not None:
             self._wakeup()
         return report
@@ -655,8 +668,10 @@ class DeadLetterQueue:
         if self.processor is not None:
             self.processor.stop()
         if group is not None:
-            with anyio.CancelScope(shield=True):
-                await group.__aexit__(None, None, None)
+            # Shield the group's own scope: exiting the group inside a scope entered after
+            # it (``with CancelScope(shield=True)``) corrupts the task's cancel-scope stack.
+            group.cancel_scope.shield = True
+            await group.__aexit__(None, None, None)
 
     # -- wrapping workflows (see mahavishnu_dlq.integration) ---------------------------------
 

@@ -1,9 +1,10 @@
 """The in-memory store: full semantics in one process, and the failover fallback.
 
-Records are kept as compact rows (``__slots__``, timestamps as integer
-microseconds, the JSON parts as encoded strings), so a stored task costs a few
-hundred bytes beyond its payload and nobody can change a stored record through
-an object they were handed: every read decodes a fresh :class:`FailedTask`.
+Records are kept as compact rows (``__slots__``; the mutable JSON parts —
+``task`` and ``metadata`` — as encoded strings; immutable values shared), so a
+stored task costs a few hundred bytes beyond its payload and nobody can change
+a stored record through an object they were handed: every read decodes a fresh
+:class:`FailedTask`.
 
 - get by id: one dict lookup, O(1);
 - due-task selection: a heap keyed by the time a task becomes claimable
@@ -23,7 +24,7 @@ from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
-from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import DLQError
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
@@ -44,25 +45,20 @@ __all__ = ["MemoryStore"]
 _EMPTY_OBJECT = "{}"
 _PENDING = DeadLetterStatus.PENDING
 _RETRYING = DeadLetterStatus.RETRYING
-_MAX_SORT = 1 << 62
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _dumps(value: dict[str, Any]) -> str:
     if not value:
         return _EMPTY_OBJECT
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _us(value: datetime | None) -> int | None:
-    return None if value is None else to_micros(value)
-
-
-def _dt(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(value)
+    return _encode(value)
 
 
 class _Row:
-    """One stored task, compact. Strings that repeat (types, names) are interned."""
+    """One stored task, compact. Immutable parts (strings, timestamps, attempts) are
+    shared with the records handed out; the mutable JSON parts are kept encoded."""
 
     __slots__ = (
         "archived_at",
@@ -110,95 +106,112 @@ class _Row:
     max_retries: int
     total_attempts: int
     retry_policy: RetryPolicy
-    next_retry_at: int | None
+    next_retry_at: datetime | None
     status: DeadLetterStatus
     lease_owner: str | None
-    lease_expires_at: int | None
+    lease_expires_at: datetime | None
     metadata: str
-    failed_at: int
-    created_at: int
-    updated_at: int
-    completed_at: int | None
-    archived_at: int | None
-    due: int | None
+    failed_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    archived_at: datetime | None
+    due: datetime | None
 
     def __init__(self, t: FailedTask, interned: dict[str, str]) -> None:
-        def intern(value: str) -> str:
-            return interned.setdefault(value, value)
-
-        self.task_id = t.task_id
-        self.workflow = intern(t.workflow)
-        self.task = _dumps(t.task)
-        self.repos = tuple(intern(repo) for repo in t.repos)
-        self.error = t.error
-        self.error_type = intern(t.error_type)
-        self.error_category = ErrorCategory(t.error_category)
-        self.error_fingerprint = intern(t.error_fingerprint)
-        self.traceback = t.traceback
-        self.last_error = t.last_error
-        self.last_error_type = None if t.last_error_type is None else intern(t.last_error_type)
-        self.attempts = tuple(t.attempts)
-        self.retry_count = t.retry_count
-        self.max_retries = t.max_retries
-        self.total_attempts = t.total_attempts
-        self.retry_policy = RetryPolicy(t.retry_policy)
-        self.next_retry_at = _us(t.next_retry_at)
-        self.status = DeadLetterStatus(t.status)
-        self.lease_owner = None if t.lease_owner is None else intern(t.lease_owner)
-        self.lease_expires_at = _us(t.lease_expires_at)
-        self.metadata = _dumps(t.metadata)
-        self.failed_at = to_micros(t.failed_at)
-        self.created_at = to_micros(t.created_at)
-        self.updated_at = to_micros(t.updated_at)
-        self.completed_at = _us(t.completed_at)
-        self.archived_at = _us(t.archived_at)
-        if self.status is _PENDING:
+        v = t.__dict__
+        intern = interned.setdefault
+        self.task_id = v["task_id"]
+        workflow = v["workflow"]
+        self.workflow = intern(workflow, workflow)
+        self.task = _dumps(v["task"])
+        self.repos = tuple([intern(repo, repo) for repo in v["repos"]])
+        self.error = v["error"]
+        error_type = v["error_type"]
+        self.error_type = intern(error_type, error_type)
+        category = v["error_category"]
+        self.error_category = (
+            category if category.__class__ is ErrorCategory else ErrorCategory(category)
+        )
+        fingerprint = v["error_fingerprint"]
+        self.error_fingerprint = intern(fingerprint, fingerprint)
+        self.traceback = v["traceback"]
+        self.last_error = v["last_error"]
+        last_type = v["last_error_type"]
+        self.last_error_type = None if last_type is None else intern(last_type, last_type)
+        self.attempts = tuple(v["attempts"])
+        self.retry_count = v["retry_count"]
+        self.max_retries = v["max_retries"]
+        self.total_attempts = v["total_attempts"]
+        policy = v["retry_policy"]
+        self.retry_policy = policy if policy.__class__ is RetryPolicy else RetryPolicy(policy)
+        self.next_retry_at = v["next_retry_at"]
+        status = v["status"]
+        if status.__class__ is not DeadLetterStatus:
+            status = DeadLetterStatus(status)
+        self.status = status
+        owner = v["lease_owner"]
+        self.lease_owner = None if owner is None else intern(owner, owner)
+        self.lease_expires_at = v["lease_expires_at"]
+        self.metadata = _dumps(v["metadata"])
+        self.failed_at = v["failed_at"]
+        self.created_at = v["created_at"]
+        self.updated_at = v["updated_at"]
+        self.completed_at = v["completed_at"]
+        self.archived_at = v["archived_at"]
+        if status is _PENDING:
             self.due = self.next_retry_at
-        elif self.status is _RETRYING:
+        elif status is _RETRYING:
             self.due = self.lease_expires_at
         else:
             self.due = None
 
     def to_task(self) -> FailedTask:
-        return FailedTask.model_construct(
-            task_id=self.task_id,
-            workflow=self.workflow,
-            task=json.loads(self.task),
-            repos=list(self.repos),
-            error=self.error,
-            error_type=self.error_type,
-            error_category=self.error_category,
-            error_fingerprint=self.error_fingerprint,
-            traceback=self.traceback,
-            last_error=self.last_error,
-            last_error_type=self.last_error_type,
-            attempts=list(self.attempts),
-            retry_count=self.retry_count,
-            max_retries=self.max_retries,
-            total_attempts=self.total_attempts,
-            retry_policy=self.retry_policy,
-            next_retry_at=_dt(self.next_retry_at),
-            status=self.status,
-            lease_owner=self.lease_owner,
-            lease_expires_at=_dt(self.lease_expires_at),
-            metadata=json.loads(self.metadata),
-            failed_at=from_micros(self.failed_at),
-            created_at=from_micros(self.created_at),
-            updated_at=from_micros(self.updated_at),
-            completed_at=_dt(self.completed_at),
-            archived_at=_dt(self.archived_at),
+        return FailedTask.trusted(
+            {
+                "task_id": self.task_id,
+                "workflow": self.workflow,
+                "task": json.loads(self.task),
+                "repos": list(self.repos),
+                "error": self.error,
+                "error_type": self.error_type,
+                "error_category": self.error_category,
+                "error_fingerprint": self.error_fingerprint,
+                "traceback": self.traceback,
+                "last_error": self.last_error,
+                "last_error_type": self.last_error_type,
+                "attempts": list(self.attempts),
+                "retry_count": self.retry_count,
+                "max_retries": self.max_retries,
+                "total_attempts": self.total_attempts,
+                "retry_policy": self.retry_policy,
+                "next_retry_at": self.next_retry_at,
+                "status": self.status,
+                "lease_owner": self.lease_owner,
+                "lease_expires_at": self.lease_expires_at,
+                "metadata": json.loads(self.metadata),
+                "failed_at": self.failed_at,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+                "completed_at": self.completed_at,
+                "archived_at": self.archived_at,
+            }
         )
 
-    def matches(self, flt: TaskFilter, since: int | None, until: int | None) -> bool:
+    def sort_key(self) -> tuple[int, str]:
+        """Listing order: newest failure first, then by id."""
+        return (-to_micros(self.failed_at), self.task_id)
+
+    def matches(self, flt: TaskFilter) -> bool:
         if flt.status is not None and self.status not in flt.status:
             return False
         if flt.error_category is not None and self.error_category not in flt.error_category:
             return False
         if flt.workflow is not None and self.workflow not in flt.workflow:
             return False
-        if since is not None and self.failed_at < since:
+        if flt.since is not None and self.failed_at < flt.since:
             return False
-        if until is not None and self.failed_at >= until:
+        if flt.until is not None and self.failed_at >= flt.until:
             return False
         if flt.fingerprint is not None and self.error_fingerprint != flt.fingerprint:
             return False
@@ -226,8 +239,8 @@ class MemoryStore:
 
     def _reset(self) -> None:
         self._rows: dict[str, _Row] = {}
-        self._due: list[tuple[int, str]] = []
-        self._pending_age: list[tuple[int, str]] = []
+        self._due: list[tuple[datetime, str]] = []
+        self._pending_age: list[tuple[datetime, str]] = []
         self._by_status: Counter[DeadLetterStatus] = Counter()
         self._by_category: Counter[str] = Counter()
         self._by_policy: Counter[str] = Counter()
@@ -265,11 +278,10 @@ class MemoryStore:
     # -- the processor's view ----------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
-        now_us = to_micros(now)
         claimed: list[FailedTask] = []
-        refused: list[tuple[int, str]] = []
+        refused: list[tuple[datetime, str]] = []
         heap = self._due
-        while heap and heap[0][0] <= now_us and len(claimed) < limit:
+        while heap and heap[0][0] <= now and len(claimed) < limit:
             entry = heapq.heappop(heap)
             row = self._rows.get(entry[1])
             if row is None or row.due != entry[0]:
@@ -291,7 +303,7 @@ class MemoryStore:
             key, task_id = heap[0]
             row = self._rows.get(task_id)
             if row is not None and row.due == key:
-                return from_micros(key)
+                return key
             heapq.heappop(heap)
         return None
 
@@ -301,10 +313,8 @@ class MemoryStore:
         if flt is None:
             yield from self._rows.values()
             return
-        since = None if flt.since is None else to_micros(flt.since)
-        until = None if flt.until is None else to_micros(flt.until)
         for row in self._rows.values():
-            if row.matches(flt, since, until):
+            if row.matches(flt):
                 yield row
 
     async def query(
@@ -313,11 +323,11 @@ class MemoryStore:
         rows = self._select(flt)
         if cursor is not None:
             after = decode_cursor(cursor)
-            rows = (row for row in rows if (-row.failed_at, row.task_id) > after)
-        page = heapq.nsmallest(limit + 1, rows, key=lambda row: (-row.failed_at, row.task_id))
+            rows = (row for row in rows if row.sort_key() > after)
+        page = heapq.nsmallest(limit + 1, rows, key=_Row.sort_key)
         more = len(page) > limit
         page = page[:limit]
-        next_cursor = encode_cursor(-page[-1].failed_at, page[-1].task_id) if more else None
+        next_cursor = encode_cursor(*page[-1].sort_key()) if more else None
         return TaskPage((row.to_task() for row in page), next_cursor)
 
     async def count(self, flt: TaskFilter | None = None) -> int:
@@ -349,11 +359,10 @@ class MemoryStore:
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
     ) -> int:
         wanted = set(statuses)
-        limit = _MAX_SORT if older_than is None else to_micros(older_than)
         doomed = [
             task_id
             for task_id, row in self._rows.items()
-            if row.status in wanted and row.updated_at < limit
+            if row.status in wanted and (older_than is None or row.updated_at < older_than)
         ]
         for task_id in doomed:
             self._account(self._rows.pop(task_id), -1)
@@ -408,6 +417,6 @@ class MemoryStore:
             failed_at, task_id = heap[0]
             row = self._rows.get(task_id)
             if row is not None and row.status is _PENDING and row.failed_at == failed_at:
-                return from_micros(failed_at)
+                return failed_at
             heapq.heappop(heap)
         return None
