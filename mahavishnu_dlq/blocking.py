@@ -64,21 +64,20 @@ class BlockingDLQ:
         """Start the event-loop thread and the queue (store, processor if configured)."""
         if self._portal is not None:
             return
-        stack = ExitStack()
-        self._portal = stack.enter_context(start_blocking_portal(self._backend))
-        self._stack = stack
-        self._portal.call(self.dlq.start)
+        with ExitStack() as stack:
+            portal = stack.enter_context(start_blocking_portal(self._backend))
+            # `async with dlq` runs in one task of the loop, so the processor's task
+            # group is entered and exited by the same task (a portal call per step
+            # would not be).
+            stack.enter_context(portal.wrap_async_context_manager(self.dlq))
+            self._stack = stack.pop_all()
+            self._portal = portal
 
     def stop(self) -> None:
         """Stop the queue gracefully, then the event-loop thread."""
-        if self._portal is None or self._stack is None:
-            return
-        try:
-            self._portal.call(self.dlq.stop)
-        finally:
-            self._stack.close()
-            self._portal = None
-            self._stack = None
+        stack, self._stack, self._portal = self._stack, None, None
+        if stack is not None:
+            stack.close()
 
     @property
     def portal(self) -> BlockingPortal:
@@ -94,12 +93,14 @@ class BlockingDLQ:
         **options: Any,
     ) -> R:
         """Run a sync ``fn(task, repos)`` in this thread; a failure is stored, then re-raised."""
+        portal = self.portal  # not started: say so before running anything
+        repo_list = list(repos) if repos is not None else []
         try:
-            return fn(task, list(repos) if repos is not None else [])
+            return fn(task, repo_list)
         except Exception as exc:
             from mahavishnu_dlq.integration import capture_failure  # noqa: PLC0415
 
-            self.portal.call(partial(capture_failure, self.dlq, exc, task, repos, **options))
+            portal.call(partial(capture_failure, self.dlq, exc, task, repo_list, **options))
             raise
 
     def enqueue(

@@ -32,10 +32,11 @@ def _static() -> dict[str, Any]:
     }
 
 
+_trace: Any
 try:
     from opentelemetry import trace as _trace
 except ImportError:  # pragma: no cover - the otel extra is not installed
-    _trace = None  # type: ignore[assignment]
+    _trace = None
 
 
 def current_trace_id() -> str | None:

@@ -44,12 +44,16 @@ from mahavishnu_dlq.settings import DLQSettings
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 __all__ = [
+    "DEMO_ERRORS",
     "DEMO_POLICY",
     "WORKFLOWS",
     "DemoResult",
     "GatewayError",
     "ProgressCallback",
+    "Scenario",
     "build_queue",
+    "define_workflows",
+    "plan_scenarios",
     "run_demo",
 ]
 
@@ -159,14 +163,15 @@ def plan_scenarios(count: int, rng: random.Random) -> dict[str, Scenario]:
         block = list(_BLOCK)
         rng.shuffle(block)
         kinds.extend(block)
+    fixed = {"ok": 0, "invalid": 1, "down": ALWAYS}
     plans: dict[str, Scenario] = {}
     for index, (workflow, kind) in enumerate(kinds[:count], start=1):
-        failures = {"ok": 0, "invalid": 1, "down": ALWAYS}.get(kind) or rng.randint(1, 2)
+        failures = fixed[kind] if kind in fixed else rng.randint(1, 2)
         plans[f"{workflow}-{index:04d}"] = Scenario(
             workflow=workflow,
             kind=kind,
             failures=failures,
-            work_seconds=rng.uniform(0.01, 0.08),
+            work_seconds=rng.uniform(0.05, 0.2),
             variant=rng.randrange(1000),
         )
     return plans
@@ -338,11 +343,91 @@ def _examples(records: list[FailedTask]) -> dict[str, FailedTask | None]:
     }
 
 
+class _Run:
+    """One demo run: the queue, the simulated world, the counters and the progress feed."""
+
+    def __init__(
+        self,
+        count: int,
+        seed: int,
+        settings: DLQSettings | None,
+        concurrency: int,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.count = count
+        self.plans = plan_scenarios(count, random.Random(seed))
+        self.world = _World(self.plans)
+        self.dlq = build_queue(seed, settings=settings, concurrency=concurrency)
+        self.workflows = define_workflows(self.dlq, self.world)
+        self.concurrency = concurrency
+        self.on_progress = on_progress
+        self.counts = {"executed": 0, "succeeded": 0, "failed": 0, "stored": 0}
+        self.rows = {
+            name: dict.fromkeys(("runs", "ok", "failed", "completed", "exhausted", "pending"), 0)
+            for name in WORKFLOWS
+        }
+        self.started = anyio.current_time()
+
+    def emit(self, phase: str, **extra: Any) -> None:
+        if self.on_progress is not None:
+            elapsed = anyio.current_time() - self.started
+            self.on_progress(
+                {"phase": phase, "total": self.count, **self.counts, "elapsed": elapsed, **extra}
+            )
+
+    async def execute_all(self) -> None:
+        """Phase 1: every task through its decorated workflow, ``concurrency`` at a time."""
+        self.emit("execute")
+        limiter = anyio.CapacityLimiter(self.concurrency)
+        async with anyio.create_task_group() as group:
+            for index, task_id in enumerate(self.plans, start=1):
+                group.start_soon(self._execute, index, task_id, limiter)
+
+    async def _execute(self, index: int, task_id: str, limiter: anyio.CapacityLimiter) -> None:
+        scenario = self.plans[task_id]
+        row = self.rows[scenario.workflow]
+        row["runs"] += 1
+        async with limiter:
+            try:
+                await self.workflows[scenario.workflow](
+                    _task_input(task_id, scenario, index),
+                    task_id=task_id,
+                    metadata={"source": "mahavishnu-dlq demo", "scenario": scenario.kind},
+                )
+                self.counts["succeeded"] += 1
+                row["ok"] += 1
+            except DEMO_ERRORS as exc:  # stored by the DLQ, then re-raised to us
+                self.counts["failed"] += 1
+                row["failed"] += 1
+                self.counts["stored"] += getattr(exc, "dlq_task_id", None) is not None
+            self.counts["executed"] += 1
+            self.emit("execute")
+
+    async def retry_all(self, timeout: float, poll_interval: float) -> tuple[bool, dict[str, Any]]:
+        """Phase 2: run the processor until nothing is scheduled or retrying.
+
+        Returns (timed out, last snapshot).
+        """
+        deadline = anyio.current_time() + timeout
+        await self.dlq.start_retry_processor(check_interval_seconds=0.2)
+        try:
+            while True:
+                snapshot = await _retry_snapshot(self.dlq)
+                self.emit("retry", **snapshot)
+                if snapshot["scheduled"] == 0 and snapshot["retrying"] == 0:
+                    return False, snapshot
+                if anyio.current_time() >= deadline:
+                    return True, snapshot
+                await anyio.sleep(poll_interval)
+        finally:
+            await self.dlq.stop_retry_processor()
+
+
 async def run_demo(
     count: int = 60,
     *,
     seed: int | None = None,
-    timeout: float = 50.0,  # noqa: ASYNC109 - the cap of the retry phase, not a call timeout
+    timeout: float = 50.0,
     on_progress: ProgressCallback | None = None,
     settings: DLQSettings | None = None,
     concurrency: int = 8,
@@ -351,94 +436,38 @@ async def run_demo(
     """Run ``count`` simulated workflows, then let the processor retry their failures.
 
     ``seed`` fixes which tasks fail and how often (a random seed is drawn when
-    None and reported in the result). ``timeout`` caps the retry phase.
+    None and reported in the result). ``timeout`` caps the retry phase (seconds).
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    if timeout <= 0:
+    if not timeout > 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
     if seed is None:
         seed = random.SystemRandom().randrange(1_000_000)
-    plans = plan_scenarios(count, random.Random(seed))
-    world = _World(plans)
-    dlq = build_queue(seed, settings=settings, concurrency=concurrency)
-    workflows = define_workflows(dlq, world)
-    counts = {"executed": 0, "succeeded": 0, "failed": 0, "stored": 0}
-    rows = {
-        name: dict.fromkeys(("runs", "ok", "failed", "completed", "exhausted", "pending"), 0)
-        for name in WORKFLOWS
-    }
-    started = anyio.current_time()
-
-    def emit(phase: str, **extra: Any) -> None:
-        if on_progress is not None:
-            elapsed = anyio.current_time() - started
-            on_progress({"phase": phase, "total": count, **counts, "elapsed": elapsed, **extra})
-
-    async def execute(index: int, task_id: str, limiter: anyio.CapacityLimiter) -> None:
-        scenario = plans[task_id]
-        row = rows[scenario.workflow]
-        row["runs"] += 1
-        async with limiter:
-            try:
-                await workflows[scenario.workflow](
-                    _task_input(task_id, scenario, index),
-                    task_id=task_id,
-                    metadata={"source": "mahavishnu-dlq demo", "scenario": scenario.kind},
-                )
-                counts["succeeded"] += 1
-                row["ok"] += 1
-            except DEMO_ERRORS as exc:  # stored by the DLQ, then re-raised to us
-                counts["failed"] += 1
-                row["failed"] += 1
-                counts["stored"] += getattr(exc, "dlq_task_id", None) is not None
-            counts["executed"] += 1
-            emit("execute")
-
-    async with dlq:
-        emit("execute")
-        limiter = anyio.CapacityLimiter(concurrency)
-        async with anyio.create_task_group() as group:
-            for index, task_id in enumerate(plans, start=1):
-                group.start_soon(execute, index, task_id, limiter)
+    run = _Run(count, seed, settings, concurrency, on_progress)
+    async with run.dlq:
+        await run.execute_all()
         executed_at = anyio.current_time()
-
-        timed_out = False
-        snapshot: dict[str, Any] = {}
-        await dlq.start_retry_processor(check_interval_seconds=0.2)
-        try:
-            deadline = executed_at + timeout
-            while True:
-                snapshot = await _retry_snapshot(dlq)
-                emit("retry", **snapshot)
-                if snapshot["scheduled"] == 0 and snapshot["retrying"] == 0:
-                    break
-                if anyio.current_time() >= deadline:
-                    timed_out = True
-                    break
-                await anyio.sleep(poll_interval)
-        finally:
-            await dlq.stop_retry_processor()
+        timed_out, snapshot = await run.retry_all(timeout, poll_interval)
         retried_at = anyio.current_time()
-
-        statistics = await dlq.get_statistics()
-        records = await _all_records(dlq)
-    counts["workflow_calls"] = sum(world.calls.values())
-    _tally(rows, records)
+        statistics = await run.dlq.get_statistics()
+        records = await _all_records(run.dlq)
+    run.counts["workflow_calls"] = sum(run.world.calls.values())
+    _tally(run.rows, records)
     snapshot.update(
         status_breakdown=statistics["status_breakdown"],
         lifetime_stats=statistics["lifetime_stats"],
     )
-    emit("done", **snapshot)
+    run.emit("done", **snapshot)
     return DemoResult(
         seed=seed,
         count=count,
-        counts=counts,
-        by_workflow=rows,
+        counts=run.counts,
+        by_workflow=run.rows,
         statistics=statistics,
         examples=_examples(records),
-        elapsed_seconds=anyio.current_time() - started,
-        execute_seconds=executed_at - started,
+        elapsed_seconds=anyio.current_time() - run.started,
+        execute_seconds=executed_at - run.started,
         retry_seconds=retried_at - executed_at,
         timed_out=timed_out,
         records=records,

@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from mahavishnu_dlq.models import (
     DLQIntegrationStrategy,
@@ -289,6 +289,36 @@ class DLQIntegration:
         )
         self._stats["manually_enqueued"] += 1
         return record
+
+    # Overloads, because mypy cannot solve ``R`` from the union alone: an async
+    # function also matches ``Callable[..., R]`` and the two answers give ``Never``.
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, R]],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
+
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
 
     async def execute_with_dlq(
         self,

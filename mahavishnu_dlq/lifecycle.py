@@ -82,22 +82,18 @@ def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTa
         return incoming
     if existing.status in (_PENDING, _RETRYING, _EXHAUSTED):
         return existing.evolve(
-            **{
-                "task": incoming.task,
-                "repos": incoming.repos,
-                "workflow": incoming.workflow or existing.workflow,
-                "last_error": incoming.error,
-                "last_error_type": incoming.error_type,
-                "metadata": {**existing.metadata, **incoming.metadata},
-                "updated_at": incoming.updated_at,
-            }
+            task=incoming.task,
+            repos=incoming.repos,
+            workflow=incoming.workflow or existing.workflow,
+            last_error=incoming.error,
+            last_error_type=incoming.error_type,
+            metadata={**existing.metadata, **incoming.metadata},
+            updated_at=incoming.updated_at,
         )
     return incoming.evolve(
-        **{
-            "created_at": existing.created_at,
-            "attempts": existing.attempts,
-            "total_attempts": existing.total_attempts + incoming.total_attempts,
-        }
+        created_at=existing.created_at,
+        attempts=existing.attempts,
+        total_attempts=existing.total_attempts + incoming.total_attempts,
     )
 
 
@@ -148,15 +144,13 @@ def claim(
     number = task.retry_count + 1
     attempt = Attempt(number=number, started_at=now, worker=owner, trigger=trigger)
     return task.evolve(
-        **{
-            "status": _RETRYING,
-            "retry_count": number,
-            "total_attempts": task.total_attempts + 1,
-            "lease_owner": owner,
-            "lease_expires_at": now + timedelta(seconds=lease_seconds),
-            "attempts": [*attempts, attempt][-attempts_kept:],
-            "updated_at": now,
-        }
+        status=_RETRYING,
+        retry_count=number,
+        total_attempts=task.total_attempts + 1,
+        lease_owner=owner,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        attempts=[*attempts, attempt][-attempts_kept:],
+        updated_at=now,
     )
 
 
@@ -165,18 +159,14 @@ def expire(task: FailedTask, *, now: datetime) -> FailedTask:
     if task.status is not _RETRYING or task.lease_active(now):
         raise TaskBusyError(task.task_id, task.lease_owner)
     return task.evolve(
-        **{
-            "status": _EXHAUSTED,
-            "next_retry_at": None,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "attempts": _close_running(
-                task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST
-            ),
-            "last_error": "attempt lost: its worker stopped renewing the lease",
-            "last_error_type": "LeaseExpired",
-            "updated_at": now,
-        }
+        status=_EXHAUSTED,
+        next_retry_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        attempts=_close_running(task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST),
+        last_error="attempt lost: its worker stopped renewing the lease",
+        last_error_type="LeaseExpired",
+        updated_at=now,
     )
 
 
@@ -193,9 +183,7 @@ def _check_owner(task: FailedTask, owner: str) -> None:
 def renew(task: FailedTask, *, now: datetime, owner: str, lease_seconds: float) -> FailedTask:
     """Extend the lease of a long attempt; refused when the lease was lost."""
     _check_owner(task, owner)
-    return task.evolve(
-        **{"lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
-    )
+    return task.evolve(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
 
 
 def finish(
@@ -241,15 +229,13 @@ def release(task: FailedTask, *, now: datetime, owner: str) -> FailedTask:
     """Give an attempt back unfinished (the processor is stopping): due again at once."""
     _check_owner(task, owner)
     return task.evolve(
-        **{
-            "status": _PENDING,
-            "next_retry_at": now,
-            "retry_count": max(0, task.retry_count - 1),
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "attempts": _close_running(task.attempts, now, AttemptOutcome.CANCELLED),
-            "updated_at": now,
-        }
+        status=_PENDING,
+        next_retry_at=now,
+        retry_count=max(0, task.retry_count - 1),
+        lease_owner=None,
+        lease_expires_at=None,
+        attempts=_close_running(task.attempts, now, AttemptOutcome.CANCELLED),
+        updated_at=now,
     )
 
 
@@ -260,17 +246,13 @@ def archive(task: FailedTask, *, now: datetime) -> FailedTask:
     if task.status is _ARCHIVED:
         return task
     return task.evolve(
-        **{
-            "status": _ARCHIVED,
-            "next_retry_at": None,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "attempts": _close_running(
-                task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST
-            ),
-            "archived_at": now,
-            "updated_at": now,
-        }
+        status=_ARCHIVED,
+        next_retry_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        attempts=_close_running(task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST),
+        archived_at=now,
+        updated_at=now,
     )
 
 
@@ -281,15 +263,11 @@ def make_due(task: FailedTask, *, now: datetime) -> FailedTask:
     if task.status in (_COMPLETED, _ARCHIVED):
         raise TaskBusyError(task.task_id, reason=f"it is {task.status.value}")
     return task.evolve(
-        **{
-            "status": _PENDING,
-            "next_retry_at": now,
-            "max_retries": max(task.max_retries, task.retry_count + 1),
-            "attempts": _close_running(
-                task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST
-            ),
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "updated_at": now,
-        }
+        status=_PENDING,
+        next_retry_at=now,
+        max_retries=max(task.max_retries, task.retry_count + 1),
+        attempts=_close_running(task.attempts, task.lease_expires_at or now, AttemptOutcome.LOST),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=now,
     )

@@ -393,7 +393,7 @@ class RetryProcessor:
                     self._in_flight[task.task_id] = task
                     group.start_soon(self._attempt, task)
             self.cycles += 1
-            if claimed and len(claimed) == free:
+            if len(claimed) == free:  # also free == 0: woken by an enqueue while full
                 await self._wake.wait()  # saturated: go on when a slot frees
                 continue
             await self._idle()

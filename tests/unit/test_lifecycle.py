@@ -379,9 +379,7 @@ def test_expire_exhausts_a_stranded_attempt() -> None:
     assert new.updated_at == at(LEASE + 1)
 
 
-@pytest.mark.parametrize(
-    "task", [claimed(), make_task()], ids=["lease-running", "not-retrying"]
-)
+@pytest.mark.parametrize("task", [claimed(), make_task()], ids=["lease-running", "not-retrying"])
 def test_expire_refuses_live_or_idle_tasks(task: FailedTask) -> None:
     with pytest.raises(TaskBusyError):
         lifecycle.expire(task, now=at(1))
