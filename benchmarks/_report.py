@@ -58,7 +58,8 @@ class Row:
     ratio: float | None = None
     target: str = "—"
     result: str = "—"
-    overhead_us: float | None = None
+    overhead_us: float | None = None  # median of paired (variant - bare) differences
+    overhead_min_us: float | None = None  # min(variant) - min(bare): the quiet-machine cost
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class Row:
             "us_per_op_min": self.timing.min_us,
             "repetitions": len(self.timing.per_op_ns),
             "overhead_us": self.overhead_us,
+            "overhead_min_us": self.overhead_min_us,
             "baseline": self.baseline,
             "ratio": self.ratio,
             "target": self.target,
@@ -164,7 +166,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[i
 def timing_table(rows: Sequence[Row], *, overhead: bool) -> str:
     headers = ["benchmark", "size", "ops/s", "µs/op (median)", "µs/op (min)"]
     if overhead:
-        headers.append("overhead µs/call")
+        headers += ["overhead µs/call (median)", "overhead (min)"]
     headers += ["baseline", "ratio", "target", "result"]
     cells = []
     for row in rows:
@@ -176,10 +178,12 @@ def timing_table(rows: Sequence[Row], *, overhead: bool) -> str:
             fmt_us(row.timing.min_us),
         ]
         if overhead:
-            line.append("—" if row.overhead_us is None else fmt_us(row.overhead_us))
+            line += [
+                "—" if v is None else fmt_us(v) for v in (row.overhead_us, row.overhead_min_us)
+            ]
         line += [row.baseline, _ratio(row.ratio), row.target, row.result]
         cells.append(line)
-    numeric = {1, 2, 3, 4, 5} if overhead else {1, 2, 3, 4}
+    numeric = {1, 2, 3, 4, 5, 6} if overhead else {1, 2, 3, 4}
     return _table(headers, cells, numeric)
 
 

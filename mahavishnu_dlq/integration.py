@@ -88,6 +88,11 @@ async def capture_failure(
     Returns the stored record, or None when the DLQ could not take it (then
     ``exc.dlq_error`` says why). The caller re-raises ``exc``.
     """
+    if not dlq.enabled:  # the DLQ is switched off: the failure just propagates
+        _mark(exc, None, None)
+        return None
+    if getattr(exc, "dlq_task_id", None) is not None:  # stored by an inner wrapper already
+        return None
     tid = task_id or uuid.uuid4().hex
     try:
         record = await dlq.enqueue(

@@ -30,7 +30,13 @@ from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import error_type_name
 from mahavishnu_dlq.errors import DLQError, RetryAfter, TaskBusyError
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
-from mahavishnu_dlq.policy import RetryState, decide, retry_after_hint
+from mahavishnu_dlq.policy import (
+    RetryAction,
+    RetryDecision,
+    RetryState,
+    decide,
+    retry_after_hint,
+)
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue, Handler
@@ -114,17 +120,30 @@ def _finisher(
         now = dlq.clock.now()
         if outcome is AttemptOutcome.SUCCESS:
             return lifecycle.finish(current, now=now, owner=owner, outcome=outcome)
-        if outcome is AttemptOutcome.DEFERRED:
-            until = now + timedelta(seconds=defer_seconds or 0.0)
-            return lifecycle.finish(
-                current, now=now, owner=owner, outcome=outcome, defer_until=until
-            )
         params = dlq.policies.resolve(
             workflow=current.workflow,
             category=current.error_category,
             policy=current.retry_policy,
             max_retries=current.max_retries,
         )
+        if outcome is AttemptOutcome.DEFERRED:
+            until = now + timedelta(seconds=defer_seconds or 0.0)
+            deadline = params.deadline
+            if deadline is None or until <= current.failed_at + timedelta(seconds=deadline):
+                return lifecycle.finish(
+                    current, now=now, owner=owner, outcome=outcome, defer_until=until
+                )
+            return lifecycle.finish(  # a deferral past the deadline gives up
+                current,
+                now=now,
+                owner=owner,
+                outcome=AttemptOutcome.FAILURE,
+                error=f"RetryAfter({defer_seconds:g}s) would pass the deadline ({deadline:g}s)",
+                error_type="RetryAfter",
+                decision=RetryDecision(
+                    RetryAction.EXHAUST, None, None, f"deadline ({deadline:g}s) passed"
+                ),
+            )
         state = RetryState(
             retry_count=current.retry_count,
             first_failed_at=current.failed_at,
@@ -182,7 +201,8 @@ async def run_attempt(
             "error_type": error_type_name(exc),
             "exc": exc,
         }
-    stored = await _record(dlq, task, owner, **outcome)
+    with anyio.CancelScope(shield=True):  # stopping now must not lose a finished attempt
+        stored = await _record(dlq, task, owner, **outcome)
     _count(dlq, task, outcome["outcome"], stored)
     status = stored.status if stored is not None else DeadLetterStatus.RETRYING
     return AttemptResult(task.task_id, outcome["outcome"], status, result, outcome.get("error"))
@@ -249,22 +269,26 @@ class RetryProcessor:
         self,
         dlq: DeadLetterQueue,
         *,
-        concurrency: int = 10,
-        attempt_timeout: float = 300.0,
-        check_interval: float = 60.0,
-        batch_size: int = 100,
+        concurrency: int | None = None,
+        attempt_timeout: float | None = None,
+        check_interval: float | None = None,
+        batch_size: int | None = None,
         lease_seconds: float | None = None,
         worker_id: str | None = None,
     ) -> None:
+        concurrency = dlq.concurrency if concurrency is None else concurrency
+        check_interval = dlq.retry_interval_seconds if check_interval is None else check_interval
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if check_interval <= 0:
             raise ValueError(f"check_interval must be > 0, got {check_interval}")
         self.dlq = dlq
         self.concurrency = concurrency
-        self.attempt_timeout = attempt_timeout
+        self.attempt_timeout = (
+            dlq.attempt_timeout_seconds if attempt_timeout is None else attempt_timeout
+        )
         self.check_interval = check_interval
-        self.batch_size = batch_size
+        self.batch_size = dlq.batch_size if batch_size is None else batch_size
         self.lease_seconds = lease_seconds or dlq.lease_seconds
         self.worker_id = worker_id or dlq.worker_id
         self.running = False
@@ -279,6 +303,10 @@ class RetryProcessor:
         def claim(current: FailedTask | None) -> FailedTask:
             if current is None:
                 raise TaskBusyError("?", reason="gone")
+            if self.dlq.handler_for(current.workflow) is None:
+                raise TaskBusyError(
+                    current.task_id, reason=f"no handler here for workflow {current.workflow!r}"
+                )
             if (
                 current.status is DeadLetterStatus.RETRYING
                 and current.retry_count >= current.max_retries
@@ -396,17 +424,23 @@ class RetryProcessor:
             if len(claimed) == free:  # also free == 0: woken by an enqueue while full
                 await self._wake.wait()  # saturated: go on when a slot frees
                 continue
-            await self._idle()
+            await self._idle(took_any=bool(claimed))
 
-    async def _idle(self) -> None:
-        """Wait for new work, a free slot, the next due task or the check interval."""
+    async def _idle(self, *, took_any: bool) -> None:
+        """Wait for new work, a free slot, the next due task or the check interval.
+
+        Tasks that are due but were not taken (no handler here, or busy) do not
+        make the loop spin: without a claim this cycle it waits for the interval.
+        """
         wait = self.check_interval
         try:
             due = await self.dlq.store.next_due_at()
         except DLQError:
             due = None
         if due is not None:
-            wait = min(wait, max(0.0, (due - self.dlq.clock.now()).total_seconds()))
+            until_due = (due - self.dlq.clock.now()).total_seconds()
+            if until_due > 0 or took_any:
+                wait = min(wait, max(0.0, until_due))
         if wait <= 0:
             await anyio.lowlevel.checkpoint()
             return

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import socket
 import traceback as tb
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -118,7 +120,9 @@ class DeadLetterQueue:
         lease_seconds: float = 600.0,
         attempt_timeout_seconds: float = 300.0,
         concurrency: int = 10,
+        batch_size: int = 100,
         retry_interval_seconds: float = 60.0,
+        enabled: bool = True,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"max_size must be >= 1, got {max_size}", field="max_size")
@@ -129,12 +133,14 @@ class DeadLetterQueue:
         self.policies = policies or PolicyBook()
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        self.worker_id = worker_id or f"{uuid.uuid4().hex[:12]}"
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.max_payload_bytes = max_payload_bytes
         self.attempts_kept = attempts_kept
         self.lease_seconds = lease_seconds
         self.attempt_timeout_seconds = attempt_timeout_seconds
         self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.enabled = enabled
         self.retry_interval_seconds = retry_interval_seconds
         self.handlers: dict[str, Handler] = {}
         self.default_callback: Handler | None = None
@@ -163,7 +169,9 @@ class DeadLetterQueue:
             lease_seconds=settings.processor.lease_seconds,
             attempt_timeout_seconds=settings.processor.attempt_timeout_seconds,
             concurrency=settings.processor.concurrency,
+            batch_size=settings.processor.batch_size,
             retry_interval_seconds=settings.retry_interval_seconds,
+            enabled=settings.enabled,
         )
 
     async def start(self) -> None:
@@ -219,7 +227,7 @@ class DeadLetterQueue:
             text = _encode([task, metadata])
         except (TypeError, ValueError) as exc:
             raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
-        return len(text)
+        return len(text.encode())
 
     def build_record(
         self,
@@ -389,6 +397,7 @@ class DeadLetterQueue:
         since: datetime | None = None,
         until: datetime | None = None,
         text: str | None = None,
+        fingerprint: str | None = None,
         cursor: str | None = None,
     ) -> TaskPage[FailedTask]:
         """Tasks newest failure first; ``.cursor`` on the result fetches the next page."""
@@ -401,6 +410,7 @@ class DeadLetterQueue:
             since=since,
             until=until,
             text=text,
+            fingerprint=fingerprint,
         )
         return await self.store.query(flt, limit=limit, cursor=cursor)
 
@@ -460,7 +470,16 @@ class DeadLetterQueue:
                 "and no default callback",
             }
         owner = f"{self.worker_id}/manual"
-        claimed = await self.store.mutate(task_id, partial(self._claim_manual, owner=owner))
+        if current.status in (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED):
+            return {
+                "success": False,
+                "task_id": task_id,
+                "error": "not retryable",
+                "message": f"task {task_id} is {current.status.value}; there is nothing to retry",
+            }
+        claimed = await self.store.mutate(
+            task_id, partial(self._claim_manual, task_id=task_id, owner=owner)
+        )
         self.lifetime["manually_retried"] += 1
         outcome = await run_attempt(self, claimed, owner=owner)
         if outcome.success:
@@ -478,9 +497,9 @@ class DeadLetterQueue:
             f"task is now {outcome.status.value}",
         }
 
-    def _claim_manual(self, current: FailedTask | None, *, owner: str) -> FailedTask:
+    def _claim_manual(self, current: FailedTask | None, *, task_id: str, owner: str) -> FailedTask:
         if current is None:
-            raise TaskNotFoundError(owner)
+            raise TaskNotFoundError(task_id)
         return lifecycle.claim(
             current,
             now=self.clock.now(),
@@ -649,12 +668,7 @@ class DeadLetterQueue:
         if not self._opened:
             await self.store.open()
             self._opened = True
-        processor = RetryProcessor(
-            self,
-            check_interval=check_interval_seconds or self.retry_interval_seconds,
-            concurrency=self.concurrency,
-            attempt_timeout=self.attempt_timeout_seconds,
-        )
+        processor = RetryProcessor(self, check_interval=check_interval_seconds)
         group = anyio.create_task_group()
         await group.__aenter__()
         self._task_group = group
@@ -674,6 +688,34 @@ class DeadLetterQueue:
             await group.__aexit__(None, None, None)
 
     # -- wrapping workflows (see mahavishnu_dlq.integration) ---------------------------------
+
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, R]],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
+
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
 
     async def execute_with_dlq(
         self,

@@ -443,7 +443,13 @@ class DLQSettings(BaseSettings):
             _YAML_FILE.reset(token)
 
     def policy_book(self) -> PolicyBook:
-        """The :class:`~mahavishnu_dlq.policy.PolicyBook` these settings describe."""
+        """The :class:`~mahavishnu_dlq.policy.PolicyBook` these settings describe.
+
+        ``default_retry_policy`` is the policy of the retryable categories
+        (transient and network); resource failures stay linear and permission,
+        validation and permanent ones never, unless ``policies.category_policies``
+        says otherwise.
+        """
         policies = self.policies
         default = PolicyParams(
             policy=self.default_retry_policy,
@@ -456,7 +462,11 @@ class DLQSettings(BaseSettings):
         )
         return PolicyBook(
             default,
-            category_policies=dict(policies.category_policies),
+            category_policies={
+                ErrorCategory.TRANSIENT: self.default_retry_policy,
+                ErrorCategory.NETWORK: self.default_retry_policy,
+                **policies.category_policies,
+            },
             by_category={
                 category: override.to_override()
                 for category, override in policies.by_category.items()

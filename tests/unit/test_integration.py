@@ -567,3 +567,27 @@ async def test_reset_statistics(dlq: DeadLetterQueue) -> None:
     assert all(value == 0 for value in counters.values())
     assert stats["enqueue_rate"] == 0.0
     assert await dlq.store.count() == 2  # resetting counters touches no records
+
+
+async def test_nested_wrappers_store_a_failure_once(dlq: DeadLetterQueue) -> None:
+    async def boom(task: dict[str, Any], repos: list[str]) -> Any:
+        raise ConnectionError("connection refused")
+
+    with pytest.raises(ConnectionError) as caught:
+        async with dlq.guard(None, {"outer": True}):
+            await dlq.execute_with_dlq(boom, {"inner": True}, task_id="inner-id")
+    assert caught.value.dlq_task_id == "inner-id"  # type: ignore[attr-defined]
+    assert len(caught.value.__notes__) == 1  # type: ignore[attr-defined]
+    assert (await dlq.get_statistics())["total_stored"] == 1
+
+
+async def test_a_disabled_dlq_stores_nothing_and_reraises(dlq: DeadLetterQueue) -> None:
+    dlq.enabled = False
+
+    async def boom(task: dict[str, Any], repos: list[str]) -> Any:
+        raise ConnectionError("connection refused")
+
+    with pytest.raises(ConnectionError) as caught:
+        await dlq.execute_with_dlq(boom, {}, task_id="t1")
+    assert caught.value.dlq_task_id is None  # type: ignore[attr-defined]
+    assert await dlq.get_task("t1") is None

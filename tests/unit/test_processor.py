@@ -431,22 +431,39 @@ async def test_handlers_are_chosen_by_workflow_else_the_default(dlq: DeadLetterQ
         assert (await stored(dlq, task_id)).status is COMPLETED
 
 
-async def test_unknown_workflow_without_default_is_a_recorded_failure(
+async def test_a_task_without_a_handler_here_is_left_for_a_worker_that_has_one(
     dlq: DeadLetterQueue,
 ) -> None:
     known = Recorder()
     dlq.register_handler("known", known)
-    await add(dlq, "ghost", workflow="ghost", max_retries=1)
+    ghost_before = await add(dlq, "ghost", workflow="ghost", max_retries=1)
     await add(dlq, "fine", workflow="known")
 
-    assert await RetryProcessor(dlq).run_once() == 2
+    assert await RetryProcessor(dlq).run_once() == 1  # no crash, the cycle went on
+    assert known.ids == ["fine"]
+    assert (await stored(dlq, "fine")).status is COMPLETED
+    assert await stored(dlq, "ghost") == ghost_before  # retries are not burnt here
+    dlq.default_callback = Recorder()
+    assert await RetryProcessor(dlq).run_once() == 1  # the default callback takes it
+
+
+async def test_an_attempt_whose_handler_is_gone_is_a_recorded_failure(
+    dlq: DeadLetterQueue,
+) -> None:
+    dlq.register_handler("ghost", Recorder())
+    await add(dlq, "ghost", workflow="ghost", max_retries=1)
+    processor = RetryProcessor(dlq)
+    [claimed] = await processor.claim(10)
+    del dlq.handlers["ghost"]  # unregistered between claim and run
+
+    result = await run_attempt(dlq, claimed, owner=processor.worker_id)
+    assert (result.outcome, result.status) == (AttemptOutcome.FAILURE, EXHAUSTED)
     ghost = await stored(dlq, "ghost")
     assert ghost.status is EXHAUSTED
     attempt = ghost.attempts[-1]
     assert attempt.outcome is AttemptOutcome.FAILURE
     assert attempt.error == "no handler registered for workflow 'ghost'"
     assert attempt.error_type == "LookupError"
-    assert (await stored(dlq, "fine")).status is COMPLETED  # the cycle went on
 
 
 class QuotaError(Exception):
@@ -694,6 +711,48 @@ async def test_stop_retry_processor_releases_in_flight_attempts(dlq: DeadLetterQ
     task = await stored(dlq, "t")
     assert (task.status, task.retry_count) == (PENDING, 0)
     assert task.attempts[-1].outcome is AttemptOutcome.CANCELLED
+
+
+class SlowWriteStore(WatchedStore):
+    """Holds the next write until released, like a store on a slow network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_next_write = False
+        self.holding = anyio.Event()
+        self.release = anyio.Event()
+
+    async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        if self.hold_next_write:
+            self.hold_next_write = False
+            self.holding.set()
+            await self.release.wait()
+        return await super().mutate(task_id, fn)
+
+
+async def test_stopping_during_the_outcome_write_still_records_the_outcome(
+    clock: FakeClock,
+) -> None:
+    store = SlowWriteStore()
+    dlq = DeadLetterQueue(store, clock=clock)
+
+    async def succeeds(task: dict[str, Any], repos: list[str]) -> str:
+        store.hold_next_write = True  # the write of this attempt's outcome is slow
+        return "ok"
+
+    dlq.register_handler("wf", succeeds)
+    await add(dlq, "t")
+    processor = RetryProcessor(dlq, check_interval=3600)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            await group.start(processor.run)
+            await store.holding.wait()
+            processor.stop()  # the workflow already succeeded: that must not be lost
+            store.release.set()
+    task = await stored(dlq, "t")
+    assert task.status is COMPLETED
+    assert history(task) == [(dlq.worker_id, AttemptOutcome.SUCCESS)]
+    assert dlq.lifetime["retry_success"] == 1
 
 
 # -- running in the background --------------------------------------------------------

@@ -372,6 +372,7 @@ async def test_reenqueue_after_retries_keeps_counters_and_history(
 
 
 async def test_reenqueue_while_retrying_keeps_the_lease(dlq: DeadLetterQueue) -> None:
+    dlq.default_callback = succeed
     await dlq.enqueue("t1", {}, error=connection_error(), retry_policy="immediate")
     (claimed,) = await RetryProcessor(dlq).claim(1)
     again = await dlq.enqueue("t1", {"v": 2}, error=connection_error())
@@ -913,8 +914,10 @@ async def test_manual_retry_of_a_closed_task_is_refused(dlq: DeadLetterQueue, cl
     else:
         await dlq.archive_task("t1")
     before = await fetch(dlq, "t1")
-    with pytest.raises(TaskBusyError, match="completed" if close == "complete" else "archived"):
-        await dlq.retry_task("t1")
+    result = await dlq.retry_task("t1")
+    assert result["success"] is False
+    assert result["error"] == "not retryable"
+    assert ("completed" if close == "complete" else "archived") in result["message"]
     assert await fetch(dlq, "t1") == before
 
 
@@ -1321,6 +1324,7 @@ async def test_replay_with_run_retries_inline(dlq: DeadLetterQueue) -> None:
 
 
 async def test_replay_skips_tasks_being_retried(dlq: DeadLetterQueue) -> None:
+    dlq.default_callback = succeed
     await dlq.enqueue("busy", {}, error=connection_error(), retry_policy="immediate")
     await dlq.enqueue("free", {}, error=connection_error())
     (claimed,) = await RetryProcessor(dlq).claim(10)
@@ -1381,6 +1385,7 @@ async def test_archive(dlq: DeadLetterQueue, clock: FakeClock) -> None:
 
 
 async def test_archive_of_a_task_being_retried_is_refused(dlq: DeadLetterQueue) -> None:
+    dlq.default_callback = succeed
     await dlq.enqueue("t1", {}, error=connection_error(), retry_policy="immediate")
     (claimed,) = await RetryProcessor(dlq).claim(1)
     with pytest.raises(TaskBusyError):

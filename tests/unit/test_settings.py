@@ -553,8 +553,11 @@ def test_policy_book_reflects_settings(tmp_path: Path) -> None:
     )
     assert book.resolve().policy is RetryPolicy.LINEAR
     assert book.resolve(category=ErrorCategory.VALIDATION).policy is RetryPolicy.IMMEDIATE
+    # default_retry_policy is the policy of the retryable categories
     network = book.resolve(category=ErrorCategory.NETWORK)
-    assert (network.policy, network.max_retries) == (RetryPolicy.EXPONENTIAL, 6)
+    assert (network.policy, network.max_retries) == (RetryPolicy.LINEAR, 6)
+    assert book.resolve(category=ErrorCategory.TRANSIENT).policy is RetryPolicy.LINEAR
+    assert book.resolve(category=ErrorCategory.PERMANENT).policy is RetryPolicy.NEVER
     nightly = book.resolve(workflow="nightly")
     assert (nightly.policy, nightly.max_retries) == (RetryPolicy.NEVER, 1)
     assert nightly.deadline == 86400
