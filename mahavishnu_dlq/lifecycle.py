@@ -109,7 +109,7 @@ def _close_running(
         update: dict[str, Any] = {"finished_at": at, "outcome": outcome}
         if error is not None:
             update.update(error=error[:2000], error_type=error_type)
-        return [*attempts[:-1], attempts[-1].model_copy(update=update)]
+        return [*attempts[:-1], attempts[-1].evolve(**update)]
     return attempts
 
 
@@ -142,7 +142,18 @@ def claim(
     ):
         raise TaskBusyError(task.task_id, reason="it is not due")
     number = task.retry_count + 1
-    attempt = Attempt(number=number, started_at=now, worker=owner, trigger=trigger)
+    attempt = Attempt.trusted(
+        {
+            "number": number,
+            "started_at": now,
+            "finished_at": None,
+            "outcome": AttemptOutcome.RUNNING,
+            "error": None,
+            "error_type": None,
+            "worker": owner,
+            "trigger": trigger,
+        }
+    )
     return task.evolve(
         status=_RETRYING,
         retry_count=number,

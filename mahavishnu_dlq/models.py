@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "OPEN_STATUSES",
@@ -34,7 +36,31 @@ __all__ = [
     "TaskPage",
     "decode_cursor",
     "encode_cursor",
+    "encode_json",
 ]
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - interpreters without the C accelerator
+        return plain.encode
+    # One C encoder made once: JSONEncoder.encode builds a new one on every call.
+    # No circular-reference bookkeeping: a cycle ends in RecursionError instead.
+    fast = c_make_encoder(
+        None, plain.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return plain.encode(value)
+        return "".join(fast(value, 0))
+
+    return encode
+
+
+#: Compact JSON (no spaces, UTF-8 kept, NaN refused) — the stored form of payloads.
+encode_json: Callable[[Any], str] = _make_encoder()
 
 
 class RetryPolicy(str, Enum):
@@ -107,6 +133,31 @@ class Attempt(BaseModel):
     error_type: str | None = None
     worker: str = ""
     trigger: str = Field(default="processor", description="'processor' or 'manual'")
+
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> Attempt:
+        """Build from values the library produced itself: every field, right types."""
+        return _trusted(cls, values, _ALL_ATTEMPT_FIELDS)
+
+    def evolve(self, **changes: Any) -> Attempt:
+        """A copy with ``changes`` applied (trusted values; no validation)."""
+        values = self.__dict__.copy()
+        values.update(changes)
+        return _trusted(Attempt, values, _ALL_ATTEMPT_FIELDS)
+
+
+_ALL_ATTEMPT_FIELDS = set(Attempt.model_fields)
+
+
+def _trusted(cls: type[M], values: dict[str, Any], fields_set: set[str]) -> M:
+    """What ``model_construct`` does, without its per-field bookkeeping."""
+    model = cls.__new__(cls)
+    _set = object.__setattr__
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", fields_set)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
 
 
 class FailedTask(BaseModel):
@@ -192,13 +243,7 @@ class FailedTask(BaseModel):
         paths (enqueue, store reads, claims) build several records per operation.
         ``values`` is taken over, not copied.
         """
-        task = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(task, "__dict__", values)
-        _set(task, "__pydantic_fields_set__", set(_FIELD_NAMES))
-        _set(task, "__pydantic_extra__", None)
-        _set(task, "__pydantic_private__", None)
-        return task
+        return _trusted(cls, values, _ALL_FIELDS_SET)
 
     def evolve(self, **changes: Any) -> FailedTask:
         """A copy with ``changes`` applied (trusted values; no validation)."""
@@ -207,7 +252,9 @@ class FailedTask(BaseModel):
         return FailedTask.trusted(values)
 
 
-_FIELD_NAMES = frozenset(FailedTask.model_fields)
+#: Every record built by :meth:`FailedTask.trusted` has all fields set; they share
+#: this one set (pydantic copies it before any change, in ``model_copy``).
+_ALL_FIELDS_SET = set(FailedTask.model_fields)
 
 
 def _as_tuple(value: Any) -> tuple[Any, ...] | None:

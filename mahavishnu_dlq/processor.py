@@ -355,15 +355,17 @@ class RetryProcessor:
         """
         tasks = await self.claim(self.batch_size)
         if tasks:
-            limiter = anyio.CapacityLimiter(self.concurrency)
+            # ``concurrency`` workers share the batch: fewer tasks to spawn than
+            # one per attempt, and no limiter to queue on.
+            pending = iter(tasks)
 
-            async def limited(task: FailedTask) -> None:
-                async with limiter:
+            async def worker() -> None:
+                for task in pending:
                     await self._attempt(task)
 
             async with anyio.create_task_group() as group:
-                for task in tasks:
-                    group.start_soon(limited, task)
+                for _ in range(min(self.concurrency, len(tasks))):
+                    group.start_soon(worker)
         self.cycles += 1
         return len(tasks)
 

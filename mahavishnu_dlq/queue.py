@@ -10,7 +10,6 @@ Wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) lives in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -48,6 +47,7 @@ from mahavishnu_dlq.models import (
     RetryPolicy,
     TaskFilter,
     TaskPage,
+    encode_json,
 )
 from mahavishnu_dlq.policy import PolicyBook, RetryState, decide, retry_after_hint
 from mahavishnu_dlq.storage.base import Store
@@ -64,8 +64,6 @@ R = TypeVar("R")
 
 #: A retry handler: called with the task's input and repos, sync or async.
 Handler = Callable[[dict[str, Any], list[str]], Any]
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 _LIFETIME_KEYS = (
     "enqueued_total",
@@ -224,8 +222,8 @@ class DeadLetterQueue:
                 task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
             )
         try:
-            text = _encode([task, metadata])
-        except (TypeError, ValueError) as exc:
+            text = encode_json([task, metadata])
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
         return len(text.encode())
 

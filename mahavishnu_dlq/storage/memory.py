@@ -37,6 +37,7 @@ from mahavishnu_dlq.models import (
     TaskPage,
     decode_cursor,
     encode_cursor,
+    encode_json,
 )
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatistics
 
@@ -47,13 +48,20 @@ _PENDING = DeadLetterStatus.PENDING
 _RETRYING = DeadLetterStatus.RETRYING
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """Decode JSON this store encoded itself (compact, no surrounding whitespace)."""
+    if text == _EMPTY_OBJECT:
+        return {}
+    return _raw_decode(text)[0]
 
 
 def _dumps(value: dict[str, Any]) -> str:
     if not value:
         return _EMPTY_OBJECT
-    return _encode(value)
+    return encode_json(value)
 
 
 class _Row:
@@ -118,13 +126,26 @@ class _Row:
     archived_at: datetime | None
     due: datetime | None
 
-    def __init__(self, t: FailedTask, interned: dict[str, str]) -> None:
+    def __init__(  # noqa: PLR0915 - one assignment per field
+        self,
+        t: FailedTask,
+        interned: dict[str, str],
+        previous: _Row | None = None,
+        handed: FailedTask | None = None,
+    ) -> None:
+        """Encode ``t``. When ``t`` was derived from ``handed`` (the record read from
+        ``previous``) and kept its very ``task``/``metadata`` objects — mutations are
+        pure, so those are unchanged — their encodings are reused."""
         v = t.__dict__
+        h = handed.__dict__ if handed is not None else None
         intern = interned.setdefault
         self.task_id = v["task_id"]
         workflow = v["workflow"]
         self.workflow = intern(workflow, workflow)
-        self.task = _dumps(v["task"])
+        if h is not None and previous is not None and v["task"] is h["task"]:
+            self.task = previous.task
+        else:
+            self.task = _dumps(v["task"])
         self.repos = tuple([intern(repo, repo) for repo in v["repos"]])
         self.error = v["error"]
         error_type = v["error_type"]
@@ -153,7 +174,10 @@ class _Row:
         owner = v["lease_owner"]
         self.lease_owner = None if owner is None else intern(owner, owner)
         self.lease_expires_at = v["lease_expires_at"]
-        self.metadata = _dumps(v["metadata"])
+        if h is not None and previous is not None and v["metadata"] is h["metadata"]:
+            self.metadata = previous.metadata
+        else:
+            self.metadata = _dumps(v["metadata"])
         self.failed_at = v["failed_at"]
         self.created_at = v["created_at"]
         self.updated_at = v["updated_at"]
@@ -171,7 +195,7 @@ class _Row:
             {
                 "task_id": self.task_id,
                 "workflow": self.workflow,
-                "task": json.loads(self.task),
+                "task": _loads(self.task),
                 "repos": list(self.repos),
                 "error": self.error,
                 "error_type": self.error_type,
@@ -189,7 +213,7 @@ class _Row:
                 "status": self.status,
                 "lease_owner": self.lease_owner,
                 "lease_expires_at": self.lease_expires_at,
-                "metadata": json.loads(self.metadata),
+                "metadata": _loads(self.metadata),
                 "failed_at": self.failed_at,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
@@ -242,8 +266,8 @@ class MemoryStore:
         self._due: list[tuple[datetime, str]] = []
         self._pending_age: list[tuple[datetime, str]] = []
         self._by_status: Counter[DeadLetterStatus] = Counter()
-        self._by_category: Counter[str] = Counter()
-        self._by_policy: Counter[str] = Counter()
+        self._by_category: Counter[ErrorCategory] = Counter()
+        self._by_policy: Counter[RetryPolicy] = Counter()
         self._open_fingerprints: Counter[str] = Counter()
         self._fingerprint_example: dict[str, tuple[str, str]] = {}
         self._interned: dict[str, str] = {}
@@ -264,8 +288,9 @@ class MemoryStore:
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         row = self._rows.get(task_id)
-        new = fn(None if row is None else row.to_task())
-        self._write(task_id, row, new)
+        current = None if row is None else row.to_task()
+        new = fn(current)
+        self._write(task_id, row, new, current)
         return new
 
     async def delete(self, task_id: str) -> bool:
@@ -286,12 +311,13 @@ class MemoryStore:
             row = self._rows.get(entry[1])
             if row is None or row.due != entry[0]:
                 continue  # stale: the task changed or went away since this entry
+            current = row.to_task()
             try:
-                new = fn(row.to_task())
+                new = fn(current)
             except DLQError:
                 refused.append(entry)
                 continue
-            self._write(row.task_id, row, new)
+            self._write(row.task_id, row, new, current)
             claimed.append(new)
         for entry in refused:
             heapq.heappush(heap, entry)
@@ -349,8 +375,8 @@ class MemoryStore:
         return StoreStatistics(
             total=len(self._rows),
             by_status={status: self._by_status[status] for status in DeadLetterStatus},
-            by_category={key: n for key, n in self._by_category.items() if n},
-            by_policy={key: n for key, n in self._by_policy.items() if n},
+            by_category={key.value: n for key, n in self._by_category.items() if n},
+            by_policy={key.value: n for key, n in self._by_policy.items() if n},
             oldest_pending_failed_at=self._oldest_pending(),
             top_fingerprints=top,
         )
@@ -375,10 +401,12 @@ class MemoryStore:
 
     # -- bookkeeping ---------------------------------------------------------------
 
-    def _write(self, task_id: str, old: _Row | None, new: FailedTask) -> None:
+    def _write(
+        self, task_id: str, old: _Row | None, new: FailedTask, handed: FailedTask | None
+    ) -> None:
         if new.task_id != task_id:
             raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-        row = _Row(new, self._interned)
+        row = _Row(new, self._interned, old, handed)
         if old is not None:
             self._account(old, -1)
         self._rows[task_id] = row
@@ -400,8 +428,8 @@ class MemoryStore:
 
     def _account(self, row: _Row, sign: int) -> None:
         self._by_status[row.status] += sign
-        self._by_category[row.error_category.value] += sign
-        self._by_policy[row.retry_policy.value] += sign
+        self._by_category[row.error_category] += sign
+        self._by_policy[row.retry_policy] += sign
         if row.status in OPEN_STATUSES and row.error_fingerprint:
             fp = row.error_fingerprint
             self._open_fingerprints[fp] += sign
