@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
 import io
 import json
 import os
@@ -38,11 +39,14 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import anyio
 from tenacity import AsyncRetrying, retry, stop_after_attempt
 
+import mahavishnu_dlq
 from benchmarks._report import (
     MemoryRow,
     Report,
@@ -184,6 +188,20 @@ def _payload_bytes(task: FailedTask) -> int:
 
 def _progress(text: str) -> None:
     print(f"  … {text}", file=sys.stderr, flush=True)
+
+
+@cache
+def _source_digest() -> str:
+    """A short hash of the measured package's sources, to tell which code a table is from.
+
+    Computed once, when the run starts (the package is imported by then).
+    """
+    root = Path(mahavishnu_dlq.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _loadavg() -> str:
@@ -847,7 +865,8 @@ def _header(cfg: Config, sections: set[str]) -> None:
         f"sections: {', '.join(sorted(sections))}"
     )
     print(
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"- mahavishnu_dlq {mahavishnu_dlq.__version__}, sources sha256 {_source_digest()}; "
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {_loadavg()}"
     )
@@ -872,6 +891,7 @@ async def _run(cfg: Config, sections: set[str], report: Report) -> None:
 
 async def _run_profiles(cfg: Config) -> None:
     n = 5_000 if cfg.quick else 20_000
+    print(f"mahavishnu_dlq sources sha256 {_source_digest()}\n")
     print(await _profile_enqueue(n))
     print()
     print(await _profile_drain(n // 2, cfg.batch_size))
@@ -896,6 +916,8 @@ def _summary(report: Report, elapsed: float) -> None:
 def _write_json(path: str, cfg: Config, report: Report, elapsed: float) -> None:
     doc = {
         "date": datetime.now(timezone.utc).isoformat(),
+        "mahavishnu_dlq": mahavishnu_dlq.__version__,
+        "source_sha256": _source_digest(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
