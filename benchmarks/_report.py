@@ -115,6 +115,8 @@ class MemoryRow:
 
 @dataclass
 class Report:
+    """Everything one run measured, in the order it was printed."""
+
     rows: list[Row] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
 

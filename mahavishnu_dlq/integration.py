@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from mahavishnu_dlq.models import (
@@ -187,34 +187,67 @@ def workflow_decorator(
     return decorate
 
 
-@asynccontextmanager
-async def guard(
-    dlq: DeadLetterQueue,
-    task_id: str | None,
-    task: Mapping[str, Any],
-    repos: Iterable[str] | None = None,
-    *,
-    workflow: str | None = None,
-    retry_policy: RetryPolicy | str | None = None,
-    max_retries: int | None = None,
-    metadata: Mapping[str, Any] | None = None,
-) -> AsyncIterator[None]:
-    """A failure inside the block is stored in ``dlq``, then re-raised."""
-    try:
-        yield
-    except Exception as exc:
-        await capture_failure(
-            dlq,
-            exc,
-            task,
-            repos,
-            task_id=task_id,
-            workflow=workflow,
-            retry_policy=retry_policy,
-            max_retries=max_retries,
-            metadata=metadata,
-        )
-        raise
+class guard:  # noqa: N801 - used like a function: `async with dlq.guard(...)`
+    """A failure inside the block is stored in ``dlq``, then re-raised.
+
+    A plain class rather than ``@asynccontextmanager``: the success path is one
+    object and two calls, no generator.
+    """
+
+    __slots__ = (
+        "dlq",
+        "max_retries",
+        "metadata",
+        "repos",
+        "retry_policy",
+        "task",
+        "task_id",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        dlq: DeadLetterQueue,
+        task_id: str | None,
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.dlq = dlq
+        self.task_id = task_id
+        self.task = task
+        self.repos = repos
+        self.workflow = workflow
+        self.retry_policy = retry_policy
+        self.max_retries = max_retries
+        self.metadata = metadata
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if isinstance(exc, Exception):
+            await capture_failure(
+                self.dlq,
+                exc,
+                self.task,
+                self.repos,
+                task_id=self.task_id,
+                workflow=self.workflow,
+                retry_policy=self.retry_policy,
+                max_retries=self.max_retries,
+                metadata=self.metadata,
+            )
+        return False  # never swallow: the failure propagates
 
 
 class DLQIntegration:

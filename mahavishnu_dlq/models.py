@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -265,6 +265,29 @@ def _as_tuple(value: Any) -> tuple[Any, ...] | None:
     return tuple(value)
 
 
+class FilterableTask(Protocol):
+    """The fields :meth:`TaskFilter.matches` reads (records and store rows have them)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def workflow(self) -> str: ...
+    @property
+    def status(self) -> DeadLetterStatus: ...
+    @property
+    def error_category(self) -> ErrorCategory: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def error_type(self) -> str: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def error_fingerprint(self) -> str: ...
+    @property
+    def failed_at(self) -> datetime: ...
+
+
 class TaskFilter(BaseModel):
     """Which tasks to list, replay or purge. Every field narrows the selection."""
 
@@ -294,8 +317,8 @@ class TaskFilter(BaseModel):
             raise ValueError("since/until must be timezone-aware (UTC)")
         return value
 
-    def matches(self, task: FailedTask) -> bool:
-        """True when ``task`` is selected by this filter."""
+    def matches(self, task: FilterableTask) -> bool:
+        """True when ``task`` (a record, or anything with its fields) is selected."""
         if self.status is not None and task.status not in self.status:
             return False
         if self.error_category is not None and task.error_category not in self.error_category:

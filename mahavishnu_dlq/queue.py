@@ -38,6 +38,7 @@ from mahavishnu_dlq.errors import (
     TaskBusyError,
     TaskNotFoundError,
 )
+from mahavishnu_dlq.integration import execute_with_dlq, guard, workflow_decorator
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     ErrorCategory,
@@ -50,11 +51,11 @@ from mahavishnu_dlq.models import (
     encode_json,
 )
 from mahavishnu_dlq.policy import PolicyBook, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from mahavishnu_dlq.processor import RetryProcessor
     from mahavishnu_dlq.settings import DLQSettings
 
 __all__ = ["DeadLetterQueue", "Handler"]
@@ -454,8 +455,6 @@ class DeadLetterQueue:
         while the task is being retried elsewhere. A failure counts toward
         exhaustion exactly like an automatic retry.
         """
-        from mahavishnu_dlq.processor import run_attempt  # noqa: PLC0415 - cycle
-
         current = await self.store.get(task_id)
         if current is None:
             raise TaskNotFoundError(task_id)
@@ -657,8 +656,6 @@ class DeadLetterQueue:
         registered handler). Stop it with :meth:`stop_retry_processor` from the
         same task that started it (or use ``async with dlq``).
         """
-        from mahavishnu_dlq.processor import RetryProcessor  # noqa: PLC0415 - cycle
-
         if callback is not None:
             self.default_callback = callback
         if self.is_processor_running and self.processor is not None:
@@ -733,8 +730,6 @@ class DeadLetterQueue:
         exception propagates with ``dlq_task_id`` set (and ``dlq_error`` plus a
         note when the DLQ could not store it).
         """
-        from mahavishnu_dlq.integration import execute_with_dlq  # noqa: PLC0415 - cycle
-
         return await execute_with_dlq(
             self,
             fn,
@@ -749,8 +744,6 @@ class DeadLetterQueue:
 
     def workflow(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
         """Decorator: register ``fn`` as the retry handler of ``name`` and wrap its calls."""
-        from mahavishnu_dlq.integration import workflow_decorator  # noqa: PLC0415 - cycle
-
         return workflow_decorator(self, name)
 
     def guard(
@@ -765,8 +758,6 @@ class DeadLetterQueue:
         metadata: Mapping[str, Any] | None = None,
     ) -> AbstractAsyncContextManager[None]:
         """``async with dlq.guard(...)``: a failure inside the block is stored, then re-raised."""
-        from mahavishnu_dlq.integration import guard  # noqa: PLC0415 - cycle
-
         return guard(
             self,
             task_id,

@@ -226,32 +226,6 @@ class _Row:
         """Listing order: newest failure first, then by id."""
         return (-to_micros(self.failed_at), self.task_id)
 
-    def matches(self, flt: TaskFilter) -> bool:
-        if flt.status is not None and self.status not in flt.status:
-            return False
-        if flt.error_category is not None and self.error_category not in flt.error_category:
-            return False
-        if flt.workflow is not None and self.workflow not in flt.workflow:
-            return False
-        if flt.since is not None and self.failed_at < flt.since:
-            return False
-        if flt.until is not None and self.failed_at >= flt.until:
-            return False
-        if flt.fingerprint is not None and self.error_fingerprint != flt.fingerprint:
-            return False
-        if flt.text:
-            needle = flt.text.casefold()
-            fields = (
-                self.task_id,
-                self.workflow,
-                self.error,
-                self.error_type,
-                self.last_error or "",
-                self.error_fingerprint,
-            )
-            return any(needle in value.casefold() for value in fields)
-        return True
-
 
 class MemoryStore:
     """Keeps tasks in this process. Fast, complete, and gone when the process ends."""
@@ -340,7 +314,7 @@ class MemoryStore:
             yield from self._rows.values()
             return
         for row in self._rows.values():
-            if row.matches(flt):
+            if flt.matches(row):
                 yield row
 
     async def query(
