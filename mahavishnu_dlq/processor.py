@@ -15,9 +15,11 @@ claims are atomic, so a task never runs twice at once.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import error_type_name
@@ -91,10 +94,23 @@ async def call_handler(fn: Callable[..., Any], *args: Any) -> Any:
 async def _record(
     dlq: DeadLetterQueue, task: FailedTask, owner: str, **outcome: Any
 ) -> FailedTask | None:
-    """Write the attempt's outcome; None when our lease was lost meanwhile."""
+    """Write the attempt's outcome; None when our lease was lost meanwhile.
+
+    A cancellation during the write (the processor is stopping) must not lose an
+    attempt that already ran: the write is then repeated, shielded. The write is
+    a compare-and-set on our lease, so repeating one that had landed is refused
+    harmlessly.
+    """
+    finish = _finisher(dlq, owner=owner, **outcome)
     try:
-        return await dlq.store.mutate(task.task_id, _finisher(dlq, owner=owner, **outcome))
+        stored = await dlq.store.mutate(task.task_id, finish)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(TaskBusyError):
+                _count(dlq, task, outcome["outcome"], await dlq.store.mutate(task.task_id, finish))
+        raise
     except TaskBusyError as exc:
+        _count(dlq, task, outcome["outcome"], None)
         _log.warning(
             "dlq.retry %s: outcome discarded, %s",
             task.task_id,
@@ -102,6 +118,8 @@ async def _record(
             extra={"action": "dlq.retry", "task_id": task.task_id, "outcome": "lease_lost"},
         )
         return None
+    _count(dlq, task, outcome["outcome"], stored)
+    return stored
 
 
 def _finisher(
@@ -163,13 +181,43 @@ def _finisher(
     return finish
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One worker of a processor: the attempt it runs now, watched for its timeout.
+
+    A worker runs many attempts inside one cancel scope, and a watchdog cancels
+    that scope when the current attempt passes its deadline — instead of a timer
+    scope per attempt, which costs more than a trivial attempt itself.
+    """
+
+    scope: anyio.CancelScope | None = None
+    task: FailedTask | None = None
+    deadline: float = math.inf
+    timed_out: bool = False
+
+
+def _timeout(limit: float) -> dict[str, Any]:
+    return {
+        "outcome": AttemptOutcome.TIMEOUT,
+        "error": f"attempt timed out after {limit:g}s",
+        "error_type": "TimeoutError",
+    }
+
+
 async def run_attempt(
-    dlq: DeadLetterQueue, task: FailedTask, *, owner: str, timeout: float | None = None
+    dlq: DeadLetterQueue,
+    task: FailedTask,
+    *,
+    owner: str,
+    timeout: float | None = None,
+    slot: _Slot | None = None,
 ) -> AttemptResult:
     """Run one claimed attempt of ``task`` and record its outcome.
 
-    Used by the processor and by manual retries alike. If the caller is
-    cancelled, the lease is released (shielded) and the cancellation propagates.
+    Used by the processor and by manual retries alike. The attempt times out
+    after ``timeout`` seconds (by its own timer, or — inside a processor worker,
+    ``slot`` — by the worker's watchdog). If the caller is cancelled, the lease
+    is released (shielded) and the cancellation propagates.
     """
     handler: Handler | None = dlq.handler_for(task.workflow)
     limit = dlq.attempt_timeout_seconds if timeout is None else timeout
@@ -178,21 +226,22 @@ async def run_attempt(
     try:
         if handler is None:
             raise LookupError(f"no handler registered for workflow {task.workflow!r}")
-        with anyio.move_on_after(limit) as scope:
-            result = await call_handler(handler, dict(task.task), list(task.repos))
-        if scope.cancelled_caught:
-            outcome = {
-                "outcome": AttemptOutcome.TIMEOUT,
-                "error": f"attempt timed out after {limit:g}s",
-                "error_type": "TimeoutError",
-            }
+        if slot is None:
+            with anyio.move_on_after(limit) as scope:
+                result = await call_handler(handler, dict(task.task), list(task.repos))
+            timed_out = scope.cancelled_caught
         else:
-            outcome = {"outcome": AttemptOutcome.SUCCESS}
+            result = await call_handler(handler, dict(task.task), list(task.repos))
+            timed_out = False
+        outcome = _timeout(limit) if timed_out else {"outcome": AttemptOutcome.SUCCESS}
     except RetryAfter as signal:
         outcome = {"outcome": AttemptOutcome.DEFERRED, "defer_seconds": signal.seconds}
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            await _release(dlq, task, owner)
+            if slot is not None and slot.timed_out:  # our watchdog: a timeout, not a stop
+                await _record(dlq, task, owner, **_timeout(limit))
+            else:
+                await _release(dlq, task, owner)
         raise
     except Exception as exc:  # noqa: BLE001 - a workflow's failure is data, never a crash
         outcome = {
@@ -201,9 +250,7 @@ async def run_attempt(
             "error_type": error_type_name(exc),
             "exc": exc,
         }
-    with anyio.CancelScope(shield=True):  # stopping now must not lose a finished attempt
-        stored = await _record(dlq, task, owner, **outcome)
-    _count(dlq, task, outcome["outcome"], stored)
+    stored = await _record(dlq, task, owner, **outcome)
     status = stored.status if stored is not None else DeadLetterStatus.RETRYING
     return AttemptResult(task.task_id, outcome["outcome"], status, result, outcome.get("error"))
 
@@ -217,7 +264,7 @@ def _count(
         return
     if outcome is AttemptOutcome.SUCCESS:
         life["retry_success"] += 1
-    elif outcome is AttemptOutcome.DEFERRED:
+    elif outcome is AttemptOutcome.DEFERRED and stored.status is not DeadLetterStatus.EXHAUSTED:
         life["deferred"] += 1
     else:
         life["retry_failed"] += 1
@@ -337,14 +384,72 @@ class RetryProcessor:
                 self.dlq.lifetime["exhausted"] += 1
         return mine
 
-    async def _attempt(self, task: FailedTask) -> None:
+    async def _attempt(self, task: FailedTask, slot: _Slot) -> None:
         self._in_flight[task.task_id] = task
+        slot.task = task
+        slot.deadline = anyio.current_time() + self.attempt_timeout
         try:
-            await run_attempt(self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout)
+            await run_attempt(
+                self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout, slot=slot
+            )
         finally:
+            slot.task = None
             self._in_flight.pop(task.task_id, None)
             if self._wake is not None:
                 self._wake.set()
+
+    async def _work(
+        self, tasks: Iterator[FailedTask] | MemoryObjectReceiveStream[FailedTask], slot: _Slot
+    ) -> None:
+        """Run attempts one after another until ``tasks`` ends.
+
+        A timed-out attempt ends the worker's cancel scope (the watchdog cancels
+        it); the worker then goes on with a fresh scope. Any other cancellation
+        (the processor stopping) propagates.
+        """
+        while True:
+            with anyio.CancelScope() as scope:
+                slot.scope = scope
+                slot.timed_out = False
+                if isinstance(tasks, MemoryObjectReceiveStream):
+                    async for task in tasks:
+                        await self._attempt(task, slot)
+                else:
+                    for task in tasks:
+                        await self._attempt(task, slot)
+                return
+
+    async def _watchdog(self, slots: list[_Slot]) -> None:
+        """Cancel the scope of any worker whose attempt passed its deadline."""
+        if not math.isfinite(self.attempt_timeout):
+            return
+        while True:
+            now = anyio.current_time()
+            for slot in slots:
+                if (
+                    slot.task is not None
+                    and not slot.timed_out
+                    and slot.scope is not None
+                    and slot.deadline <= now
+                ):
+                    slot.timed_out = True
+                    slot.scope.cancel()
+            # new attempts get deadlines at least attempt_timeout away
+            running = [slot.deadline for slot in slots if slot.task is not None]
+            wake = min(running, default=now + self.attempt_timeout)
+            await anyio.sleep(max(0.001, wake - now))
+
+    async def _pool(
+        self, tasks: Iterator[FailedTask] | MemoryObjectReceiveStream[FailedTask], workers: int
+    ) -> None:
+        """Run ``workers`` workers over ``tasks`` under one watchdog, until ``tasks`` ends."""
+        slots = [_Slot() for _ in range(workers)]
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watchdog, slots)
+            async with anyio.create_task_group() as pool:
+                for slot in slots:
+                    pool.start_soon(self._work, tasks, slot)
+            group.cancel_scope.cancel()
 
     # -- deterministic driving ------------------------------------------------------------
 
@@ -355,17 +460,7 @@ class RetryProcessor:
         """
         tasks = await self.claim(self.batch_size)
         if tasks:
-            # ``concurrency`` workers share the batch: fewer tasks to spawn than
-            # one per attempt, and no limiter to queue on.
-            pending = iter(tasks)
-
-            async def worker() -> None:
-                for task in pending:
-                    await self._attempt(task)
-
-            async with anyio.create_task_group() as group:
-                for _ in range(min(self.concurrency, len(tasks))):
-                    group.start_soon(worker)
+            await self._pool(iter(tasks), min(self.concurrency, len(tasks)))
         self.cycles += 1
         return len(tasks)
 
@@ -396,20 +491,32 @@ class RetryProcessor:
         self.running = True
         self._wake = anyio.Event()
         self.dlq._wakeup = self.wakeup
+        send, receive = anyio.create_memory_object_stream[FailedTask](math.inf)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 task_status.started()
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._renew_leases)
-                    await self._loop(group)
+                    group.start_soon(self._pool, receive, self.concurrency)
+                    await self._loop(send)
         finally:
             self.running = False
             self._scope = None
             if self.dlq._wakeup == self.wakeup:
                 self.dlq._wakeup = None
+            with anyio.CancelScope(shield=True):  # claimed but never started: give back
+                while True:
+                    try:
+                        task = receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                        break
+                    self._in_flight.pop(task.task_id, None)
+                    await _release(self.dlq, task, self.worker_id)
+            send.close()
+            receive.close()
 
-    async def _loop(self, group: anyio.abc.TaskGroup) -> None:
+    async def _loop(self, send: MemoryObjectSendStream[FailedTask]) -> None:
         while True:
             self._wake = anyio.Event()
             free = self.concurrency - len(self._in_flight)
@@ -421,9 +528,9 @@ class RetryProcessor:
                     _log.warning("dlq.claim failed: %s", exc, extra={"action": "dlq.claim"})
                 for task in claimed:
                     self._in_flight[task.task_id] = task
-                    group.start_soon(self._attempt, task)
+                    send.send_nowait(task)
             self.cycles += 1
-            if len(claimed) == free:  # also free == 0: woken by an enqueue while full
+            if len(claimed) == free:
                 await self._wake.wait()  # saturated: go on when a slot frees
                 continue
             await self._idle(took_any=bool(claimed))

@@ -458,6 +458,13 @@ class DeadLetterQueue:
         current = await self.store.get(task_id)
         if current is None:
             raise TaskNotFoundError(task_id)
+        if current.status in (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED):
+            return {
+                "success": False,
+                "task_id": task_id,
+                "error": "not retryable",
+                "message": f"task {task_id} is {current.status.value}; there is nothing to retry",
+            }
         if self.handler_for(current.workflow) is None:
             return {
                 "success": False,
@@ -467,13 +474,6 @@ class DeadLetterQueue:
                 "and no default callback",
             }
         owner = f"{self.worker_id}/manual"
-        if current.status in (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED):
-            return {
-                "success": False,
-                "task_id": task_id,
-                "error": "not retryable",
-                "message": f"task {task_id} is {current.status.value}; there is nothing to retry",
-            }
         claimed = await self.store.mutate(
             task_id, partial(self._claim_manual, task_id=task_id, owner=owner)
         )

@@ -107,7 +107,7 @@ class ProcessorSettings(_Group):
         default=None,
         min_length=1,
         max_length=256,
-        description="name of this worker in leases and attempts; host:pid when unset",
+        description="name of this worker in leases and attempts; host:pid:random when unset",
     )
 
 

@@ -378,6 +378,54 @@ async def test_attempt_timeout_reschedules_then_exhausts(dlq: DeadLetterQueue) -
     assert dlq.lifetime["exhausted"] == 1
 
 
+async def test_a_timeout_ends_only_its_own_attempt(dlq: DeadLetterQueue) -> None:
+    """One worker, three tasks: the hanging one times out, the worker goes on."""
+
+    async def handler(task: dict[str, Any], repos: list[str]) -> str:
+        if task["id"] == "hangs":
+            await anyio.Event().wait()
+        await anyio.lowlevel.checkpoint()
+        return "ok"
+
+    dlq.register_handler("wf", handler)
+    for task_id in ("before", "hangs", "after"):
+        await add(dlq, task_id)
+    processor = RetryProcessor(dlq, concurrency=1, attempt_timeout=0.05)
+    with anyio.fail_after(5):
+        assert await processor.run_once() == 3
+    assert (await stored(dlq, "before")).status is COMPLETED
+    assert (await stored(dlq, "after")).status is COMPLETED
+    hung = await stored(dlq, "hangs")
+    assert hung.status is PENDING
+    assert [a.outcome for a in hung.attempts] == [AttemptOutcome.TIMEOUT]
+    assert dlq.lifetime == {**dlq.lifetime, "retry_success": 2, "retry_failed": 1}
+
+
+async def test_the_run_loop_times_out_attempts_and_keeps_going(dlq: DeadLetterQueue) -> None:
+    done = anyio.Event()
+
+    async def handler(task: dict[str, Any], repos: list[str]) -> str:
+        if task["id"] == "hangs":
+            await anyio.Event().wait()
+        if task["id"] == "after":
+            done.set()
+        return "ok"
+
+    dlq.register_handler("wf", handler)
+    await add(dlq, "hangs", max_retries=1)
+    processor = RetryProcessor(dlq, concurrency=1, attempt_timeout=0.05, check_interval=3600)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            await group.start(processor.run)
+            await add(dlq, "after")
+            await done.wait()
+            processor.stop()
+    hung = await stored(dlq, "hangs")
+    assert hung.status is EXHAUSTED
+    assert [a.outcome for a in hung.attempts] == [AttemptOutcome.TIMEOUT]
+    assert (await stored(dlq, "after")).status is COMPLETED
+
+
 async def test_sync_handler_that_hangs_times_out_too(dlq: DeadLetterQueue) -> None:
     unblock = threading.Event()
 
