@@ -43,6 +43,7 @@ __all__ = [
     "merge_failure",
     "release",
     "renew",
+    "schedule",
     "scheduled",
 ]
 
@@ -53,7 +54,7 @@ _COMPLETED = DeadLetterStatus.COMPLETED
 _ARCHIVED = DeadLetterStatus.ARCHIVED
 
 
-def _apply(decision: RetryDecision) -> dict[str, Any]:
+def schedule(decision: RetryDecision) -> dict[str, Any]:
     """Status and schedule after a failure, from the policy's decision."""
     if decision.action is RetryAction.RETRY:
         return {"status": _PENDING, "next_retry_at": decision.next_retry_at}
@@ -64,7 +65,7 @@ def _apply(decision: RetryDecision) -> dict[str, Any]:
 
 def scheduled(task: FailedTask, decision: RetryDecision) -> FailedTask:
     """A freshly built record with its first schedule applied."""
-    return task.evolve(**_apply(decision))
+    return task.evolve(**schedule(decision))
 
 
 def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTask:
@@ -232,7 +233,7 @@ def finish(
     else:
         if decision is None:
             raise ValueError("a failed attempt needs the policy's decision")
-        update.update(_apply(decision), last_error=error, last_error_type=error_type)
+        update.update(schedule(decision), last_error=error, last_error_type=error_type)
     return task.evolve(**update)
 
 

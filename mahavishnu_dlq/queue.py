@@ -279,7 +279,9 @@ class DeadLetterQueue:
         )
         meta = dict(metadata) if metadata else {}
         meta["failure_context"] = failure_context()
-        record = FailedTask.trusted(
+        state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
+        schedule = lifecycle.schedule(decide(params, state, self.rng))
+        return FailedTask.trusted(
             {
                 "task_id": task_id,
                 "workflow": workflow,
@@ -297,8 +299,8 @@ class DeadLetterQueue:
                 "max_retries": params.max_retries,
                 "total_attempts": 1,
                 "retry_policy": params.policy,
-                "next_retry_at": None,
-                "status": DeadLetterStatus.PENDING,
+                "next_retry_at": schedule["next_retry_at"],
+                "status": schedule["status"],
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "metadata": meta,
@@ -309,8 +311,6 @@ class DeadLetterQueue:
                 "archived_at": None,
             }
         )
-        state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
-        return lifecycle.scheduled(record, decide(params, state, self.rng))
 
     async def enqueue(
         self,
