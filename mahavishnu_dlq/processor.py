@@ -186,14 +186,18 @@ class _Slot:
     """One worker of a processor: the attempt it runs now, watched for its timeout.
 
     A worker runs many attempts inside one cancel scope, and a watchdog cancels
-    that scope when the current attempt passes its deadline — instead of a timer
-    scope per attempt, which costs more than a trivial attempt itself.
+    that scope when the current attempt runs too long — instead of a timer scope
+    per attempt, which costs more than a trivial attempt itself. Starting an
+    attempt only bumps ``attempt``; the watchdog notes when it first sees each
+    attempt number, so the hot path never reads the clock.
     """
 
     scope: anyio.CancelScope | None = None
     task: FailedTask | None = None
-    deadline: float = math.inf
+    attempt: int = 0
     timed_out: bool = False
+    seen_attempt: int = -1
+    seen_at: float = 0.0
 
 
 def _timeout(limit: float) -> dict[str, Any]:
@@ -387,7 +391,7 @@ class RetryProcessor:
     async def _attempt(self, task: FailedTask, slot: _Slot) -> None:
         self._in_flight[task.task_id] = task
         slot.task = task
-        slot.deadline = anyio.current_time() + self.attempt_timeout
+        slot.attempt += 1
         try:
             await run_attempt(
                 self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout, slot=slot
@@ -420,24 +424,27 @@ class RetryProcessor:
                 return
 
     async def _watchdog(self, slots: list[_Slot]) -> None:
-        """Cancel the scope of any worker whose attempt passed its deadline."""
-        if not math.isfinite(self.attempt_timeout):
+        """Cancel the scope of any worker whose attempt ran past ``attempt_timeout``.
+
+        It looks every ``min(attempt_timeout / 8, 1 s)``, so an attempt is stopped
+        at most that much after its timeout.
+        """
+        timeout = self.attempt_timeout
+        if not math.isfinite(timeout):
             return
+        interval = max(0.001, min(timeout / 8, 1.0))
         while True:
             now = anyio.current_time()
             for slot in slots:
-                if (
-                    slot.task is not None
-                    and not slot.timed_out
-                    and slot.scope is not None
-                    and slot.deadline <= now
-                ):
+                if slot.task is None or slot.timed_out or slot.scope is None:
+                    continue
+                if slot.attempt != slot.seen_attempt:  # started since the last look
+                    slot.seen_attempt = slot.attempt
+                    slot.seen_at = now  # it started at or before now: never stopped early
+                elif now - slot.seen_at >= timeout:
                     slot.timed_out = True
                     slot.scope.cancel()
-            # new attempts get deadlines at least attempt_timeout away
-            running = [slot.deadline for slot in slots if slot.task is not None]
-            wake = min(running, default=now + self.attempt_timeout)
-            await anyio.sleep(max(0.001, wake - now))
+            await anyio.sleep(interval)
 
     async def _pool(
         self, tasks: Iterator[FailedTask] | MemoryObjectReceiveStream[FailedTask], workers: int
