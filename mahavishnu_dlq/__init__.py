@@ -7,6 +7,8 @@ archive or purge. Start with :class:`DeadLetterQueue`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mahavishnu_dlq.blocking import BlockingDLQ
 from mahavishnu_dlq.classifier import ClassifierRule, ErrorClassifier
 from mahavishnu_dlq.errors import (
@@ -59,6 +61,7 @@ __all__ = [
     "InvalidPayloadError",
     "Jitter",
     "MemoryStore",
+    "OpenSearchStore",
     "PayloadTooLargeError",
     "PolicyBook",
     "PolicyParams",
@@ -75,3 +78,12 @@ __all__ = [
     "TaskPage",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``OpenSearchStore`` is imported lazily (it needs the ``opensearch`` extra)."""
+    if name == "OpenSearchStore":
+        from mahavishnu_dlq import storage  # noqa: PLC0415
+
+        return storage.OpenSearchStore
+    raise AttributeError(f"module 'mahavishnu_dlq' has no attribute {name!r}")

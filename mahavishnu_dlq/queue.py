@@ -773,7 +773,11 @@ class DeadLetterQueue:
 def _store_from_settings(settings: DLQSettings) -> Store:
     if settings.store == "memory":
         return MemoryStore()
+    if settings.store == "opensearch":
+        from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
+
+        return OpenSearchStore.from_settings(settings.opensearch)
     raise ConfigurationError(
-        f"store {settings.store!r} is not available in this version; use 'memory'",
+        f"store {settings.store!r} is not available in this version; use 'memory' or 'opensearch'",
         field="store",
     )

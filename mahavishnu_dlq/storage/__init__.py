@@ -1,6 +1,34 @@
-"""Storage backends behind one contract (:class:`~mahavishnu_dlq.storage.base.Store`)."""
+"""Storage backends behind one contract (:class:`~mahavishnu_dlq.storage.base.Store`).
+
+``OpenSearchStore`` is imported lazily: it needs the ``opensearch`` extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, Store, StoreStatistics
 from mahavishnu_dlq.storage.memory import MemoryStore
 
-__all__ = ["FingerprintCount", "MemoryStore", "Mutation", "Store", "StoreStatistics"]
+__all__ = [
+    "FingerprintCount",
+    "MemoryStore",
+    "Mutation",
+    "OpenSearchStore",
+    "Store",
+    "StoreStatistics",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``OpenSearchStore`` only when asked for, naming the extra it needs."""
+    if name == "OpenSearchStore":
+        try:
+            from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415
+        except ImportError as exc:
+            raise ImportError(
+                "OpenSearchStore needs the 'opensearch' extra: "
+                f"pip install 'mahavishnu-dlq[opensearch]' ({exc})"
+            ) from exc
+        return OpenSearchStore
+    raise AttributeError(f"module 'mahavishnu_dlq.storage' has no attribute {name!r}")

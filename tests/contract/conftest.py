@@ -1,7 +1,14 @@
-"""The store under test: one parameter per backend, each resolving only its own backend."""
+"""The store under test: one parameter per backend, each resolving only its own backend.
+
+The OpenSearch parameter asks for the session's node (``opensearch_url``), so a run
+that selects only memory cases never starts one. Each OpenSearch test gets a fresh
+index, dropped afterwards. ``AsyncOpenSearch`` runs on asyncio only: under trio the
+OpenSearch cases skip (the store itself refuses trio with a clear error).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,17 +16,25 @@ import pytest
 from mahavishnu_dlq.storage import MemoryStore, Store
 
 
-@pytest.fixture(params=["memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+@pytest.fixture(params=["memory", pytest.param("opensearch", marks=pytest.mark.opensearch)])
+async def store(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Store]:
     """A fresh, empty, opened store of each backend."""
-    backend: Store
     if request.param == "memory":
-        backend = MemoryStore()
-    else:  # pragma: no cover - other backends arrive with their issues
-        raise pytest.UsageError(f"unknown backend {request.param}")
-    await backend.open()
+        memory = MemoryStore()
+        await memory.open()
+        yield memory
+        await memory.clear()
+        await memory.close()
+        return
+    if anyio_backend != "asyncio":
+        pytest.skip("OpenSearchStore runs on asyncio only (opensearch-py's AsyncOpenSearch)")
+    from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
+
+    url = request.getfixturevalue("opensearch_url")
+    search = OpenSearchStore(hosts=[url], index=f"dlq-contract-{uuid.uuid4().hex[:12]}")
+    await search.open()
     try:
-        yield backend
+        yield search
     finally:
-        await backend.clear()
-        await backend.close()
+        await search.drop()
+        await search.close()

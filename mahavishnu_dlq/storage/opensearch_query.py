@@ -1,0 +1,366 @@
+"""The OpenSearch store's index layout and request bodies (no I/O).
+
+Kept apart from :mod:`mahavishnu_dlq.storage.opensearch` so the store reads as
+its algorithms (compare-and-set, claims, group commit) and this module as the
+persisted format: the mapping, how a :class:`FailedTask` becomes a document and
+back, and how a :class:`TaskFilter` becomes a query.
+
+Document layout: every field of :class:`FailedTask` in its JSON form
+(``model_dump(mode="json")``: ISO 8601 timestamps with microseconds, enum
+values as strings), plus three derived ``long`` fields in microseconds since
+the epoch, which is what sorting and range filters use (``date`` keeps only
+milliseconds, ``date_nanos`` cannot hold dates before 1970):
+
+- ``failed_at_us``: listing order and ``since``/``until``;
+- ``updated_at_us``: ``purge(older_than=...)``;
+- ``due_us``: when the task becomes claimable — ``next_retry_at`` while
+  pending, ``lease_expires_at`` while retrying, null otherwise — so "due at
+  ``now``" is one range query and "oldest due first" one sort.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.models import OPEN_STATUSES, DeadLetterStatus, FailedTask, TaskFilter
+from mahavishnu_dlq.storage.base import FingerprintCount, StoreStatistics
+
+__all__ = [
+    "DERIVED_FIELDS",
+    "DUE_SORT",
+    "LISTING_SORT",
+    "MAPPING_VERSION",
+    "OPEN_QUERY",
+    "doc_id",
+    "due_query",
+    "filter_query",
+    "from_document",
+    "index_body",
+    "mapping_problems",
+    "purge_query",
+    "read_statistics",
+    "statistics_body",
+    "template_body",
+    "text_pattern",
+    "to_document",
+    "update_body",
+]
+
+#: Bumped when the mapping changes; kept in the index's ``_meta``. Versions only
+#: ever add fields, so an index of an older version is upgraded in place.
+MAPPING_VERSION = 1
+
+#: Longest keyword indexed (Lucene's term limit is 32766 bytes; 4 bytes a char).
+#: Longer values are stored but neither searchable nor aggregatable.
+_KEYWORD_LIMIT = 8191
+
+_KEYWORD = {"type": "keyword"}
+_TEXT_KEYWORD = {"type": "keyword", "ignore_above": _KEYWORD_LIMIT}
+_DATE = {"type": "date"}
+_LONG = {"type": "long"}
+_OPAQUE = {"type": "object", "enabled": False}  # stored in _source, never indexed
+
+_PROPERTIES: dict[str, dict[str, Any]] = {
+    "task_id": _KEYWORD,
+    "workflow": _TEXT_KEYWORD,
+    "task": _OPAQUE,
+    "repos": _TEXT_KEYWORD,
+    "error": _TEXT_KEYWORD,
+    "error_type": _TEXT_KEYWORD,
+    "error_category": _KEYWORD,
+    "error_fingerprint": _TEXT_KEYWORD,
+    "traceback": {"type": "text", "index": False},
+    "last_error": _TEXT_KEYWORD,
+    "last_error_type": _TEXT_KEYWORD,
+    "attempts": _OPAQUE,
+    "retry_count": _LONG,
+    "max_retries": _LONG,
+    "total_attempts": _LONG,
+    "retry_policy": _KEYWORD,
+    "next_retry_at": _DATE,
+    "status": _KEYWORD,
+    "lease_owner": _TEXT_KEYWORD,
+    "lease_expires_at": _DATE,
+    "metadata": _OPAQUE,
+    "failed_at": _DATE,
+    "created_at": _DATE,
+    "updated_at": _DATE,
+    "completed_at": _DATE,
+    "archived_at": _DATE,
+    "failed_at_us": _LONG,
+    "updated_at_us": _LONG,
+    "due_us": _LONG,
+    "write_id": {"type": "keyword", "index": False, "doc_values": False},
+}
+
+#: Fields of the document that are not fields of :class:`FailedTask`.
+DERIVED_FIELDS = ("failed_at_us", "updated_at_us", "due_us", "write_id")
+
+_unmapped = set(FailedTask.model_fields).symmetric_difference(
+    set(_PROPERTIES).difference(DERIVED_FIELDS)
+)
+if _unmapped:  # pragma: no cover - a model change without a mapping change
+    raise RuntimeError(f"OpenSearch mapping and FailedTask disagree on {sorted(_unmapped)}")
+
+#: Fields the case-insensitive ``text`` filter searches (as TaskFilter.matches does).
+_TEXT_FIELDS = ("task_id", "workflow", "error", "error_type", "last_error", "error_fingerprint")
+
+#: Records that still need something done (pending, retrying, exhausted).
+OPEN_QUERY = {"terms": {"status": sorted(status.value for status in OPEN_STATUSES)}}
+
+#: Listing order: newest failure first, then by id (keyword order = code point order).
+LISTING_SORT: list[dict[str, Any]] = [{"failed_at_us": "desc"}, {"task_id": "asc"}]
+#: Claim order: oldest due first, then by id.
+DUE_SORT: list[dict[str, Any]] = [{"due_us": "asc"}, {"task_id": "asc"}]
+
+
+def _mappings() -> dict[str, Any]:
+    return {
+        "dynamic": "strict",
+        "_meta": {"mahavishnu_dlq_mapping_version": MAPPING_VERSION},
+        "properties": _PROPERTIES,
+    }
+
+
+def _settings(refresh_interval: str) -> dict[str, Any]:
+    # One shard: a dead-letter queue is small, and exact terms aggregations need it.
+    return {
+        "number_of_shards": 1,
+        "auto_expand_replicas": "0-1",
+        "refresh_interval": refresh_interval,
+    }
+
+
+def index_body(refresh_interval: str = "1s") -> dict[str, Any]:
+    """Body of the create-index request."""
+    return {"settings": _settings(refresh_interval), "mappings": _mappings()}
+
+
+def template_body(index: str, refresh_interval: str = "1s") -> dict[str, Any]:
+    """A composable template matching exactly ``index``, so an index re-created by
+    a write (after someone deleted it) gets the strict mapping too."""
+    return {
+        "index_patterns": [index],
+        "priority": 200,
+        "template": index_body(refresh_interval),
+        "_meta": {"managed_by": "mahavishnu-dlq", "mapping_version": MAPPING_VERSION},
+    }
+
+
+def mapping_problems(mappings: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """Check an existing index's mappings against ours.
+
+    Returns the conflicts (one line per field whose type differs: the index
+    cannot be used) and whether a compatible mapping needs an in-place update
+    (fields missing, not strict, or an older mapping version).
+    """
+    properties: Mapping[str, Any] = mappings.get("properties") or {}
+    conflicts: list[str] = []
+    missing = False
+    for name, wanted in _PROPERTIES.items():
+        have = properties.get(name)
+        if have is None:
+            missing = True
+            continue
+        have_type = have.get("type", "object")
+        if have_type != wanted["type"]:
+            conflicts.append(
+                f"field {name!r} is mapped as {have_type!r}, expected {wanted['type']!r}"
+            )
+        elif wanted.get("enabled") is False and have.get("enabled", True) is not False:
+            conflicts.append(f"field {name!r} is an indexed object, expected 'enabled: false'")
+    meta = mappings.get("_meta") or {}
+    version = meta.get("mahavishnu_dlq_mapping_version")
+    outdated = not isinstance(version, int) or version < MAPPING_VERSION
+    return conflicts, missing or mappings.get("dynamic") != "strict" or outdated
+
+
+def update_body() -> dict[str, Any]:
+    """Body of the put-mapping request that upgrades a compatible index."""
+    return _mappings()
+
+
+def doc_id(task_id: str) -> str:
+    """The document ``_id`` of a task: any id string (slashes, ``..``, 512 chars) maps
+    to 64 safe hex characters. The task id itself is the ``task_id`` field."""
+    return hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _due(task: FailedTask) -> Any:
+    if task.status is DeadLetterStatus.PENDING:
+        return task.next_retry_at
+    if task.status is DeadLetterStatus.RETRYING:
+        return task.lease_expires_at
+    return None
+
+
+def to_document(task: FailedTask, write_id: str) -> dict[str, Any]:
+    """The stored form of ``task``, tagged with ``write_id`` (unique per write)."""
+    doc = task.model_dump(mode="json")
+    due = _due(task)
+    doc["failed_at_us"] = to_micros(task.failed_at)
+    doc["updated_at_us"] = to_micros(task.updated_at)
+    doc["due_us"] = None if due is None else to_micros(due)
+    doc["write_id"] = write_id
+    return doc
+
+
+def from_document(source: Mapping[str, Any]) -> FailedTask:
+    """Inverse of :func:`to_document` (validated: the index may hold foreign writes)."""
+    fields = {key: value for key, value in source.items() if key not in DERIVED_FIELDS}
+    return FailedTask.model_validate(fields)
+
+
+@functools.cache
+def _fold_table() -> dict[str, tuple[str, ...]]:
+    """Case fold -> the characters folding to it (k -> K K; ss -> ß ẞ). Built once,
+    on the first text filter, from the planes that hold cased letters."""
+    table: dict[str, set[str]] = {}
+    for code in range(0x20000):
+        char = chr(code)
+        fold = char.casefold()
+        if fold != char:
+            table.setdefault(fold, set()).add(char)
+    return {fold: tuple(sorted(chars)) for fold, chars in table.items()}
+
+
+def _literal(char: str) -> str:
+    # Lucene RegExp: a backslash makes any character literal; letters and digits
+    # stay bare (\d, \w … are classes)
+    return char if char.isalnum() else "\\" + char
+
+
+def _one_of(chars: list[str]) -> str:
+    if len(chars) == 1:
+        return _literal(chars[0])
+    return "[" + "".join(_literal(char) for char in chars) + "]"
+
+
+def _single_char_class(fold: str) -> str:
+    return _one_of(sorted({fold, *_fold_table().get(fold, ())}))
+
+
+def _char_pattern(char: str) -> str:
+    fold = char.casefold()
+    alternatives = {fold, *_fold_table().get(fold, ())}
+    singles = sorted(a for a in alternatives if len(a) == 1)
+    multi = sorted(a for a in alternatives if len(a) > 1)
+    if not multi:
+        return _one_of(singles)
+    options = [_one_of(singles)] if singles else []
+    options += ["".join(_single_char_class(c) for c in a) for a in multi]
+    return "(" + "|".join(options) + ")"
+
+
+def text_pattern(needle: str) -> str:
+    """A Lucene regular expression for values containing ``needle`` under Unicode case
+    folding, as :meth:`TaskFilter.matches` compares (``case_insensitive`` of
+    wildcard/regexp queries folds ASCII only). One difference remains: a needle that
+    is part of a multi-character fold (``s`` against ``ß`` → ``ss``) does not match."""
+    return ".*" + "".join(_char_pattern(char) for char in needle) + ".*"
+
+
+def filter_query(flt: TaskFilter | None) -> dict[str, Any]:
+    """The query selecting what ``flt.matches`` selects."""
+    if flt is None:
+        return {"match_all": {}}
+    clauses: list[dict[str, Any]] = []
+    if flt.status is not None:
+        clauses.append({"terms": {"status": [s.value for s in flt.status]}})
+    if flt.error_category is not None:
+        clauses.append({"terms": {"error_category": [c.value for c in flt.error_category]}})
+    if flt.workflow is not None:
+        clauses.append({"terms": {"workflow": list(flt.workflow)}})
+    if flt.since is not None or flt.until is not None:
+        bounds: dict[str, int] = {}
+        if flt.since is not None:
+            bounds["gte"] = to_micros(flt.since)
+        if flt.until is not None:
+            bounds["lt"] = to_micros(flt.until)
+        clauses.append({"range": {"failed_at_us": bounds}})
+    if flt.fingerprint is not None:
+        clauses.append({"term": {"error_fingerprint": flt.fingerprint}})
+    if flt.text:
+        pattern = text_pattern(flt.text)
+        clauses.append(
+            {
+                "bool": {
+                    "should": [
+                        {"regexp": {name: {"value": pattern, "flags": "NONE"}}}
+                        for name in _TEXT_FIELDS
+                    ],
+                    "minimum_should_match": 1,
+                }
+            }
+        )
+    if not clauses:
+        return {"match_all": {}}
+    return {"bool": {"filter": clauses}}
+
+
+def purge_query(older_than: datetime | None, statuses: Collection[DeadLetterStatus]) -> Any:
+    """Records in ``statuses`` last updated before ``older_than``."""
+    values = sorted({DeadLetterStatus(status).value for status in statuses})
+    clauses: list[dict[str, Any]] = [{"terms": {"status": values}}]
+    if older_than is not None:
+        clauses.append({"range": {"updated_at_us": {"lt": to_micros(older_than)}}})
+    return {"bool": {"filter": clauses}}
+
+
+def statistics_body(top_fingerprints: int) -> dict[str, Any]:
+    """One size-0 search: terms aggregations per status, category and policy, the
+    oldest pending record, and the most frequent fingerprints among open records
+    (each with its oldest record's error as the example)."""
+    oldest = {"top_hits": {"size": 1, "sort": [{"failed_at_us": "asc"}], "_source": False}}
+    aggs: dict[str, Any] = {
+        "status": {"terms": {"field": "status", "size": 100}},
+        "category": {"terms": {"field": "error_category", "size": 100}},
+        "policy": {"terms": {"field": "retry_policy", "size": 100}},
+        "pending": {"filter": {"term": {"status": "pending"}}, "aggs": {"oldest": oldest}},
+    }
+    if top_fingerprints > 0:
+        example = {
+            "size": 1,
+            "sort": [{"failed_at_us": "asc"}, {"task_id": "asc"}],
+            "_source": ["error", "error_type"],
+        }
+        fingerprints = {"field": "error_fingerprint", "size": top_fingerprints, "exclude": [""]}
+        aggs["open"] = {
+            "filter": OPEN_QUERY,
+            "aggs": {"fp": {"terms": fingerprints, "aggs": {"example": {"top_hits": example}}}},
+        }
+    return {"size": 0, "track_total_hits": True, "aggs": aggs}
+
+
+def read_statistics(response: Mapping[str, Any]) -> StoreStatistics:
+    """The :class:`StoreStatistics` in a response to :func:`statistics_body`."""
+    found = response["aggregations"]
+
+    def counts(name: str) -> dict[str, int]:
+        return {bucket["key"]: bucket["doc_count"] for bucket in found[name]["buckets"]}
+
+    statuses = counts("status")
+    pending = found["pending"]["oldest"]["hits"]["hits"]
+    top: list[FingerprintCount] = []
+    for bucket in found["open"]["fp"]["buckets"] if "open" in found else ():
+        source = bucket["example"]["hits"]["hits"][0]["_source"]
+        error_type, error = source.get("error_type", ""), source.get("error", "")
+        top.append(FingerprintCount(bucket["key"], bucket["doc_count"], error_type, error[:200]))
+    return StoreStatistics(
+        total=response["hits"]["total"]["value"],
+        by_status={status: statuses.get(status.value, 0) for status in DeadLetterStatus},
+        by_category=counts("category"),
+        by_policy=counts("policy"),
+        oldest_pending_failed_at=from_micros(pending[0]["sort"][0]) if pending else None,
+        top_fingerprints=top,
+    )
+
+
+def due_query(now_us: int) -> dict[str, Any]:
+    """Tasks due at ``now_us``: pending past ``next_retry_at`` or retrying past their lease."""
+    return {"range": {"due_us": {"lte": now_us}}}
