@@ -335,6 +335,9 @@ class OpenSearchStore:
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         _require_asyncio()
         doc_id = q.doc_id(task_id)
+        created = await self._create_if_absent(task_id, doc_id, fn)
+        if created is not None:
+            return created
         source, version = await self._read(doc_id)
         for _ in range(self._conflict_retries):
             new = fn(None if source is None else q.from_document(source))
@@ -357,6 +360,28 @@ class OpenSearchStore:
         raise TaskBusyError(
             task_id, reason=f"{self._conflict_retries} concurrent updates won the race; try again"
         )
+
+    async def _create_if_absent(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask | None:
+        """Optimistic create: most enqueues are of new ids, so try ``fn(None)`` with
+        ``op_type=create`` first and skip the read. None when the record exists (the
+        caller then reads and compares-and-sets) or ``fn`` refuses a missing record
+        (it is called again, for real, on the read path; mutations are pure)."""
+        try:
+            new = fn(None)
+        except Exception:  # noqa: BLE001 - decided on the read path, with the real record
+            return None
+        if new.task_id != task_id:
+            raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
+        doc = q.to_document(new, uuid.uuid4().hex)
+        [item] = await self._write([({"create": {"_id": doc_id}}, doc)], "mutate")
+        if item["status"] in _OK:
+            return new
+        if item["status"] == 409:
+            source, _ = await self._read(doc_id)
+            if source is not None and source.get("write_id") == doc["write_id"]:
+                return new  # our create was applied; the 409 answered the transport's retry
+            return None
+        raise self._item_error(item, "mutate")
 
     async def delete(self, task_id: str) -> bool:
         _require_asyncio()

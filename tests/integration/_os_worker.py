@@ -1,0 +1,167 @@
+"""A worker process for the multi-process OpenSearch tests (run with ``python -m``).
+
+Modes (first argument):
+
+``process URL INDEX WORKER_ID LOG [options]``
+    Runs a :class:`RetryProcessor` (``run_once`` cycles, so leases are never
+    renewed) against the index until no open task is left or ``--timeout``
+    passes (exit code 3). Every execution of the handler appends JSON lines to
+    ``LOG``: ``{"event": "start", ...}`` when it begins and ``{"event": "end",
+    "task_id", "pid", "start", "end"}`` when it ends (``time.time()``). A task
+    whose payload has ``"block": true`` blocks for an hour when ``--block`` is
+    given. ``--ready``/``--go``: touch the first file once connected, then wait
+    for the second to exist before claiming (a start barrier).
+
+``enqueue URL INDEX``
+    Enqueues the tasks of :data:`RESTART_TASKS` through a ``DeadLetterQueue``,
+    prints their ids as one JSON list, and closes the queue.
+
+``dump URL INDEX``
+    Prints ``{task_id: status}`` of every stored task as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mahavishnu_dlq import DeadLetterQueue
+from mahavishnu_dlq.processor import RetryProcessor
+from mahavishnu_dlq.storage.opensearch import OpenSearchStore
+
+WORKFLOW = "proc-wf"
+
+#: (task_id, retry_policy, error) enqueued by the ``enqueue`` mode.
+RESTART_TASKS: list[tuple[str, str, str]] = [
+    ("restart-never-1", "never", "validation failed: bad input"),
+    ("restart-never-2", "never", "permission denied"),
+    ("restart-exp-1", "exponential", "connection reset by peer"),
+    ("restart-exp-2", "exponential", "timeout talking to upstream"),
+    ("restart-linear-1", "linear", "resource exhausted"),
+]
+
+
+class _Log:
+    """One JSON line per event, flushed at once (the process may be killed)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def _process(args: argparse.Namespace) -> int:
+    log = _Log(args.log)
+    pid = os.getpid()
+
+    async def handler(task: dict[str, Any], repos: list[str]) -> str:
+        start = time.time()
+        log.write({"event": "start", "task_id": task["id"], "pid": pid, "start": start})
+        if args.block and task.get("block"):
+            await anyio.sleep(3600)
+        await anyio.sleep(0.001)
+        log.write(
+            {"event": "end", "task_id": task["id"], "pid": pid, "start": start, "end": time.time()}
+        )
+        return "ok"
+
+    store = OpenSearchStore(hosts=[args.url], index=args.index)
+    dlq = DeadLetterQueue(store, worker_id=args.worker_id)
+    dlq.register_handler(WORKFLOW, handler)
+    processor = RetryProcessor(
+        dlq,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        lease_seconds=args.lease_seconds,
+        attempt_timeout=args.attempt_timeout,
+        worker_id=args.worker_id,
+    )
+    await dlq.start()
+    try:
+        if args.ready:
+            Path(args.ready).touch()
+        if args.go:
+            while not Path(args.go).exists():
+                await anyio.sleep(0.01)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if await processor.run_once():
+                continue
+            if await store.open_count() == 0:
+                return 0
+            await anyio.sleep(0.05)
+        return 3
+    finally:
+        await dlq.stop()
+        log.close()
+
+
+async def _enqueue(args: argparse.Namespace) -> int:
+    store = OpenSearchStore(hosts=[args.url], index=args.index)
+    async with DeadLetterQueue(store, worker_id="enqueuer") as dlq:
+        for task_id, policy, error in RESTART_TASKS:
+            await dlq.enqueue(
+                task_id,
+                {"id": task_id, "n": len(task_id)},
+                ["repo-a", "repo-b"],
+                RuntimeError(error),
+                retry_policy=policy,
+                max_retries=3,
+                metadata={"origin_pid": os.getpid()},
+                workflow=WORKFLOW,
+            )
+    print(json.dumps([task_id for task_id, _, _ in RESTART_TASKS]))  # noqa: T201 - the answer
+    return 0
+
+
+async def _dump(args: argparse.Namespace) -> int:
+    store = OpenSearchStore(hosts=[args.url], index=args.index)
+    async with DeadLetterQueue(store, worker_id="dumper") as dlq:
+        statuses: dict[str, str] = {}
+        for task_id, _, _ in RESTART_TASKS:
+            task = await dlq.get_task(task_id)
+            statuses[task_id] = "missing" if task is None else task.status.value
+    print(json.dumps(statuses))  # noqa: T201 - the answer
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="_os_worker")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    proc = modes.add_parser("process")
+    proc.add_argument("url")
+    proc.add_argument("index")
+    proc.add_argument("worker_id")
+    proc.add_argument("log")
+    proc.add_argument("--concurrency", type=int, default=10)
+    proc.add_argument("--batch-size", type=int, default=25)
+    proc.add_argument("--lease-seconds", type=float, default=600.0)
+    proc.add_argument("--attempt-timeout", type=float, default=300.0)
+    proc.add_argument("--timeout", type=float, default=60.0)
+    proc.add_argument("--block", action="store_true")
+    proc.add_argument("--ready")
+    proc.add_argument("--go")
+    for name in ("enqueue", "dump"):
+        sub = modes.add_parser(name)
+        sub.add_argument("url")
+        sub.add_argument("index")
+    args = parser.parse_args(argv)
+    run = {"process": _process, "enqueue": _enqueue, "dump": _dump}[args.mode]
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
