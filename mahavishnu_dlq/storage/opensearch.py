@@ -6,7 +6,8 @@ Mapping
     (``dynamic: strict``; see :mod:`~mahavishnu_dlq.storage.opensearch_query`):
     keywords for ids, status, category, policy, fingerprint, workflow and worker;
     the error texts as keywords too (up to 8191 characters) so the
-    case-insensitive substring filter is a ``wildcard`` query; ``task``,
+    case-insensitive substring filter is a ``regexp`` query (with explicit case
+    classes: ``case_insensitive`` only folds ASCII); ``task``,
     ``metadata`` and ``attempts`` stored but not indexed; the timestamps as
     ``date`` plus ``long`` microsecond fields for exact sorting and ranges. An
     existing index with a conflicting field is refused with a
@@ -20,7 +21,9 @@ Ids
     exactly, microseconds and nested JSON included.
 
 Compare-and-set
-    :meth:`~OpenSearchStore.mutate` reads the document in realtime (with its
+    :meth:`~OpenSearchStore.mutate` first tries an optimistic ``create`` of
+    ``fn(None)`` (most enqueues are of new ids: this skips a read). When the
+    record exists — or ``fn`` refuses a missing record — it reads the document in realtime (with its
     ``_seq_no``/``_primary_term``), computes the successor, and writes it only if
     nobody wrote in between (``if_seq_no``/``if_primary_term``, or ``create`` when
     there was no document). A 409 means another writer won: re-read, call the

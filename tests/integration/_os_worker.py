@@ -63,6 +63,13 @@ class _Log:
         self._file.close()
 
 
+def _wait_for_file(path: Path, timeout: float) -> None:
+    """Block until ``path`` exists (the start barrier), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 async def _process(args: argparse.Namespace) -> int:
     log = _Log(args.log)
     pid = os.getpid()
@@ -92,10 +99,9 @@ async def _process(args: argparse.Namespace) -> int:
     await dlq.start()
     try:
         if args.ready:
-            Path(args.ready).touch()
+            await anyio.Path(args.ready).touch()
         if args.go:
-            while not Path(args.go).exists():
-                await anyio.sleep(0.01)
+            await anyio.to_thread.run_sync(_wait_for_file, Path(args.go), args.timeout)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             if await processor.run_once():
