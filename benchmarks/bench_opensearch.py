@@ -259,7 +259,7 @@ async def section_reads(url: str, sizes: list[int]) -> list[list[str]]:
     return rows
 
 
-async def run_all(url: str, quick: bool, sizes: list[int]) -> None:
+async def run_all(url: str, quick: bool, sizes: list[int], sections: set[int]) -> None:
     info_store = _store(url, "unused")
     info = await info_store._client.info()
     await info_store.close()
@@ -269,21 +269,25 @@ async def run_all(url: str, quick: bool, sizes: list[int]) -> None:
         f"heap {os.environ.get('BENCH_HEAP', '512 MiB')}; Python {sys.version.split()[0]}; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}\n"
     )
-    print("## 1. Durable enqueues/s (DeadLetterQueue.enqueue, acknowledged by the node)\n")
-    headers = ["producers", "tasks", "group commit/s", "one request per task/s", "ratio"]
-    print(_table([*headers, "target", "result"], await section_enqueue(url, quick)), "\n")
-    print("## 2. Claim-and-complete (RetryProcessor.run_once until idle)\n")
-    rows = await section_drain(url, quick)
-    print(_table(["processors", "tasks", "retries/s", "target", "result"], rows), "\n")
-    print("## 3. Read latency by index size (ms)\n")
-    rows = await section_reads(url, sizes)
-    print(_table(["read", "documents", "p50", "p95", "target", "result"], rows))
+    if 1 in sections:
+        print("## 1. Durable enqueues/s (DeadLetterQueue.enqueue, acknowledged by the node)\n")
+        headers = ["producers", "tasks", "group commit/s", "one request per task/s", "ratio"]
+        print(_table([*headers, "target", "result"], await section_enqueue(url, quick)), "\n")
+    if 2 in sections:
+        print("## 2. Claim-and-complete (RetryProcessor.run_once until idle)\n")
+        rows = await section_drain(url, quick)
+        print(_table(["processors", "tasks", "retries/s", "target", "result"], rows), "\n")
+    if 3 in sections:
+        print("## 3. Read latency by index size (ms)\n")
+        rows = await section_reads(url, sizes)
+        print(_table(["read", "documents", "p50", "p95", "target", "result"], rows))
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_opensearch")
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--docs", default="", help="index sizes, e.g. 100000,1000000")
+    parser.add_argument("--sections", default="1,2,3", help="sections to run, e.g. 1,2")
     return parser.parse_args()
 
 
@@ -299,7 +303,8 @@ def cli() -> None:
         node = _node_module().start_node()
         url = node.url
     try:
-        asyncio.run(run_all(url, args.quick, sizes))
+        sections = {int(x) for x in args.sections.split(",")}
+        asyncio.run(run_all(url, args.quick, sizes, sections))
     finally:
         if node is not None:
             node.stop()

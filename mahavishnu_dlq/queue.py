@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 import traceback as tb
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -148,6 +149,8 @@ class DeadLetterQueue:
         self._task_group: TaskGroup | None = None
         self._opened = False
         self._wakeup: Callable[[], None] | None = None
+        self._open_seen = 0
+        self._open_asked_at: float | None = None
 
     # -- construction and lifecycle ------------------------------------------------
 
@@ -342,7 +345,7 @@ class DeadLetterQueue:
             error_category=error_category,
             workflow=workflow,
         )
-        open_now = await self.store.open_count()
+        open_now = await self._open_estimate()
         full = open_now >= self.max_size
         duplicate = False
 
@@ -360,6 +363,7 @@ class DeadLetterQueue:
             self.lifetime["deduplicated"] += 1
         else:
             self.lifetime["enqueued_total"] += 1
+            self._open_seen += 1
             if stored.status is DeadLetterStatus.EXHAUSTED:
                 self.lifetime["exhausted"] += 1
         if _log.isEnabledFor(logging.INFO):
@@ -379,6 +383,25 @@ class DeadLetterQueue:
         if stored.next_retry_at is not None and self._wakeup is not None:
             self._wakeup()
         return stored
+
+    async def _open_estimate(self) -> int:
+        """Open tasks, for the ``max_size`` check, without a count per enqueue.
+
+        Asking the store costs a round trip (and a refresh) on OpenSearch, so the
+        answer is reused for up to a second and raised by one for every task this
+        queue adds meanwhile — an over-estimate, never an under-estimate. Within
+        5% of ``max_size`` the store is asked every time, so the limit is exact
+        for this process (other processes' enqueues show at the next ask).
+        """
+        now = time.monotonic()
+        if (
+            self._open_asked_at is None
+            or now - self._open_asked_at >= 1.0
+            or self._open_seen >= 0.95 * self.max_size
+        ):
+            self._open_seen = await self.store.open_count()
+            self._open_asked_at = now
+        return self._open_seen
 
     # -- reading ---------------------------------------------------------------------
 
