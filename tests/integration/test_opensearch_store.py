@@ -432,3 +432,60 @@ async def test_a_queue_from_settings_runs_on_opensearch(
         cleanup = OpenSearchStore(hosts=[opensearch_url], index=index_name)
         await cleanup.drop()
         await cleanup.close()
+
+
+async def test_a_long_attempt_keeps_its_lease_by_renewal(
+    opensearch_url: str, index_name: str
+) -> None:
+    """The processor renews the lease of an attempt that outlives it: another
+    worker's claim gets nothing while the attempt runs, and the attempt's
+    finishing write (conditional on the lease) still lands."""
+    started = anyio.Event()
+    release = anyio.Event()
+
+    async def slow(task: dict[str, Any], repos: list[str]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    owner_store = OpenSearchStore(hosts=[opensearch_url], index=index_name)
+    rival_store = OpenSearchStore(hosts=[opensearch_url], index=index_name)
+    await owner_store.open()
+    await rival_store.open()
+    try:
+        dlq = DeadLetterQueue(owner_store, worker_id="owner", lease_seconds=1.0)
+        dlq.default_callback = slow
+        await dlq.enqueue("long", {}, error="connection reset", retry_policy="immediate")
+        with anyio.fail_after(30):
+            await dlq.start_retry_processor(check_interval_seconds=3600)
+            await started.wait()
+            first = await owner_store.get("long")
+            assert first is not None
+            assert first.lease_expires_at is not None
+            # well past the first lease: without renewal the rival would take it
+            deadline = first.lease_expires_at + timedelta(seconds=1.5)
+            while datetime.now(timezone.utc) < deadline:
+                rival_now = datetime.now(timezone.utc)
+                stolen = await rival_store.claim_due(rival_now, 10, claimer(rival_now, "rival"))
+                assert stolen == []
+                await anyio.sleep(0.25)
+            renewed = await owner_store.get("long")
+            assert renewed is not None
+            assert renewed.lease_owner == "owner"
+            assert renewed.lease_expires_at is not None
+            assert renewed.lease_expires_at > first.lease_expires_at
+            release.set()
+            for _ in range(600):  # the finishing write lands right after the handler returns
+                current = await owner_store.get("long")
+                if current is not None and current.status is DeadLetterStatus.COMPLETED:
+                    break
+                await anyio.sleep(0.05)
+            await dlq.stop_retry_processor()
+        done = await owner_store.get("long")
+        assert done is not None
+        assert [a.outcome.value for a in done.attempts] == ["success"]
+        assert [a.worker for a in done.attempts] == ["owner"]
+    finally:
+        await owner_store.drop()
+        await owner_store.close()
+        await rival_store.close()
