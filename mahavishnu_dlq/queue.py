@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import ErrorClassifier, error_type_name
-from mahavishnu_dlq.clock import Clock, SystemClock
+from mahavishnu_dlq.clock import EPOCH, Clock, SystemClock
 from mahavishnu_dlq.context import failure_context
 from mahavishnu_dlq.errors import (
     ConfigurationError,
@@ -51,7 +51,15 @@ from mahavishnu_dlq.models import (
     TaskPage,
     encode_json,
 )
-from mahavishnu_dlq.policy import PolicyBook, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.policy import (
+    Jitter,
+    PolicyBook,
+    PolicyParams,
+    RetryAction,
+    RetryState,
+    decide,
+    retry_after_hint,
+)
 from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -150,6 +158,7 @@ class DeadLetterQueue:
         self._opened = False
         self._wakeup: Callable[[], None] | None = None
         self._open_seen = 0
+        self._text_errors: dict[str, tuple[ErrorCategory, str]] = {}
         self._open_asked_at: float | None = None
 
     # -- construction and lifecycle ------------------------------------------------
@@ -270,9 +279,14 @@ class DeadLetterQueue:
         else:
             error_type = ""
             message = str(error)
-            category = ErrorCategory(error_category) if error_category else None
-            category = category or self.classifier.classify(message)
-            fingerprint = self.classifier.fingerprint(message)
+            known = self._text_errors.get(message)
+            if known is None:
+                if len(self._text_errors) >= 4096:
+                    self._text_errors.clear()
+                known = (self.classifier.classify(message), self.classifier.fingerprint(message))
+                self._text_errors[message] = known
+            category = ErrorCategory(error_category) if error_category else known[0]
+            fingerprint = known[1]
             trace = None
         params = self.policies.resolve(
             workflow=workflow,
@@ -282,8 +296,18 @@ class DeadLetterQueue:
         )
         meta = dict(metadata) if metadata else {}
         meta["failure_context"] = failure_context()
-        state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
-        schedule = lifecycle.schedule(decide(params, state, self.rng))
+        if hint is None and params.jitter is Jitter.NONE:
+            # The first decision depends only on the params then: computed once each.
+            action, delay = _first_decision(params)
+            schedule = {
+                "status": DeadLetterStatus.EXHAUSTED
+                if action is RetryAction.EXHAUST
+                else DeadLetterStatus.PENDING,
+                "next_retry_at": None if delay is None else now + timedelta(seconds=delay),
+            }
+        else:
+            state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
+            schedule = lifecycle.schedule(decide(params, state, self.rng))
         return FailedTask.trusted(
             {
                 "task_id": task_id,
@@ -791,6 +815,17 @@ class DeadLetterQueue:
             max_retries=max_retries,
             metadata=metadata,
         )
+
+
+@lru_cache(maxsize=256)
+def _first_decision(params: PolicyParams) -> tuple[RetryAction, float | None]:
+    """What :func:`decide` says right after the first failure, without jitter or hint.
+
+    Then it depends on ``params`` alone (no time has passed since the failure), so
+    the hot path of :meth:`DeadLetterQueue.enqueue` computes it once per params.
+    """
+    decision = decide(params, RetryState(retry_count=0, first_failed_at=EPOCH, now=EPOCH))
+    return decision.action, decision.delay
 
 
 def _store_from_settings(settings: DLQSettings) -> Store:

@@ -1642,3 +1642,18 @@ async def test_every_timestamp_comes_from_the_injected_clock(
         assert value.utcoffset() == timedelta(0)
         assert value in seen | schedules, value
     assert set(_timestamps(task)) >= seen
+
+
+@pytest.mark.parametrize("policy", list(RetryPolicy))
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+@pytest.mark.parametrize("deadline", [None, 0.0, 30.0, 7200.0])
+def test_the_cached_first_decision_is_what_decide_says(
+    policy: RetryPolicy, max_retries: int, deadline: float | None
+) -> None:
+    from mahavishnu_dlq.policy import PolicyParams, RetryState, decide  # noqa: PLC0415
+    from mahavishnu_dlq.queue import _first_decision  # noqa: PLC0415
+
+    params = PolicyParams(policy=policy, max_retries=max_retries, deadline=deadline)
+    now = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    direct = decide(params, RetryState(retry_count=0, first_failed_at=now, now=now))
+    assert _first_decision(params) == (direct.action, direct.delay)
