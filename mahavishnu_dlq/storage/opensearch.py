@@ -262,6 +262,7 @@ class OpenSearchStore:
                 verify_certs=verify_certs,
                 ca_certs=ca_certs,
                 timeout=timeout,
+                maxsize=64,  # concurrent attempts each read their record: do not queue on 10
             )
         self._client = client
         self._commit = _GroupCommit(self._send_bulk, max_items=self._batch_size)
