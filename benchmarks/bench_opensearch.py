@@ -269,6 +269,10 @@ async def run_all(url: str, quick: bool, sizes: list[int], sections: set[int]) -
         f"heap {os.environ.get('BENCH_HEAP', '512 MiB')}; Python {sys.version.split()[0]}; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}\n"
     )
+    print("  … warming the node up (JIT): enqueues and a drain, untimed", file=sys.stderr)
+    for _ in range(2):
+        await _enqueue_rate(url, 100, 3000, batch_size=1000)
+        await _drain_rate(url, 3, 1500)
     if 1 in sections:
         print("## 1. Durable enqueues/s (DeadLetterQueue.enqueue, acknowledged by the node)\n")
         headers = ["producers", "tasks", "group commit/s", "one request per task/s", "ratio"]

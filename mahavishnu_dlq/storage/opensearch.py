@@ -73,6 +73,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -117,7 +118,10 @@ _MASK = "**********"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PAGE = 10_000  # index.max_result_window
 _OK = frozenset({200, 201})
-_BULK_FILTER = "items.*.status,items.*.error.type,items.*.error.reason"
+_BULK_FILTER = (
+    "items.*.status,items.*.error.type,items.*.error.reason,items.*._seq_no,items.*._primary_term"
+)
+_KNOWN_LIMIT = 4096  # documents whose last write (ours) we remember, for reads we can skip
 _TRIO_HINT = (
     "OpenSearchStore runs on asyncio (opensearch-py's AsyncOpenSearch); under trio use "
     "the memory store, or run the queue on asyncio (anyio.run(..., backend='asyncio') "
@@ -269,6 +273,11 @@ class OpenSearchStore:
         self._writes = 0  # acknowledged writes not yet known to be searchable …
         self._refreshed = 0  # … up to this count they are
         self._refresh_lock = asyncio.Lock()
+        # doc id -> (source, (seq_no, primary_term)) of our own last write: a mutation
+        # of a record this process just wrote (a claim, then its finish) starts from it
+        # instead of a read; the write is conditional, so a stale entry costs a 409 and
+        # a read, never a lost update.
+        self._known: OrderedDict[str, tuple[dict[str, Any], tuple[int, int]]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, s: OpenSearchSettings) -> OpenSearchStore:
@@ -323,6 +332,7 @@ class OpenSearchStore:
     async def drop(self) -> None:
         """Delete the index and its template (tests, decommissioning). Not undoable."""
         _require_asyncio()
+        self._known.clear()
         with self._translated("drop"):
             with suppress(NotFoundError):
                 await self._client.indices.delete(index=self._index)
@@ -339,12 +349,25 @@ class OpenSearchStore:
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         _require_asyncio()
         doc_id = q.doc_id(task_id)
-        created = await self._create_if_absent(task_id, doc_id, fn)
-        if created is not None:
-            return created
-        source, version = await self._read(doc_id)
+        known = self._known.pop(doc_id, None)
+        if known is None:
+            created = await self._create_if_absent(task_id, doc_id, fn)
+            if created is not None:
+                return created
+            source, version = await self._read(doc_id)
+        else:
+            source, version = known
+        cached = known is not None
         for _ in range(self._conflict_retries):
-            new = fn(None if source is None else q.from_document(source))
+            try:
+                new = fn(None if source is None else q.from_document(source))
+            except Exception:
+                if not cached:
+                    raise
+                cached = False  # judged on our last write: ask the index before refusing
+                source, version = await self._read(doc_id)
+                new = fn(None if source is None else q.from_document(source))
+            cached = False
             if new.task_id != task_id:
                 raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
             doc = q.to_document(new, uuid.uuid4().hex)
@@ -355,6 +378,7 @@ class OpenSearchStore:
                 action = {"index": {**meta, "if_seq_no": version[0], "if_primary_term": version[1]}}
             [item] = await self._write([(action, doc)], "mutate")
             if item["status"] in _OK:
+                self._remember(doc_id, doc, item)
                 return new
             if item["status"] != 409:
                 raise self._item_error(item, "mutate")
@@ -379,6 +403,7 @@ class OpenSearchStore:
         doc = q.to_document(new, uuid.uuid4().hex)
         [item] = await self._write([({"create": {"_id": doc_id}}, doc)], "mutate")
         if item["status"] in _OK:
+            self._remember(doc_id, doc, item)
             return new
         if item["status"] == 409:
             source, _ = await self._read(doc_id)
@@ -387,8 +412,17 @@ class OpenSearchStore:
             return None
         raise self._item_error(item, "mutate")
 
+    def _remember(self, doc_id: str, doc: dict[str, Any], item: _Item) -> None:
+        if "_seq_no" not in item or "_primary_term" not in item:
+            return
+        self._known[doc_id] = (doc, (item["_seq_no"], item["_primary_term"]))
+        self._known.move_to_end(doc_id)
+        if len(self._known) > _KNOWN_LIMIT:
+            self._known.popitem(last=False)
+
     async def delete(self, task_id: str) -> bool:
         _require_asyncio()
+        self._known.pop(q.doc_id(task_id), None)
         [item] = await self._write([({"delete": {"_id": q.doc_id(task_id)}}, None)], "delete")
         if item["status"] == 404:
             return False
@@ -448,6 +482,7 @@ class OpenSearchStore:
         for i, item in enumerate(items):
             if item["status"] in _OK:
                 won[i] = planned[i][0]
+                self._remember(next(iter(entries[i][0].values()))["_id"], planned[i][1], item)
             elif item["status"] == 409:
                 lost.append(i)  # someone else changed it first … unless the write was ours
             else:
@@ -539,6 +574,7 @@ class OpenSearchStore:
 
     async def _delete_matching(self, query: dict[str, Any], action: str, *, checked: bool) -> int:
         """Delete what ``query`` matches, in bulk batches paged by ``task_id``."""
+        self._known.clear()
         await self._ensure_visible()
         body: dict[str, Any] = {
             "query": query,

@@ -255,6 +255,10 @@ async def test_a_lost_conflict_reaches_only_its_caller(
     await store.open()
     hot = make_task(task_id="hot", now=T0)
     await store.mutate("hot", put(hot))
+    # another process writes it once: what the store remembers of its own write is stale
+    seeded = await client.get(index=index_name, id=q.doc_id("hot"))
+    stale = {**seeded["_source"], "write_id": "other-0"}
+    await client.index(index=index_name, id=q.doc_id("hot"), body=stale)
     original_get = raw.get
     interfered: list[int] = []
 
