@@ -156,29 +156,36 @@ def _error_info(info: Any) -> tuple[str, str]:
 
 
 class _GroupCommit:
-    """Sends queued bulk items together: one request in flight, the next batch
-    gathering meanwhile; each submitter awaits the results of its own items."""
+    """Sends queued bulk items together: at most ``max_in_flight`` requests at a
+    time, the next batch gathering meanwhile; each submitter awaits the results of
+    its own items. Two requests in flight keep a node's write threads busy while
+    the next batch forms; one request per fsync is what makes writes cheap."""
 
     def __init__(
-        self, send: Callable[[list[dict[str, Any]]], Awaitable[list[_Item]]], max_items: int
+        self,
+        send: Callable[[list[dict[str, Any]]], Awaitable[list[_Item]]],
+        max_items: int,
+        max_in_flight: int = 2,
     ) -> None:
         self._send = send
         self._max_items = max_items
+        self._max_in_flight = max(1, max_in_flight)
         self._queue: list[tuple[list[_Entry], asyncio.Future[list[_Item]]]] = []
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: set[asyncio.Task[None]] = set()
 
     async def submit(self, entries: list[_Entry]) -> list[_Item]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[_Item]] = loop.create_future()
         self._queue.append((entries, future))
-        if self._worker is None:
-            self._worker = loop.create_task(self._drain())
+        if len(self._workers) < self._max_in_flight:
+            worker = loop.create_task(self._drain())
+            self._workers.add(worker)
         return await future
 
     async def flush(self) -> None:
         """Wait until everything submitted so far has been sent."""
-        while self._worker is not None:
-            await asyncio.wait({self._worker})
+        while self._workers:
+            await asyncio.wait(set(self._workers))
 
     def _take(self) -> list[tuple[list[_Entry], asyncio.Future[list[_Item]]]]:
         count = items = 0
@@ -192,6 +199,7 @@ class _GroupCommit:
         return batch
 
     async def _drain(self) -> None:
+        me = asyncio.current_task()
         try:
             while self._queue:
                 batch = self._take()
@@ -219,7 +227,9 @@ class _GroupCommit:
                         future.set_result(items[start : start + len(entries)])
                     start += len(entries)
         finally:
-            self._worker = None
+            # leave the set in the same step as the loop ends: a submit that comes
+            # next must see the free slot and start a worker, or its items would wait
+            self._workers.discard(me)
 
 
 class OpenSearchStore:
