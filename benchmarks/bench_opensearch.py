@@ -75,7 +75,10 @@ async def _fresh(url: str, **options: Any) -> OpenSearchStore:
 
 
 async def _enqueue_rate(url: str, producers: int, total: int, batch_size: int) -> float:
-    store = await _fresh(url, batch_size=batch_size)
+    # the baseline (batch_size=1) is one request per task, as concurrent as the
+    # connection pool allows: what a store without group commit does
+    in_flight = 64 if batch_size == 1 else 4
+    store = await _fresh(url, batch_size=batch_size, max_in_flight=in_flight)
     dlq = DeadLetterQueue(store, max_size=10**9)
     per = total // producers
 

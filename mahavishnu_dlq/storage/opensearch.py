@@ -33,9 +33,11 @@ Compare-and-set
     in fact been applied is recognised as our own success.
 
 Group commit
-    Writes go through ``_bulk``: while one bulk request is in flight, the writes
-    of other tasks queue up and are sent together in the next one; each caller
-    still awaits the result of its own item. A lone writer pays one round trip.
+    Writes go through ``_bulk``: while bulk requests are in flight (at most
+    ``max_in_flight``), the writes of other tasks queue up and are sent together
+    in the next one; each caller still awaits the result of its own item. The
+    store remembers the version of its own last write per document (bounded), so
+    a claim's finish needs no read.
 
 Claims
     :meth:`~OpenSearchStore.claim_due` searches ``due_us <= now`` (``due_us`` is
@@ -158,14 +160,15 @@ def _error_info(info: Any) -> tuple[str, str]:
 class _GroupCommit:
     """Sends queued bulk items together: at most ``max_in_flight`` requests at a
     time, the next batch gathering meanwhile; each submitter awaits the results of
-    its own items. Two requests in flight keep a node's write threads busy while
-    the next batch forms; one request per fsync is what makes writes cheap."""
+    its own items. A few requests in flight keep a node's write threads busy while
+    the next batch forms; one request (one translog fsync) per batch is what makes
+    writes cheap."""
 
     def __init__(
         self,
         send: Callable[[list[dict[str, Any]]], Awaitable[list[_Item]]],
         max_items: int,
-        max_in_flight: int = 2,
+        max_in_flight: int = 4,
     ) -> None:
         self._send = send
         self._max_items = max_items
@@ -251,6 +254,7 @@ class OpenSearchStore:
         client: AsyncOpenSearch | None = None,
         conflict_retries: int = 20,
         batch_size: int = 1000,
+        max_in_flight: int = 4,
     ) -> None:
         """``client``, when given, is used instead of one built from the connection
         arguments, and is left open by :meth:`close` (its owner closes it)."""
@@ -279,7 +283,9 @@ class OpenSearchStore:
                 maxsize=64,  # concurrent attempts each read their record: do not queue on 10
             )
         self._client = client
-        self._commit = _GroupCommit(self._send_bulk, max_items=self._batch_size)
+        self._commit = _GroupCommit(
+            self._send_bulk, max_items=self._batch_size, max_in_flight=max_in_flight
+        )
         self._writes = 0  # acknowledged writes not yet known to be searchable …
         self._refreshed = 0  # … up to this count they are
         self._refresh_lock = asyncio.Lock()
