@@ -44,7 +44,7 @@ __all__ = [
     "release",
     "renew",
     "schedule",
-    "scheduled",
+    "schedule_action",
 ]
 
 _PENDING = DeadLetterStatus.PENDING
@@ -56,16 +56,16 @@ _ARCHIVED = DeadLetterStatus.ARCHIVED
 
 def schedule(decision: RetryDecision) -> dict[str, Any]:
     """Status and schedule after a failure, from the policy's decision."""
-    if decision.action is RetryAction.RETRY:
-        return {"status": _PENDING, "next_retry_at": decision.next_retry_at}
-    if decision.action is RetryAction.MANUAL:
+    return schedule_action(decision.action, decision.next_retry_at)
+
+
+def schedule_action(action: RetryAction, next_retry_at: datetime | None) -> dict[str, Any]:
+    """Status and schedule for a decided ``action`` (``next_retry_at`` counts for RETRY)."""
+    if action is RetryAction.RETRY:
+        return {"status": _PENDING, "next_retry_at": next_retry_at}
+    if action is RetryAction.MANUAL:
         return {"status": _PENDING, "next_retry_at": None}
     return {"status": _EXHAUSTED, "next_retry_at": None}
-
-
-def scheduled(task: FailedTask, decision: RetryDecision) -> FailedTask:
-    """A freshly built record with its first schedule applied."""
-    return task.evolve(**schedule(decision))
 
 
 def merge_failure(existing: FailedTask | None, incoming: FailedTask) -> FailedTask:

@@ -299,12 +299,8 @@ class DeadLetterQueue:
         if hint is None and params.jitter is Jitter.NONE:
             # The first decision depends only on the params then: computed once each.
             action, delay = _first_decision(params)
-            schedule = {
-                "status": DeadLetterStatus.EXHAUSTED
-                if action is RetryAction.EXHAUST
-                else DeadLetterStatus.PENDING,
-                "next_retry_at": None if delay is None else now + timedelta(seconds=delay),
-            }
+            due = None if delay is None else now + timedelta(seconds=delay)
+            schedule = lifecycle.schedule_action(action, due)
         else:
             state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
             schedule = lifecycle.schedule(decide(params, state, self.rng))

@@ -86,7 +86,7 @@ def claimed(**overrides: Any) -> FailedTask:
 def test_scheduled_applies_the_first_decision(
     decision: RetryDecision, status: DeadLetterStatus, next_retry_at: datetime | None
 ) -> None:
-    task = lifecycle.scheduled(make_task(next_retry_at=None), decision)
+    task = make_task(next_retry_at=None).evolve(**lifecycle.schedule(decision))
     assert task.status is status
     assert task.next_retry_at == next_retry_at
     assert task.retry_count == 0
