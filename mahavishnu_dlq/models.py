@@ -286,6 +286,8 @@ class FilterableTask(Protocol):
     def error_fingerprint(self) -> str: ...
     @property
     def failed_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
 
 
 class TaskFilter(BaseModel):
@@ -298,6 +300,9 @@ class TaskFilter(BaseModel):
     workflow: tuple[str, ...] | None = None
     since: datetime | None = Field(default=None, description="failed_at >= since")
     until: datetime | None = Field(default=None, description="failed_at < until")
+    updated_before: datetime | None = Field(
+        default=None, description="updated_at < updated_before (what purge selects by age)"
+    )
     text: str | None = Field(
         default=None,
         description="case-insensitive substring of the id, workflow, error, error type "
@@ -310,11 +315,11 @@ class TaskFilter(BaseModel):
     def _one_or_many(cls, value: Any) -> tuple[Any, ...] | None:
         return _as_tuple(value)
 
-    @field_validator("since", "until")
+    @field_validator("since", "until", "updated_before")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("since/until must be timezone-aware (UTC)")
+            raise ValueError("since/until/updated_before must be timezone-aware (UTC)")
         return value
 
     def matches(self, task: FilterableTask) -> bool:
@@ -328,6 +333,8 @@ class TaskFilter(BaseModel):
         if self.since is not None and task.failed_at < self.since:
             return False
         if self.until is not None and task.failed_at >= self.until:
+            return False
+        if self.updated_before is not None and task.updated_at >= self.updated_before:
             return False
         if self.fingerprint is not None and task.error_fingerprint != self.fingerprint:
             return False

@@ -185,11 +185,15 @@ class DeadLetterQueue:
             enabled=settings.enabled,
         )
 
-    async def start(self) -> None:
-        """Connect the store; start the processor when settings enable it and a handler exists."""
+    async def connect(self) -> None:
+        """Connect the store (idempotent) without starting a processor, as tools like the CLI do."""
         if not self._opened:
             await self.store.open()
             self._opened = True
+
+    async def start(self) -> None:
+        """Connect the store; start the processor when settings enable it and a handler exists."""
+        await self.connect()
         wants = self.settings is not None and self.settings.enabled
         wants = wants and self.settings is not None and self.settings.retry_processor_enabled
         if wants and (self.handlers or self.default_callback) and not self.is_processor_running:
@@ -473,6 +477,7 @@ class DeadLetterQueue:
             "is_processor_running": self.is_processor_running,
             "retry_interval_seconds": self.retry_interval_seconds,
             "backend": self.store.backend,
+            "degraded": bool(getattr(self.store, "degraded", False)),
             "total_stored": stats.total,
             "oldest_pending_age_seconds": (
                 None if oldest is None else max(0.0, (now - oldest).total_seconds())
@@ -574,21 +579,21 @@ class DeadLetterQueue:
         rate_per_second: float | None = None,
         limit: int | None = None,
         run: bool = False,
+        on_item: Callable[[ReplayItem], object] | None = None,
     ) -> ReplayReport:
         """Make matching tasks due now (or, with ``run=True``, retry each one inline).
 
         Without a status in ``filter``, pending, exhausted and stranded retrying
-        tasks are selected. ``dry_run`` lists what would be replayed and touches
-        nothing; ``rate_per_second`` paces the changes; ``limit`` caps how many.
+        tasks are selected (:meth:`replay_filter`). ``dry_run`` lists what would be
+        replayed and touches nothing; ``rate_per_second`` paces the changes;
+        ``limit`` caps how many; ``on_item`` is called after each task (progress).
         An exhausted task gets one more retry.
         """
         if rate_per_second is not None and rate_per_second <= 0:
             raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        flt = filter or TaskFilter()
-        if flt.status is None:
-            flt = flt.model_copy(update={"status": _REPLAYABLE})
+        flt = self.replay_filter(filter)
         report = ReplayReport(dry_run=dry_run)
         # Paced by the injected clock (not the event loop's): item k starts k/rate
         # seconds after the first, so n items take (n-1)/rate seconds.
@@ -603,6 +608,8 @@ class DeadLetterQueue:
             report.matched += 1
             item = await self._replay_one(task, dry_run=dry_run, run=run)
             report.items.append(item)
+            if on_item is not None:
+                on_item(item)
             if item.outcome in ("replayed", "would_replay"):
                 report.replayed += 1
             elif item.outcome == "succeeded":
@@ -615,6 +622,14 @@ class DeadLetterQueue:
         if report.replayed and not dry_run and self._wakeup is not None:
             self._wakeup()
         return report
+
+    @staticmethod
+    def replay_filter(filter: TaskFilter | None = None) -> TaskFilter:
+        """What :meth:`replay` selects: ``filter``, by default pending/exhausted/retrying."""
+        flt = filter or TaskFilter()
+        if flt.status is None:
+            flt = flt.model_copy(update={"status": _REPLAYABLE})
+        return flt
 
     async def _iterate(self, flt: TaskFilter, limit: int | None) -> AsyncIterator[FailedTask]:
         seen = 0
@@ -657,12 +672,28 @@ class DeadLetterQueue:
         *,
         older_than: timedelta | datetime | None = None,
         status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+        dry_run: bool = False,
     ) -> int:
         """Delete records (completed and archived unless ``status`` says otherwise).
 
         ``older_than`` is an age (timedelta) or a cut-off time: records last
-        updated before it go. Returns how many were deleted.
+        updated before it go. Returns how many were deleted, or with ``dry_run``
+        how many match now (nothing is deleted).
         """
+        flt = self.purge_filter(older_than=older_than, status=status)
+        if dry_run:
+            return await self.store.count(flt)
+        count = await self.store.purge(older_than=flt.updated_before, statuses=flt.status or ())
+        self.lifetime["purged"] += count
+        return count
+
+    def purge_filter(
+        self,
+        *,
+        older_than: timedelta | datetime | None = None,
+        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+    ) -> TaskFilter:
+        """The records :meth:`purge` with these arguments deletes, as a filter."""
         statuses = _statuses(status) or _PURGEABLE_DEFAULT
         cutoff: datetime | None
         if isinstance(older_than, timedelta):
@@ -671,9 +702,11 @@ class DeadLetterQueue:
             cutoff = self.clock.now() - older_than
         else:
             cutoff = older_than
-        count = await self.store.purge(older_than=cutoff, statuses=statuses)
-        self.lifetime["purged"] += count
-        return count
+        return TaskFilter(status=statuses, updated_before=cutoff)
+
+    async def count_tasks(self, filter: TaskFilter | None = None) -> int:
+        """How many stored records match ``filter`` (all when None)."""
+        return await self.store.count(filter)
 
     async def clear_all(self) -> int:
         """Delete every record. Returns how many were deleted."""
@@ -703,9 +736,7 @@ class DeadLetterQueue:
             self.default_callback = callback
         if self.is_processor_running and self.processor is not None:
             return self.processor
-        if not self._opened:
-            await self.store.open()
-            self._opened = True
+        await self.connect()
         processor = RetryProcessor(self, check_interval=check_interval_seconds)
         group = anyio.create_task_group()
         await group.__aenter__()

@@ -56,7 +56,9 @@ Visibility (the trade-off)
     become visible within the index's ``refresh_interval`` (1 s in the template),
     which can delay a claim by that long but never makes it unsafe: a claim
     based on a stale hit fails its version check. ``refresh="wait_for"`` (or
-    ``"true"``) makes every write wait for visibility instead.
+    ``"true"``) makes every write wait for visibility instead. :meth:`close`
+    refreshes when this store wrote since its last refresh, so what a short-lived
+    process (a CLI command) changed is searchable the moment it exits.
 
 Errors
     Connection failures, timeouts, 429 and 5xx answers, and authentication or
@@ -313,6 +315,12 @@ class OpenSearchStore:
         hosts = [_USERINFO.sub(_MASK + "@", host) for host in self._hosts]
         return f"OpenSearchStore(hosts={hosts!r}, index={self._index!r})"
 
+    @property
+    def location(self) -> str:
+        """The hosts (credentials masked) and index, as error messages name them."""
+        hosts = ", ".join(_USERINFO.sub(_MASK + "@", host) for host in self._hosts)
+        return f"{hosts} (index {self._index!r})"
+
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
@@ -341,6 +349,7 @@ class OpenSearchStore:
     async def close(self) -> None:
         _require_asyncio()
         await self._commit.flush()
+        await self._ensure_visible()
         if self._owns_client:
             with self._translated("close"):
                 await self._client.close()
@@ -707,7 +716,7 @@ class OpenSearchStore:
         try:
             yield
         except OpenSearchConnectionError as exc:  # includes timeouts and TLS failures
-            detail = f"{action}: {type(exc).__name__}: {exc.error}"
+            detail = f"{action} at {self.location}: {type(exc).__name__}: {exc.error}"
             if str(exc.info) not in detail:
                 detail += f" ({exc.info})"
             detail = self._redact(detail)

@@ -12,7 +12,7 @@ the epoch, which is what sorting and range filters use (``date`` keeps only
 milliseconds, ``date_nanos`` cannot hold dates before 1970):
 
 - ``failed_at_us``: listing order and ``since``/``until``;
-- ``updated_at_us``: ``purge(older_than=...)``;
+- ``updated_at_us``: ``purge(older_than=...)`` and ``updated_before``;
 - ``due_us``: when the task becomes claimable — ``next_retry_at`` while
   pending, ``lease_expires_at`` while retrying, null otherwise — so "due at
   ``now``" is one range query and "oldest due first" one sort.
@@ -283,6 +283,8 @@ def filter_query(flt: TaskFilter | None) -> dict[str, Any]:
         if flt.until is not None:
             bounds["lt"] = to_micros(flt.until)
         clauses.append({"range": {"failed_at_us": bounds}})
+    if flt.updated_before is not None:
+        clauses.append({"range": {"updated_at_us": {"lt": to_micros(flt.updated_before)}}})
     if flt.fingerprint is not None:
         clauses.append({"term": {"error_fingerprint": flt.fingerprint}})
     if flt.text:
@@ -305,11 +307,7 @@ def filter_query(flt: TaskFilter | None) -> dict[str, Any]:
 
 def purge_query(older_than: datetime | None, statuses: Collection[DeadLetterStatus]) -> Any:
     """Records in ``statuses`` last updated before ``older_than``."""
-    values = sorted({DeadLetterStatus(status).value for status in statuses})
-    clauses: list[dict[str, Any]] = [{"terms": {"status": values}}]
-    if older_than is not None:
-        clauses.append({"range": {"updated_at_us": {"lt": to_micros(older_than)}}})
-    return {"bool": {"filter": clauses}}
+    return filter_query(TaskFilter(status=tuple(statuses), updated_before=older_than))
 
 
 def statistics_body(top_fingerprints: int) -> dict[str, Any]:

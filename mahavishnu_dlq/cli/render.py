@@ -1,0 +1,311 @@
+"""How the CLI shows things: Rich renderables built from records and statistics.
+
+Pure functions of their input (and ``now`` where a time is shown relative to it),
+shared by the commands, the demo and the tests. Times are shown in UTC, with a
+relative hint where it helps ("in 4 min", "3.0 h ago").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.columns import Columns
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, ReplayReport
+
+__all__ = [
+    "STATUS_STYLE",
+    "age",
+    "relative",
+    "render_replay",
+    "render_statistics",
+    "render_task",
+    "render_task_detail",
+    "render_task_list",
+    "titled_table",
+    "when",
+]
+
+STATUS_STYLE = {
+    "pending": "yellow",
+    "retrying": "cyan",
+    "exhausted": "red",
+    "completed": "green",
+    "archived": "bright_black",
+}
+_LISTED = 20  # task ids a dry run names (--json lists them all)
+OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
+REPLAY_STYLE = {
+    "replayed": "green",
+    "would_replay": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "skipped": "yellow",
+}
+
+
+# -- small pieces -------------------------------------------------------------------------
+
+
+def when(value: datetime | None, *, date: bool = True) -> str:
+    """A UTC time to the millisecond ("-" for None); ``date=False`` gives the time only."""
+    if value is None:
+        return "-"
+    text = value.strftime("%Y-%m-%d %H:%M:%S.%f" if date else "%H:%M:%S.%f")[:-3]
+    return text + (" UTC" if date else "")
+
+
+def age(seconds: float | None) -> str:
+    """A duration for people: 12.0 s, 4.5 min, 3.0 h, 2.0 d."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def relative(value: datetime, now: datetime) -> str:
+    """``value`` relative to ``now``: "in 4.0 min", "3.0 h ago", "now"."""
+    seconds = (value - now).total_seconds()
+    if abs(seconds) < 0.5:
+        return "now"
+    return f"in {age(seconds)}" if seconds > 0 else f"{age(-seconds)} ago"
+
+
+def titled_table(title: str | None, *columns: str, **options: Any) -> Table:
+    """A table with a bold title; ``columns`` named "+name" are right-aligned."""
+    options = {"box": box.SIMPLE_HEAD, "title_style": "bold", "title_justify": "left", **options}
+    table = Table(title=title, **options)
+    for name in columns:
+        table.add_column(name.lstrip("+"), justify="right" if name[0] == "+" else "left")
+    return table
+
+
+def _counts(
+    title: str, counts: Mapping[str, int], styles: Mapping[str, str] | None = None
+) -> Table:
+    table = titled_table(
+        title, "name", "+count", box=None, show_header=False, title_justify="center"
+    )
+    for name, count in counts.items():
+        style = (styles or {}).get(name, "") if count else "bright_black"
+        table.add_row(Text(name, style=style), Text(str(count), style=style))
+    return table
+
+
+def _short_type(error_type: str) -> str:
+    return error_type.rsplit(".", 1)[-1]
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
+    """``DeadLetterQueue.get_statistics()`` as tables: counts, queue health, top fingerprints."""
+    queue = titled_table(
+        "queue", "name", "value", box=None, show_header=False, title_justify="center"
+    )
+    running = "running" if stats.get("is_processor_running") else "stopped"
+    degraded = stats.get("degraded", False)
+    queue.add_row("backend", str(stats.get("backend", "-")))
+    queue.add_row(
+        "degraded",
+        Text("yes: serving from the fallback", "bold red") if degraded else Text("no", "green"),
+    )
+    queue.add_row(
+        "open tasks",
+        f"{stats['queue_size']} / {stats['max_size']} ({stats['utilization_percent']}%)",
+    )
+    queue.add_row("stored", str(stats.get("total_stored", "-")))
+    queue.add_row("oldest pending", age(stats.get("oldest_pending_age_seconds")))
+    queue.add_row("processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
+    tables = [
+        _counts("status", stats["status_breakdown"], STATUS_STYLE),
+        _counts("error categories", stats["error_categories"]),
+        _counts("retry policies", stats["retry_policies"]),
+        _counts("lifetime counters (this process)", stats["lifetime_stats"]),
+    ]
+    fingerprints = titled_table(
+        "top fingerprints (open tasks)", "+tasks", "error type", "example error", "fingerprint"
+    )
+    for fp in stats.get("top_fingerprints", []):
+        fingerprints.add_row(
+            str(fp["count"]),
+            _short_type(str(fp["error_type"])),
+            fp["example_error"],
+            fp["fingerprint"],
+        )
+    if not stats.get("top_fingerprints"):
+        fingerprints.add_row("0", "-", "no open tasks", "-")
+    return Group(Columns(tables, padding=(1, 3)), Text(), queue, Text(), fingerprints)
+
+
+# -- one task -----------------------------------------------------------------------------
+
+
+def _next_retry(task: FailedTask, now: datetime | None = None) -> Text:
+    if task.next_retry_at is not None:
+        hint = "" if now is None else f" ({relative(task.next_retry_at, now)})"
+        return Text(when(task.next_retry_at) + hint)
+    reason = {
+        DeadLetterStatus.PENDING: f"none: awaiting an operator (policy {task.retry_policy.value})",
+        DeadLetterStatus.RETRYING: f"none: being retried by {task.lease_owner or '?'}",
+        DeadLetterStatus.EXHAUSTED: "none: retries exhausted",
+        DeadLetterStatus.COMPLETED: f"none: completed {when(task.completed_at)}",
+        DeadLetterStatus.ARCHIVED: f"none: archived {when(task.archived_at)}",
+    }.get(task.status, "none")
+    return Text(reason, style="bright_black")
+
+
+def _facts(task: FailedTask, now: datetime | None) -> Table:
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold", no_wrap=True)
+    facts.add_column(overflow="fold")
+    facts.add_row("id", task.task_id)
+    facts.add_row("workflow", task.workflow or "-")
+    facts.add_row("status", Text(task.status.value, style=STATUS_STYLE[task.status.value]))
+    facts.add_row("category", task.error_category.value)
+    facts.add_row("policy", task.retry_policy.value)
+    facts.add_row(
+        "retries",
+        f"{task.retry_count}/{task.max_retries}"
+        f" ({task.total_attempts} run{'s' if task.total_attempts != 1 else ''} in all)",
+    )
+    facts.add_row(
+        "error", Text.assemble((_short_type(task.error_type), "magenta"), ": ", task.error)
+    )
+    if task.last_error and task.last_error != task.error:
+        last_type = _short_type(task.last_error_type or "")
+        facts.add_row("last error", Text.assemble((last_type, "magenta"), ": ", task.last_error))
+    failed = when(task.failed_at) + ("" if now is None else f" ({relative(task.failed_at, now)})")
+    facts.add_row("failed at", failed)
+    facts.add_row("next retry", _next_retry(task, now))
+    return facts
+
+
+def _history(task: FailedTask) -> RenderableType:
+    if not task.attempts:
+        return Text("no retry attempts yet", style="bright_black")
+    history = titled_table("attempts", "+#", "trigger", "started", "+took", "outcome", expand=True)
+    history.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
+    for attempt in task.attempts:
+        took = "-"
+        if attempt.finished_at is not None:
+            took = f"{(attempt.finished_at - attempt.started_at).total_seconds() * 1000:.0f} ms"
+        outcome = attempt.outcome.value
+        history.add_row(
+            str(attempt.number),
+            attempt.trigger,
+            when(attempt.started_at, date=False),
+            took,
+            Text(outcome, style=OUTCOME_STYLE.get(outcome, "red")),
+            attempt.error or "",
+        )
+    return history
+
+
+def render_task(task: FailedTask, title: str | None = None) -> Panel:
+    """One failed task in brief: what failed, how it is classified and scheduled, attempts."""
+    style = STATUS_STYLE.get(task.status.value, "")
+    return Panel(
+        Group(_facts(task, None), _history(task)),
+        title=title or task.task_id,
+        title_align="left",
+        border_style=style,
+    )
+
+
+def _json_block(title: str, data: Any) -> RenderableType:
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    return Group(Text(title, style="bold"), Syntax(text, "json", word_wrap=True))
+
+
+def render_task_detail(task: FailedTask, now: datetime) -> RenderableType:
+    """Everything about one task (``show``): facts, lease, history, traceback, input, metadata."""
+    facts = _facts(task, now)
+    facts.add_row("fingerprint", task.error_fingerprint)
+    if task.repos:
+        facts.add_row("repos", ", ".join(task.repos))
+    if task.lease_owner:
+        expires = "" if task.lease_expires_at is None else f" until {when(task.lease_expires_at)}"
+        facts.add_row("lease", f"{task.lease_owner}{expires}")
+    facts.add_row("created / updated", f"{when(task.created_at)} / {when(task.updated_at)}")
+    parts: list[RenderableType] = [facts, Text(), _history(task), Text()]
+    if task.traceback:
+        parts += [Text("traceback (first failure)", style="bold"), Text(task.traceback.rstrip())]
+    else:
+        parts.append(Text("no traceback (the failure was given as text)", style="bright_black"))
+    parts += [Text(), _json_block("task input", task.task), Text()]
+    parts.append(_json_block("metadata", task.metadata))
+    style = STATUS_STYLE.get(task.status.value, "")
+    return Panel(Group(*parts), title=task.task_id, title_align="left", border_style=style)
+
+
+# -- many tasks ---------------------------------------------------------------------------
+
+
+def render_task_list(tasks: Sequence[FailedTask], now: datetime) -> Table:
+    """The ``list`` table: id, status, category, retries, next retry, failed at, error."""
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
+    table.add_column("id", overflow="fold", min_width=8, max_width=40)
+    table.add_column("status", no_wrap=True)
+    table.add_column("category", no_wrap=True)
+    table.add_column("retries", justify="right", no_wrap=True)
+    table.add_column("next retry", no_wrap=True)
+    table.add_column("failed at", no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=16)
+    for task in tasks:
+        next_retry = "-"
+        if task.next_retry_at is not None:
+            next_retry = "due" if task.next_retry_at <= now else relative(task.next_retry_at, now)
+        error_type = _short_type(task.last_error_type or task.error_type)
+        table.add_row(
+            task.task_id,
+            Text(task.status.value, STATUS_STYLE[task.status.value]),
+            task.error_category.value,
+            f"{task.retry_count}/{task.max_retries}",
+            next_retry,
+            task.failed_at.strftime("%m-%d %H:%M"),
+            f"{error_type}: {task.last_error or task.error}",
+        )
+    return table
+
+
+def render_replay(report: ReplayReport) -> RenderableType:
+    """The final report of ``replay``: totals, then every task that failed or was skipped."""
+    verb = "would replay" if report.dry_run else "replayed"
+    summary = Text.assemble(
+        (f"{report.matched} matched", "bold"),
+        ", ",
+        (f"{report.replayed} {verb}", "green" if report.replayed else ""),
+    )
+    if report.succeeded or report.failed:
+        summary.append(f", {report.succeeded} succeeded", "green")
+        summary.append(f", {report.failed} failed", "red" if report.failed else "")
+    summary.append(f", {report.skipped} skipped", "yellow" if report.skipped else "")
+    if report.dry_run:
+        summary.append(" (dry run: nothing was changed)", "bright_black")
+    parts: list[RenderableType] = [summary]
+    if report.dry_run and report.items:
+        shown = [item.task_id for item in report.items[:_LISTED]]
+        more = len(report.items) - len(shown)
+        parts.append(
+            Text("would replay: " + ", ".join(shown) + (f" … and {more} more" if more else ""))
+        )
+    failures = report.failures
+    if failures:
+        table = titled_table("not replayed", "task id", "outcome", "reason")
+        for item in failures:
+            table.add_row(item.task_id, Text(item.outcome, REPLAY_STYLE[item.outcome]), item.detail)
+        parts.append(table)
+    return Group(*parts)
