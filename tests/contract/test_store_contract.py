@@ -397,6 +397,11 @@ async def test_purge_by_status_and_age(store: Store) -> None:
         make_task(task_id="old-pending", updated_at=at(0)),
     )
     done = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
+    # updated_before selects what purge deletes (a dry run counts with it)
+    selected = TaskFilter(status=done, updated_before=at(50))
+    assert await store.count(selected) == 2
+    assert {t.task_id for t in await store.query(selected, limit=10)} == {"old-done", "old-arch"}
+    assert await store.count(TaskFilter(updated_before=at(100))) == 3  # at(100) itself is not
     assert await store.purge(older_than=at(50), statuses=done) == 2
     assert await store.get("old-done") is None
     assert await store.get("old-arch") is None

@@ -26,7 +26,7 @@ from mahavishnu_dlq.errors import (
     StoreUnavailableError,
     TaskBusyError,
 )
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter
 from mahavishnu_dlq.settings import DLQSettings
 from mahavishnu_dlq.storage import opensearch_query as q
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
@@ -375,6 +375,7 @@ async def test_an_unreachable_node_is_store_unavailable_without_the_password(
                 await call()
             error = caught.value
             assert error.backend == "opensearch"
+            assert "127.0.0.1:1 (index 'unreachable')" in str(error)  # where it tried
             assert isinstance(error.__cause__, OpenSearchConnectionError)
             for text in (str(error), repr(error), repr(store)):
                 assert secret not in text
@@ -493,3 +494,26 @@ async def test_a_long_attempt_keeps_its_lease_by_renewal(
         await owner_store.drop()
         await owner_store.close()
         await rival_store.close()
+
+
+async def test_what_a_closed_store_wrote_is_searchable_at_once(
+    opensearch_url: str, index_name: str, client: Any
+) -> None:
+    """A short-lived process (a CLI command) exits with its writes searchable."""
+    writer = OpenSearchStore(hosts=[opensearch_url], index=index_name)
+    await writer.open()
+    try:  # no periodic refresh: only an explicit one makes writes searchable
+        await client.indices.put_settings(
+            index=index_name, body={"index": {"refresh_interval": "-1"}}
+        )
+        await writer.mutate("a", put(make_task(task_id="a")))
+        await writer.close()
+        reader = OpenSearchStore(hosts=[opensearch_url], index=index_name)
+        await reader.open()
+        try:
+            assert await reader.count() == 1
+            assert [t.task_id for t in await reader.query(TaskFilter(), limit=10)] == ["a"]
+        finally:
+            await reader.close()
+    finally:
+        await client.indices.delete(index=index_name)

@@ -1284,6 +1284,25 @@ async def test_replay_is_paced_by_the_clock(dlq: DeadLetterQueue, clock: FakeClo
     assert due == [at(0), at(0.5), at(1), at(1.5), at(2)]
 
 
+async def test_replay_reports_each_item_as_it_goes(dlq: DeadLetterQueue) -> None:
+    for i in range(4):
+        await dlq.enqueue(f"t{i}", {}, error=connection_error())
+    seen: list[str] = []
+    selected = dlq.replay_filter()
+    assert selected.status == (
+        DeadLetterStatus.PENDING,
+        DeadLetterStatus.EXHAUSTED,
+        DeadLetterStatus.RETRYING,
+    )
+    assert await dlq.count_tasks(selected) == 4
+    report = await dlq.replay(on_item=lambda item: seen.append(item.task_id), limit=3)
+    assert seen == [item.task_id for item in report.items]
+    assert len(seen) == 3
+    # a filter with a status is taken as it is
+    only_done = TaskFilter(status="completed")
+    assert dlq.replay_filter(only_done) is only_done
+
+
 async def test_replay_by_filter(dlq: DeadLetterQueue) -> None:
     await _replayable(dlq)
     report = await dlq.replay(TaskFilter(workflow="ingest", error_category=ErrorCategory.NETWORK))
@@ -1428,6 +1447,29 @@ async def test_purge_older_than_an_age(dlq: DeadLetterQueue, clock: FakeClock) -
     assert await dlq.purge(older_than=timedelta(seconds=50)) == 0  # cut-off T0+100, exclusive
     assert await dlq.purge(older_than=timedelta(0)) == 1
     assert sorted(await ids(dlq)) == ["exh", "pend"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"older_than": timedelta(seconds=100)},
+        {"older_than": at(101)},
+        {"status": ["pending", "exhausted"]},
+        {"status": "completed", "older_than": timedelta(0)},
+    ],
+)
+async def test_purge_dry_run_counts_what_purge_deletes(
+    dlq: DeadLetterQueue, clock: FakeClock, kwargs: dict[str, Any]
+) -> None:
+    await _closed_and_open(dlq, clock)
+    before = sorted(await ids(dlq))
+    would = await dlq.purge(dry_run=True, **kwargs)
+    assert sorted(await ids(dlq)) == before  # nothing deleted
+    assert (await dlq.get_statistics())["lifetime_stats"]["purged"] == 0
+    assert await dlq.count_tasks(dlq.purge_filter(**kwargs)) == would
+    assert await dlq.purge(**kwargs) == would
+    assert len(await ids(dlq)) == len(before) - would
 
 
 async def test_purge_older_than_a_time(dlq: DeadLetterQueue, clock: FakeClock) -> None:
