@@ -19,7 +19,15 @@ from rich.logging import RichHandler
 
 from mahavishnu_dlq import __version__
 from mahavishnu_dlq.cli import commands, operate
-from mahavishnu_dlq.cli.common import APP_ENV_VAR, EXIT_FAILED, EXIT_USAGE, PROG, CliState, one_line
+from mahavishnu_dlq.cli.common import (
+    APP_ENV_VAR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PROG,
+    CliState,
+    one_line,
+)
 
 __all__ = ["build_app", "run_cli"]
 
@@ -65,7 +73,7 @@ def _root(
     """Inspect and operate the mahavishnu dead-letter queue.
 
     Exit status: 0 success, 1 not found or the operation failed, 2 usage or
-    configuration error.
+    configuration error, 130 interrupted (Ctrl-C).
     """
     ctx.obj = CliState(config=config, verbose=verbose, app=app)
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
@@ -110,4 +118,6 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except typer.Abort:
         sys.stderr.write(f"{PROG}: aborted\n")
         return EXIT_FAILED
+    if code == EXIT_INTERRUPTED:  # click turned a KeyboardInterrupt into this status
+        sys.stderr.write(f"{PROG}: interrupted\n")
     return code if isinstance(code, int) else 0

@@ -63,10 +63,6 @@ def state_of(ctx: typer.Context) -> CliState:
     return state if state is not None else CliState()
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _task_json(task: FailedTask) -> dict[str, Any]:
     return task.model_dump(mode="json")
 
@@ -138,18 +134,23 @@ def _filter(
     until: str | None,
     text: str | None,
     fingerprint: str | None,
-) -> TaskFilter:
-    """The TaskFilter the filter options describe (BadParameter for a bad value)."""
-    now = _now()
-    return TaskFilter(
-        status=parse_choices(status, DeadLetterStatus, option="--status") or None,
-        error_category=parse_choices(category, ErrorCategory, option="--category") or None,
-        workflow=tuple(workflow) if workflow else None,
-        since=None if since is None else parse_moment(since, now, option="--since"),
-        until=None if until is None else parse_moment(until, now, option="--until"),
-        text=text or None,
-        fingerprint=fingerprint,
-    )
+) -> Callable[[datetime], TaskFilter]:
+    """The TaskFilter the filter options describe, as of a given "now" (ages count back
+    from the queue's clock). Checked at once: a bad value exits 2 before anything opens."""
+
+    def build(now: datetime) -> TaskFilter:
+        return TaskFilter(
+            status=parse_choices(status, DeadLetterStatus, option="--status") or None,
+            error_category=parse_choices(category, ErrorCategory, option="--category") or None,
+            workflow=tuple(workflow) if workflow else None,
+            since=None if since is None else parse_moment(since, now, option="--since"),
+            until=None if until is None else parse_moment(until, now, option="--until"),
+            text=text or None,
+            fingerprint=fingerprint,
+        )
+
+    build(datetime.now(timezone.utc))
+    return build
 
 
 def _confirm(question: str) -> None:
@@ -199,14 +200,16 @@ def list_tasks(
     as_json: JsonOption = False,
 ) -> None:
     """Failed tasks, newest failure first, one page at a time."""
-    flt = _filter(status, category, workflow, since, until, text, fingerprint)
+    selection = _filter(status, category, workflow, since, until, text, fingerprint)
     if cursor is not None:
         try:
             decode_cursor(cursor)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--cursor") from None
 
-    async def body(dlq: DeadLetterQueue) -> tuple[list[FailedTask], str | None]:
+    async def body(dlq: DeadLetterQueue) -> tuple[list[FailedTask], str | None, datetime]:
+        now = dlq.clock.now()
+        flt = selection(now)
         page = await dlq.list_tasks(
             flt.status,
             limit,
@@ -218,9 +221,9 @@ def list_tasks(
             fingerprint=flt.fingerprint,
             cursor=cursor,
         )
-        return list(page), page.cursor
+        return list(page), page.cursor, now
 
-    tasks, next_cursor = run(state_of(ctx), body)
+    tasks, next_cursor, now = run(state_of(ctx), body)
     if as_json:
         emit_json(
             {"tasks": [_task_json(t) for t in tasks], "count": len(tasks), "cursor": next_cursor}
@@ -230,7 +233,7 @@ def list_tasks(
     if not tasks:
         console.print(Text("no tasks match", style="bright_black"))
         return
-    console.print(render_task_list(tasks, _now()))
+    console.print(render_task_list(tasks, now))
     footer = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
     if next_cursor:
         footer += f"; next page: add --cursor {next_cursor}"
@@ -244,16 +247,16 @@ def show(
 ) -> None:
     """Everything about one task: error and traceback, attempts, input and metadata."""
 
-    async def body(dlq: DeadLetterQueue) -> FailedTask | None:
-        return await dlq.get_task(task_id)
+    async def body(dlq: DeadLetterQueue) -> tuple[FailedTask | None, datetime]:
+        return await dlq.get_task(task_id), dlq.clock.now()
 
-    task = run(state_of(ctx), body)
+    task, now = run(state_of(ctx), body)
     if task is None:
         fail(f"no task with id {task_id!r} in the dead-letter queue", EXIT_FAILED)
     if as_json:
         emit_json(_task_json(task))
     else:
-        Console().print(render_task_detail(task, _now()))
+        Console().print(render_task_detail(task, now))
 
 
 # -- retry and replay ----------------------------------------------------------------------
@@ -344,23 +347,24 @@ def replay(
     was skipped (listed in the report).
     """
     state = state_of(ctx)
-    flt = _filter(status, category, workflow, since, until, text, fingerprint)
+    selection = _filter(status, category, workflow, since, until, text, fingerprint)
     per_second = None if rate is None else parse_rate(rate)
     spec = _needs_app(state, app, "--run retries through the handlers") if run_inline else None
-    show_progress = not as_json
 
     async def body(dlq: DeadLetterQueue) -> Any:
+        flt = selection(dlq.clock.now())
         total = await dlq.count_tasks(dlq.replay_filter(flt))
         if limit is not None:
             total = min(total, limit)
+        console = Console(stderr=True)
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=console,
             transient=True,
-            disable=not show_progress,
+            disable=as_json or not console.is_terminal,
         )
         verb = "checking" if dry_run else "retrying" if run_inline else "replaying"
         bar = progress.add_task(verb, total=total)

@@ -41,6 +41,7 @@ from mahavishnu_dlq.settings import DLQSettings
 __all__ = [
     "APP_ENV_VAR",
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "PROG",
@@ -58,7 +59,7 @@ __all__ = [
 
 PROG = "mahavishnu-dlq"
 APP_ENV_VAR = "MAHAVISHNU_DLQ_APP"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
@@ -208,13 +209,14 @@ def import_target(spec: str) -> Any:
 
 
 def _is_factory(target: Any) -> bool:
-    """A callable that needs no arguments (a handler takes the task and its repos)."""
+    """A callable whose every parameter has a default (a handler takes the task and its
+    repos; one taking ``*args`` is a handler too)."""
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return False
     return all(
-        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         for p in signature.parameters.values()
     )
 

@@ -13,7 +13,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,13 +45,14 @@ _RESULT_KEYS = ("retry_success", "retry_failed", "exhausted")
 # -- processor run ---------------------------------------------------------------------------
 
 
-def _summary(dlq: DeadLetterQueue, attempts: int | None = None) -> dict[str, Any]:
-    counts = {key: dlq.lifetime[key] for key in _RESULT_KEYS}
-    return {
-        "worker_id": dlq.worker_id,
-        **({} if attempts is None else {"attempts": attempts}),
-        **counts,
-    }
+def _summary(
+    dlq: DeadLetterQueue, before: dict[str, int], attempts: int | None = None
+) -> dict[str, Any]:
+    """What this run did (the queue's counters may predate it, with --app)."""
+    summary: dict[str, Any] = {"worker_id": dlq.worker_id}
+    if attempts is not None:
+        summary["attempts"] = attempts
+    return summary | {key: dlq.lifetime[key] - before[key] for key in _RESULT_KEYS}
 
 
 async def _until_signalled(dlq: DeadLetterQueue, interval: float | None) -> None:
@@ -99,16 +100,17 @@ def processor_run(
     async def body(dlq: DeadLetterQueue) -> dict[str, Any]:
         if concurrency is not None:
             dlq.concurrency = concurrency
+        before = dict(dlq.lifetime)
         if drain:
             attempts = await RetryProcessor(dlq, check_interval=interval).drain()
-            return _summary(dlq, attempts)
+            return _summary(dlq, before, attempts)
         sys.stderr.write(
             f"{PROG}: processor {dlq.worker_id} on {dlq.store.backend}, concurrency "
             f"{dlq.concurrency}, checking every {interval or dlq.retry_interval_seconds:g} s;"
             " Ctrl-C stops it\n"
         )
         await _until_signalled(dlq, interval)
-        return _summary(dlq)
+        return _summary(dlq, before)
 
     summary = run(state, body, app=spec)
     if as_json:
@@ -214,7 +216,7 @@ def _by_workflow(rows: Mapping[str, Mapping[str, int]]) -> Table:
         caption_justify="left",
     )
     for workflow, row in rows.items():
-        table.add_row(workflow, *(Text(str(row[k]), STATUS_STYLE.get(k, "")) for k in keys))
+        table.add_row(Text(workflow), *(Text(str(row[k]), STATUS_STYLE.get(k, "")) for k in keys))
     return table
 
 
@@ -295,21 +297,18 @@ def demo(
 
 def register(app: typer.Typer, *, context_settings: Mapping[str, Any]) -> None:
     """Add ``processor run``, ``config show``/``validate`` and ``demo`` to ``app``."""
-    processor = typer.Typer(
-        name="processor",
-        help="Run the retry processor.",
-        no_args_is_help=True,
-        context_settings=dict(context_settings),
-    )
-    processor.command("run")(processor_run)
-    config = typer.Typer(
-        name="config",
-        help="Show or validate settings.",
-        no_args_is_help=True,
-        context_settings=dict(context_settings),
-    )
-    config.command("show")(config_show)
-    config.command("validate")(config_validate)
-    app.add_typer(processor)
-    app.add_typer(config)
+    groups: dict[str, tuple[str, dict[str, Callable[..., None]]]] = {
+        "processor": ("Run the retry processor.", {"run": processor_run}),
+        "config": (
+            "Show or validate settings.",
+            {"show": config_show, "validate": config_validate},
+        ),
+    }
+    for name, (help_text, commands) in groups.items():
+        group = typer.Typer(
+            name=name, help=help_text, no_args_is_help=True, context_settings=dict(context_settings)
+        )
+        for command, function in commands.items():
+            group.command(command)(function)
+        app.add_typer(group)
     app.command("demo")(demo)

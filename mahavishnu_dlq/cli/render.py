@@ -25,6 +25,7 @@ from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, ReplayReport
 __all__ = [
     "STATUS_STYLE",
     "age",
+    "plain_row",
     "relative",
     "render_replay",
     "render_statistics",
@@ -91,6 +92,11 @@ def titled_table(title: str | None, *columns: str, **options: Any) -> Table:
     return table
 
 
+def plain_row(table: Table, *cells: str | RenderableType) -> None:
+    """Add a row whose strings are shown as they are (task data is never Rich markup)."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+
+
 def _counts(
     title: str, counts: Mapping[str, int], styles: Mapping[str, str] | None = None
 ) -> Table:
@@ -117,18 +123,20 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
     )
     running = "running" if stats.get("is_processor_running") else "stopped"
     degraded = stats.get("degraded", False)
-    queue.add_row("backend", str(stats.get("backend", "-")))
-    queue.add_row(
+    plain_row(queue, "backend", str(stats.get("backend", "-")))
+    plain_row(
+        queue,
         "degraded",
         Text("yes: serving from the fallback", "bold red") if degraded else Text("no", "green"),
     )
-    queue.add_row(
+    plain_row(
+        queue,
         "open tasks",
         f"{stats['queue_size']} / {stats['max_size']} ({stats['utilization_percent']}%)",
     )
-    queue.add_row("stored", str(stats.get("total_stored", "-")))
-    queue.add_row("oldest pending", age(stats.get("oldest_pending_age_seconds")))
-    queue.add_row("processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
+    plain_row(queue, "stored", str(stats.get("total_stored", "-")))
+    plain_row(queue, "oldest pending", age(stats.get("oldest_pending_age_seconds")))
+    plain_row(queue, "processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
     tables = [
         _counts("status", stats["status_breakdown"], STATUS_STYLE),
         _counts("error categories", stats["error_categories"]),
@@ -139,14 +147,15 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
         "top fingerprints (open tasks)", "+tasks", "error type", "example error", "fingerprint"
     )
     for fp in stats.get("top_fingerprints", []):
-        fingerprints.add_row(
+        plain_row(
+            fingerprints,
             str(fp["count"]),
             _short_type(str(fp["error_type"])),
             fp["example_error"],
             fp["fingerprint"],
         )
     if not stats.get("top_fingerprints"):
-        fingerprints.add_row("0", "-", "no open tasks", "-")
+        plain_row(fingerprints, "0", "-", "no open tasks", "-")
     return Group(Columns(tables, padding=(1, 3)), Text(), queue, Text(), fingerprints)
 
 
@@ -154,12 +163,13 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
 
 
 def _next_retry(task: FailedTask, now: datetime | None = None) -> Text:
+    if task.status is DeadLetterStatus.RETRYING:
+        return Text(f"none: being retried by {task.lease_owner or '?'}", style="cyan")
     if task.next_retry_at is not None:
         hint = "" if now is None else f" ({relative(task.next_retry_at, now)})"
         return Text(when(task.next_retry_at) + hint)
     reason = {
         DeadLetterStatus.PENDING: f"none: awaiting an operator (policy {task.retry_policy.value})",
-        DeadLetterStatus.RETRYING: f"none: being retried by {task.lease_owner or '?'}",
         DeadLetterStatus.EXHAUSTED: "none: retries exhausted",
         DeadLetterStatus.COMPLETED: f"none: completed {when(task.completed_at)}",
         DeadLetterStatus.ARCHIVED: f"none: archived {when(task.archived_at)}",
@@ -171,25 +181,26 @@ def _facts(task: FailedTask, now: datetime | None) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
-    facts.add_row("id", task.task_id)
-    facts.add_row("workflow", task.workflow or "-")
-    facts.add_row("status", Text(task.status.value, style=STATUS_STYLE[task.status.value]))
-    facts.add_row("category", task.error_category.value)
-    facts.add_row("policy", task.retry_policy.value)
-    facts.add_row(
+    plain_row(facts, "id", task.task_id)
+    plain_row(facts, "workflow", task.workflow or "-")
+    plain_row(facts, "status", Text(task.status.value, style=STATUS_STYLE[task.status.value]))
+    plain_row(facts, "category", task.error_category.value)
+    plain_row(facts, "policy", task.retry_policy.value)
+    plain_row(
+        facts,
         "retries",
         f"{task.retry_count}/{task.max_retries}"
         f" ({task.total_attempts} run{'s' if task.total_attempts != 1 else ''} in all)",
     )
-    facts.add_row(
-        "error", Text.assemble((_short_type(task.error_type), "magenta"), ": ", task.error)
+    plain_row(
+        facts, "error", Text.assemble((_short_type(task.error_type), "magenta"), ": ", task.error)
     )
     if task.last_error and task.last_error != task.error:
         last_type = _short_type(task.last_error_type or "")
-        facts.add_row("last error", Text.assemble((last_type, "magenta"), ": ", task.last_error))
+        plain_row(facts, "last error", Text.assemble((last_type, "magenta"), ": ", task.last_error))
     failed = when(task.failed_at) + ("" if now is None else f" ({relative(task.failed_at, now)})")
-    facts.add_row("failed at", failed)
-    facts.add_row("next retry", _next_retry(task, now))
+    plain_row(facts, "failed at", failed)
+    plain_row(facts, "next retry", _next_retry(task, now))
     return facts
 
 
@@ -203,7 +214,8 @@ def _history(task: FailedTask) -> RenderableType:
         if attempt.finished_at is not None:
             took = f"{(attempt.finished_at - attempt.started_at).total_seconds() * 1000:.0f} ms"
         outcome = attempt.outcome.value
-        history.add_row(
+        plain_row(
+            history,
             str(attempt.number),
             attempt.trigger,
             when(attempt.started_at, date=False),
@@ -219,7 +231,7 @@ def render_task(task: FailedTask, title: str | None = None) -> Panel:
     style = STATUS_STYLE.get(task.status.value, "")
     return Panel(
         Group(_facts(task, None), _history(task)),
-        title=title or task.task_id,
+        title=Text(title or task.task_id),
         title_align="left",
         border_style=style,
     )
@@ -233,22 +245,22 @@ def _json_block(title: str, data: Any) -> RenderableType:
 def render_task_detail(task: FailedTask, now: datetime) -> RenderableType:
     """Everything about one task (``show``): facts, lease, history, traceback, input, metadata."""
     facts = _facts(task, now)
-    facts.add_row("fingerprint", task.error_fingerprint)
+    plain_row(facts, "fingerprint", task.error_fingerprint)
     if task.repos:
-        facts.add_row("repos", ", ".join(task.repos))
+        plain_row(facts, "repos", ", ".join(task.repos))
     if task.lease_owner:
         expires = "" if task.lease_expires_at is None else f" until {when(task.lease_expires_at)}"
-        facts.add_row("lease", f"{task.lease_owner}{expires}")
-    facts.add_row("created / updated", f"{when(task.created_at)} / {when(task.updated_at)}")
+        plain_row(facts, "lease", f"{task.lease_owner}{expires}")
+    plain_row(facts, "created / updated", f"{when(task.created_at)} / {when(task.updated_at)}")
     parts: list[RenderableType] = [facts, Text(), _history(task), Text()]
     if task.traceback:
         parts += [Text("traceback (first failure)", style="bold"), Text(task.traceback.rstrip())]
     else:
-        parts.append(Text("no traceback (the failure was given as text)", style="bright_black"))
+        parts.append(Text("no traceback recorded", style="bright_black"))
     parts += [Text(), _json_block("task input", task.task), Text()]
     parts.append(_json_block("metadata", task.metadata))
     style = STATUS_STYLE.get(task.status.value, "")
-    return Panel(Group(*parts), title=task.task_id, title_align="left", border_style=style)
+    return Panel(Group(*parts), title=Text(task.task_id), title_align="left", border_style=style)
 
 
 # -- many tasks ---------------------------------------------------------------------------
@@ -269,7 +281,8 @@ def render_task_list(tasks: Sequence[FailedTask], now: datetime) -> Table:
         if task.next_retry_at is not None:
             next_retry = "due" if task.next_retry_at <= now else relative(task.next_retry_at, now)
         error_type = _short_type(task.last_error_type or task.error_type)
-        table.add_row(
+        plain_row(
+            table,
             task.task_id,
             Text(task.status.value, STATUS_STYLE[task.status.value]),
             task.error_category.value,
@@ -306,6 +319,8 @@ def render_replay(report: ReplayReport) -> RenderableType:
     if failures:
         table = titled_table("not replayed", "task id", "outcome", "reason")
         for item in failures:
-            table.add_row(item.task_id, Text(item.outcome, REPLAY_STYLE[item.outcome]), item.detail)
+            plain_row(
+                table, item.task_id, Text(item.outcome, REPLAY_STYLE[item.outcome]), item.detail
+            )
         parts.append(table)
     return Group(*parts)

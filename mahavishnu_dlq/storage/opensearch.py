@@ -83,7 +83,13 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError, TransportError
+from opensearchpy import (
+    AsyncOpenSearch,
+    ConnectionTimeout,
+    NotFoundError,
+    RequestError,
+    TransportError,
+)
 from opensearchpy import ConnectionError as OpenSearchConnectionError
 from pydantic import SecretStr
 
@@ -266,6 +272,7 @@ class OpenSearchStore:
                 field="opensearch.refresh",
             )
         self._hosts = [hosts] if isinstance(hosts, str) else list(hosts)
+        self._timeout = timeout
         self._index = index
         self._template = f"mahavishnu-dlq-{index}"
         self._refresh = refresh
@@ -349,7 +356,10 @@ class OpenSearchStore:
     async def close(self) -> None:
         _require_asyncio()
         await self._commit.flush()
-        await self._ensure_visible()
+        try:
+            await self._ensure_visible()
+        except StoreUnavailableError as exc:  # the writes are durable; only a refresh is late
+            _log.debug("dlq.store.close: refresh skipped: %s", exc)
         if self._owns_client:
             with self._translated("close"):
                 await self._client.close()
@@ -702,7 +712,8 @@ class OpenSearchStore:
         return _USERINFO.sub(_MASK + "@", text)
 
     def _failure(self, status: Any, kind: str, reason: str, action: str) -> DLQError:
-        detail = self._redact(f"{action} on index {self._index!r}: HTTP {status} {kind}: {reason}")
+        answer = ": ".join(part for part in (kind, reason) if part) or "no error details"
+        detail = self._redact(f"{action} at {self.location}: HTTP {status} {answer}")
         if status == 400:
             return ConfigurationError(f"OpenSearch refused the request: {detail}")
         return StoreUnavailableError(_BACKEND, detail)
@@ -716,7 +727,12 @@ class OpenSearchStore:
         try:
             yield
         except OpenSearchConnectionError as exc:  # includes timeouts and TLS failures
-            detail = f"{action} at {self.location}: {type(exc).__name__}: {exc.error}"
+            reason = exc.error or (
+                f"no answer within {self._timeout:g} s"
+                if isinstance(exc, ConnectionTimeout)
+                else ""
+            )
+            detail = f"{action} at {self.location}: {type(exc).__name__}: {reason or 'no details'}"
             if str(exc.info) not in detail:
                 detail += f" ({exc.info})"
             detail = self._redact(detail)

@@ -9,6 +9,7 @@ these tests do too (the trio refusal is tested with ``anyio.run`` in a sync test
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -517,3 +518,19 @@ async def test_what_a_closed_store_wrote_is_searchable_at_once(
             await reader.close()
     finally:
         await client.indices.delete(index=index_name)
+
+
+async def test_a_node_that_never_answers_is_a_timeout_naming_the_limit() -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        store = OpenSearchStore(hosts=[f"http://127.0.0.1:{port}"], index="silent", timeout=0.3)
+        try:
+            with pytest.raises(StoreUnavailableError) as caught:
+                await store.get("a")
+        finally:
+            await store.close()
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "ConnectionTimeout: no answer within 0.3 s" in message
