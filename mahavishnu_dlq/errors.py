@@ -57,7 +57,10 @@ class TaskBusyError(DLQError):
     def __init__(self, task_id: str, owner: str | None = None, reason: str | None = None) -> None:
         self.task_id = task_id
         self.owner = owner
-        detail = reason or (f"it is being retried by {owner}" if owner else "it is being retried")
+        if reason:  # not busy as such: the task's state refuses the change
+            super().__init__(f"task {task_id!r}: {reason}")
+            return
+        detail = f"it is being retried by {owner}" if owner else "it is being retried"
         super().__init__(f"task {task_id!r} is busy: {detail}")
 
 

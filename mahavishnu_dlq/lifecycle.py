@@ -158,6 +158,8 @@ def claim(
     return task.evolve(
         status=_RETRYING,
         retry_count=number,
+        # an operator's retry of an exhausted task is one more retry, as replay gives
+        max_retries=max(task.max_retries, number),
         total_attempts=task.total_attempts + 1,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -273,7 +275,9 @@ def make_due(task: FailedTask, *, now: datetime) -> FailedTask:
     if task.status is _RETRYING and task.lease_active(now):
         raise TaskBusyError(task.task_id, task.lease_owner)
     if task.status in (_COMPLETED, _ARCHIVED):
-        raise TaskBusyError(task.task_id, reason=f"it is {task.status.value}")
+        raise TaskBusyError(
+            task.task_id, reason=f"it is {task.status.value}; replay takes open tasks only"
+        )
     return task.evolve(
         status=_PENDING,
         next_retry_at=now,

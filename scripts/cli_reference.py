@@ -107,7 +107,7 @@ def _walk(
 def render_reference(width: int = HELP_WIDTH) -> str:
     """The generated block, markers excluded: an index, then one section per command."""
     entries = list(walk(width))
-    index = " · ".join(f"[{e.title}](#{e.anchor})" for e in entries)
+    index = " · ".join(f"[`{' '.join(e.path) or PROG}`](#{e.anchor})" for e in entries)
     parts = [
         "<!-- Do not edit between these markers: run `" + _REGENERATE + "`. -->",
         index,

@@ -61,7 +61,10 @@ def _root(
         ),
     ] = None,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="Log more: -v info, -vv debug.")
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, show_default=False, help="Log more: -v info, -vv debug."
+        ),
     ] = 0,
     version: Annotated[
         bool,

@@ -89,7 +89,9 @@ CategoryOption = Annotated[
 ]
 WorkflowOption = Annotated[
     list[str] | None,
-    typer.Option("--workflow", "-w", metavar="NAME", help="Workflow name (repeatable)."),
+    typer.Option(
+        "--workflow", "-w", metavar="NAME[,NAME]", help="Workflow name (repeat or comma-separate)."
+    ),
 ]
 SinceOption = Annotated[
     str | None,
@@ -108,11 +110,14 @@ TextOption = Annotated[
     typer.Option(
         "--text",
         "-t",
-        help="Case-insensitive substring of the id, workflow, error, error type or fingerprint.",
+        metavar="TEXT",
+        help="Case-insensitive substring of the id, workflow, first or last error, error type "
+        "or fingerprint.",
     ),
 ]
 FingerprintOption = Annotated[
-    str | None, typer.Option("--fingerprint", help="Exactly this error fingerprint.")
+    str | None,
+    typer.Option("--fingerprint", metavar="FINGERPRINT", help="Exactly this error fingerprint."),
 ]
 AppOption = Annotated[
     str | None,
@@ -142,7 +147,7 @@ def _filter(
         return TaskFilter(
             status=parse_choices(status, DeadLetterStatus, option="--status") or None,
             error_category=parse_choices(category, ErrorCategory, option="--category") or None,
-            workflow=tuple(workflow) if workflow else None,
+            workflow=_names(workflow),
             since=None if since is None else parse_moment(since, now, option="--since"),
             until=None if until is None else parse_moment(until, now, option="--until"),
             text=text or None,
@@ -153,15 +158,25 @@ def _filter(
     return build
 
 
+def _names(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeated and/or comma-separated names, in order, without repeats."""
+    names = [n.strip() for value in values or () for n in value.split(",") if n.strip()]
+    return tuple(dict.fromkeys(names)) or None
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A time as the records' JSON has it (ISO 8601, UTC as 'Z')."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
 def _confirm(question: str) -> None:
-    """Ask on stderr; anything but yes ends the command (exit 1), nothing changed."""
-    try:
-        agreed = typer.confirm(question, default=False, err=True)
-    except typer.Abort:
-        agreed = False
+    """Ask on stderr (stdout stays data); anything but yes ends the command (exit 1)."""
+    sys.stderr.write(f"{question} [y/N]: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
     if not sys.stdin.isatty():
         sys.stderr.write("\n")  # the answer was not echoed: end the question's line
-    if not agreed:
+    if answer.strip().lower() not in ("y", "yes"):
         fail("aborted: nothing was changed (pass --yes to skip this question)", EXIT_FAILED)
 
 
@@ -192,14 +207,20 @@ def list_tasks(
     text: TextOption = None,
     fingerprint: FingerprintOption = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, max=1000, help="Tasks per page.")
+        int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="Tasks per page.")
     ] = 20,
     cursor: Annotated[
-        str | None, typer.Option("--cursor", help="Continue after the page that printed it.")
+        str | None,
+        typer.Option("--cursor", metavar="CURSOR", help="Continue after the page that printed it."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Failed tasks, newest failure first, one page at a time."""
+    """Failed tasks, newest failure first, one page at a time.
+
+    Columns: id, status, category, retries n/max, next retry, failed at (UTC) and
+    the error, cut to fit; a terminal narrower than 110 columns leaves out category
+    and failed at (show and --json have everything).
+    """
     selection = _filter(status, category, workflow, since, until, text, fingerprint)
     if cursor is not None:
         try:
@@ -233,7 +254,7 @@ def list_tasks(
     if not tasks:
         console.print(Text("no tasks match", style="bright_black"))
         return
-    console.print(render_task_list(tasks, now))
+    console.print(render_task_list(tasks, now, width=console.width))
     footer = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
     if next_cursor:
         footer += f"; next page: add --cursor {next_cursor}"
@@ -292,7 +313,7 @@ def retry(
         result = {
             **result,
             "status": task.status.value,
-            "next_retry_at": None if task.next_retry_at is None else task.next_retry_at.isoformat(),
+            "next_retry_at": _iso(task.next_retry_at),
         }
     if as_json:
         emit_json(result)
@@ -327,7 +348,8 @@ def replay(
         ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=1, help="Replay at most this many.")
+        int | None,
+        typer.Option("--limit", "-n", metavar="N", min=1, help="Replay at most this many."),
     ] = None,
     run_inline: Annotated[
         bool,
@@ -395,9 +417,7 @@ def replay(
 
 def archive(
     ctx: typer.Context,
-    task_ids: Annotated[
-        list[str], typer.Argument(metavar="TASK_ID...", help="One or more task ids.")
-    ],
+    task_ids: Annotated[list[str], typer.Argument(metavar="TASK_ID", help="One or more task ids.")],
     as_json: JsonOption = False,
 ) -> None:
     """Set tasks aside for audit (kept until purged). Exit status 1 if any id is unknown."""
@@ -445,7 +465,7 @@ def purge(
         typer.Option(
             "--older-than",
             metavar="AGE",
-            help="Only records last updated this long ago (30d, 12h).",
+            help="Only records last updated at least this long ago (30d, 12h).",
         ),
     ] = None,
     status: Annotated[
@@ -484,7 +504,7 @@ def purge(
             "purged": purged,
             "dry_run": dry_run,
             "statuses": [s.value for s in flt.status or ()],
-            "updated_before": None if cutoff is None else cutoff.isoformat(),
+            "updated_before": _iso(cutoff),
         }
 
     result = run(state, body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -35,7 +36,7 @@ from mahavishnu_dlq.demo import DemoResult, run_demo
 from mahavishnu_dlq.errors import ConfigurationError
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.queue import DeadLetterQueue
-from mahavishnu_dlq.settings import DLQSettings
+from mahavishnu_dlq.settings import CONFIG_ENV_VAR, DLQSettings
 
 __all__ = ["register"]
 
@@ -69,12 +70,15 @@ def processor_run(
     ctx: typer.Context,
     app: AppOption = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, max=1000, help="Attempts at once (default: settings).")
+        int | None,
+        typer.Option(metavar="N", min=1, max=1000, help="Attempts at once (default: settings)."),
     ] = None,
     interval: Annotated[
         float | None,
         typer.Option(
-            min=0.01, help="Seconds between checks for due tasks (default: retry_interval_seconds)."
+            metavar="SECONDS",
+            min=0.01,
+            help="Seconds between checks for due tasks (default: retry_interval_seconds).",
         ),
     ] = None,
     drain: Annotated[
@@ -131,8 +135,10 @@ def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         emit_json(data)
         return
-    source = state.config or "$MAHAVISHNU_DLQ_CONFIG / environment / defaults"
-    sys.stdout.write(f"# effective settings from {source}; secrets masked\n")
+    named = state.config or os.environ.get(CONFIG_ENV_VAR)
+    source = f"{named}, " if named else "no file, "
+    sys.stdout.write(f"# effective settings: {source}MAHAVISHNU_DLQ_* environment, defaults")
+    sys.stdout.write("; secrets masked\n")
     sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
@@ -259,14 +265,17 @@ def render_demo(result: DemoResult) -> RenderableType:
 def demo(
     ctx: typer.Context,
     count: Annotated[
-        int, typer.Option("--count", "-n", min=1, max=5000, help="How many workflow runs.")
+        int,
+        typer.Option("--count", "-n", metavar="N", min=1, max=5000, help="How many workflow runs."),
     ] = 60,
     seed: Annotated[
         int | None,
-        typer.Option(help="Seed of which runs fail and how often (default: random, shown)."),
+        typer.Option(
+            metavar="N", help="Seed of which runs fail and how often (default: random, shown)."
+        ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="Longest wait, in seconds, for the retry phase.")
+        float, typer.Option(metavar="SECONDS", min=0.1, help="Longest wait for the retry phase.")
     ] = 50.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the statistics and examples as JSON.")

@@ -43,6 +43,7 @@ STATUS_STYLE = {
     "completed": "green",
     "archived": "bright_black",
 }
+NARROW = 110  # terminal columns below which ``list`` leaves out category and failed-at
 _LISTED = 20  # task ids a dry run names (--json lists them all)
 OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
 REPLAY_STYLE = {
@@ -266,31 +267,39 @@ def render_task_detail(task: FailedTask, now: datetime) -> RenderableType:
 # -- many tasks ---------------------------------------------------------------------------
 
 
-def render_task_list(tasks: Sequence[FailedTask], now: datetime) -> Table:
-    """The ``list`` table: id, status, category, retries, next retry, failed at, error."""
+def render_task_list(tasks: Sequence[FailedTask], now: datetime, *, width: int = 120) -> Table:
+    """The ``list`` table: id, status, category, retries, next retry, failed at, error.
+
+    Below ``NARROW`` columns (the terminal's ``width``) category and failed-at are
+    left out, so the error keeps room; ``show`` and ``--json`` have everything."""
+    wide = width >= NARROW
+    longest = max((len(task.task_id) for task in tasks), default=8)
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
-    table.add_column("id", overflow="fold", min_width=8, max_width=40)
+    table.add_column("id", overflow="fold", width=max(8, min(longest, 36 if wide else 20)))
     table.add_column("status", no_wrap=True)
-    table.add_column("category", no_wrap=True)
+    if wide:
+        table.add_column("category", no_wrap=True)
     table.add_column("retries", justify="right", no_wrap=True)
     table.add_column("next retry", no_wrap=True)
-    table.add_column("failed at", no_wrap=True)
-    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=16)
+    if wide:
+        table.add_column("failed at", no_wrap=True)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
     for task in tasks:
         next_retry = "-"
         if task.next_retry_at is not None:
             next_retry = "due" if task.next_retry_at <= now else relative(task.next_retry_at, now)
         error_type = _short_type(task.last_error_type or task.error_type)
-        plain_row(
-            table,
+        cells: list[str | RenderableType] = [
             task.task_id,
             Text(task.status.value, STATUS_STYLE[task.status.value]),
-            task.error_category.value,
-            f"{task.retry_count}/{task.max_retries}",
-            next_retry,
-            task.failed_at.strftime("%m-%d %H:%M"),
-            f"{error_type}: {task.last_error or task.error}",
-        )
+        ]
+        if wide:
+            cells.append(task.error_category.value)
+        cells += [f"{task.retry_count}/{task.max_retries}", next_retry]
+        if wide:
+            cells.append(task.failed_at.strftime("%m-%d %H:%M"))
+        cells.append(f"{error_type}: {task.last_error or task.error}")
+        plain_row(table, *cells)
     return table
 
 
@@ -309,9 +318,10 @@ def render_replay(report: ReplayReport) -> RenderableType:
     if report.dry_run:
         summary.append(" (dry run: nothing was changed)", "bright_black")
     parts: list[RenderableType] = [summary]
-    if report.dry_run and report.items:
-        shown = [item.task_id for item in report.items[:_LISTED]]
-        more = len(report.items) - len(shown)
+    would = [item.task_id for item in report.items if item.outcome == "would_replay"]
+    if would:
+        shown = would[:_LISTED]
+        more = len(would) - len(shown)
         parts.append(
             Text("would replay: " + ", ".join(shown) + (f" … and {more} more" if more else ""))
         )
