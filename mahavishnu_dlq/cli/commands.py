@@ -218,7 +218,7 @@ def list_tasks(
     """Failed tasks, newest failure first, one page at a time.
 
     Columns: id, status, category, retries n/max, next retry, failed at (UTC) and
-    the error, cut to fit; a terminal narrower than 110 columns leaves out category
+    the error, cut to fit; a terminal narrower than 100 columns leaves out category
     and failed at (show and --json have everything).
     """
     selection = _filter(status, category, workflow, since, until, text, fingerprint)

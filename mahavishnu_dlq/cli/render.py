@@ -43,7 +43,7 @@ STATUS_STYLE = {
     "completed": "green",
     "archived": "bright_black",
 }
-NARROW = 110  # terminal columns below which ``list`` leaves out category and failed-at
+NARROW = 100  # terminal columns below which ``list`` leaves out category and failed-at
 _LISTED = 20  # task ids a dry run names (--json lists them all)
 OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
 REPLAY_STYLE = {
