@@ -2,7 +2,8 @@
 
 - :data:`handlers`: a ``{workflow: handler}`` mapping; the CLI builds the queue
   from the settings (the environment of the test) and registers them. Tasks of
-  :data:`OK_WORKFLOW` succeed on retry, tasks of :data:`FAIL_WORKFLOW` always fail.
+  :data:`OK_WORKFLOW` succeed on retry, tasks of :data:`FAIL_WORKFLOW` always fail,
+  tasks of :data:`SLOW_WORKFLOW` run until the processor is stopped.
 - :func:`memory_queue`: an async factory returning a queue on the in-memory store
   that already holds the failures of :data:`MEMORY_TASKS`, so every command of one
   CLI process sees them.
@@ -11,6 +12,8 @@
 from __future__ import annotations
 
 from typing import Any
+
+import anyio
 
 from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.queue import Handler
@@ -21,12 +24,14 @@ __all__ = [
     "HANDLER_ERROR",
     "MEMORY_TASKS",
     "OK_WORKFLOW",
+    "SLOW_WORKFLOW",
     "handlers",
     "memory_queue",
 ]
 
 OK_WORKFLOW = "cli-ok"
 FAIL_WORKFLOW = "cli-fail"
+SLOW_WORKFLOW = "cli-slow"
 HANDLER_ERROR = "handler refused the task"
 
 
@@ -40,7 +45,12 @@ def refuse(task: dict[str, Any], repos: list[str]) -> None:
     raise RuntimeError(f"{HANDLER_ERROR} {task.get('id')}")
 
 
-handlers: dict[str, Handler] = {OK_WORKFLOW: succeed, FAIL_WORKFLOW: refuse}
+async def linger(task: dict[str, Any], repos: list[str]) -> None:
+    """The retry of a :data:`SLOW_WORKFLOW` task: outlasts any test (it is stopped)."""
+    await anyio.sleep(600)
+
+
+handlers: dict[str, Handler] = {OK_WORKFLOW: succeed, FAIL_WORKFLOW: refuse, SLOW_WORKFLOW: linger}
 
 #: (task_id, workflow, error) of the failures :func:`memory_queue` holds, all
 #: awaiting an operator (policy "never"): nothing retries them on its own.

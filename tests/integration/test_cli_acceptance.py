@@ -52,7 +52,13 @@ from mahavishnu_dlq.models import (
 from mahavishnu_dlq.settings import DLQSettings, OpenSearchSettings
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
 from tests.integration import cli_app
-from tests.integration.cli_app import FAIL_WORKFLOW, HANDLER_ERROR, MEMORY_TASKS, OK_WORKFLOW
+from tests.integration.cli_app import (
+    FAIL_WORKFLOW,
+    HANDLER_ERROR,
+    MEMORY_TASKS,
+    OK_WORKFLOW,
+    SLOW_WORKFLOW,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "mahavishnu-dlq"
@@ -666,6 +672,43 @@ def test_processor_runs_until_sigint_and_reports(node: Node, tmp_path: Path) -> 
     assert stdout_text == (
         f"processor {started.group(1)} stopped; 4 retry success, 0 retry failed, 0 exhausted\n"
     ), describe(run)
+
+
+@pytest.mark.opensearch
+def test_sigterm_mid_attempt_gives_the_task_back(node: Node, tmp_path: Path) -> None:
+    """Stopping the processor while an attempt runs returns the task to pending."""
+    node.enqueue(Failure("slow-1", SLOW_WORKFLOW, policy=RetryPolicy.IMMEDIATE))
+
+    def retrying() -> bool:
+        return node.statuses("slow-1") == {"slow-1": "retrying"}
+
+    err = tmp_path / "processor.err"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            _argv(["processor", "run", "--app", HANDLERS, "--interval", "0.2"]),
+            cwd=ROOT,
+            env=node.cli.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_until("the attempt started", retrying, proc, 30)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, err.read_text()
+    assert "SIGTERM: stopping" in err.read_text()
+    task = node.records("slow-1")["slow-1"]
+    assert task.status is PENDING
+    assert (task.lease_owner, task.lease_expires_at) == (None, None)
+    assert task.retry_count == 0  # the unfinished attempt is given back …
+    assert task.total_attempts == 2  # … but still counted as run (the first failure + 1)
+    assert task.attempts[-1].outcome is AttemptOutcome.CANCELLED
+    assert task.next_retry_at is not None  # due again at once, for the next processor
 
 
 # -- the embedded default: memory store, clean environment -------------------------------------
