@@ -39,7 +39,7 @@ from mahavishnu_dlq.policy import Jitter, PolicyBook, PolicyParams
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.settings import DLQSettings
-from mahavishnu_dlq.storage import MemoryStore, Store
+from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ __all__ = [
     "ErrorCategory",
     "ErrorClassifier",
     "FailedTask",
+    "FailoverStore",
     "InvalidPayloadError",
     "Jitter",
     "MemoryStore",

@@ -62,6 +62,7 @@ from mahavishnu_dlq.policy import (
 )
 from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
+from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ class DeadLetterQueue:
         self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
         self.processor: RetryProcessor | None = None
         self._task_group: TaskGroup | None = None
+        self._maintenance: TaskGroup | None = None
         self._opened = False
         self._wakeup: Callable[[], None] | None = None
         self._open_seen = 0
@@ -186,10 +188,20 @@ class DeadLetterQueue:
         )
 
     async def connect(self) -> None:
-        """Connect the store (idempotent) without starting a processor, as tools like the CLI do."""
+        """Connect the store (idempotent) without starting a processor, as tools like the CLI do.
+
+        A store with background work (the failover store's recovery probe) gets it
+        started here, in a task group :meth:`stop` ends before closing the store.
+        """
         if not self._opened:
             await self.store.open()
             self._opened = True
+            monitor = getattr(self.store, "monitor", None)
+            if monitor is not None and self._maintenance is None:
+                group = anyio.create_task_group()
+                await group.__aenter__()
+                self._maintenance = group
+                group.start_soon(monitor)
 
     async def start(self) -> None:
         """Connect the store; start the processor when settings enable it and a handler exists."""
@@ -202,6 +214,10 @@ class DeadLetterQueue:
     async def stop(self) -> None:
         """Stop the processor (in-flight attempts go back to pending), close the store."""
         await self.stop_retry_processor()
+        group, self._maintenance = self._maintenance, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
         if self._opened:
             self._opened = False
             with anyio.CancelScope(shield=True):
@@ -478,6 +494,7 @@ class DeadLetterQueue:
             "retry_interval_seconds": self.retry_interval_seconds,
             "backend": self.store.backend,
             "degraded": bool(getattr(self.store, "degraded", False)),
+            "failover": getattr(self.store, "health", None),
             "total_stored": stats.total,
             "oldest_pending_age_seconds": (
                 None if oldest is None else max(0.0, (now - oldest).total_seconds())
@@ -858,11 +875,16 @@ def _first_decision(params: PolicyParams) -> tuple[RetryAction, float | None]:
 def _store_from_settings(settings: DLQSettings) -> Store:
     if settings.store == "memory":
         return MemoryStore()
-    if settings.store == "opensearch":
-        from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
+    from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
 
-        return OpenSearchStore.from_settings(settings.opensearch)
-    raise ConfigurationError(
-        f"store {settings.store!r} is not available in this version; use 'memory' or 'opensearch'",
-        field="store",
+    search = OpenSearchStore.from_settings(settings.opensearch)
+    if settings.store == "opensearch":
+        return search
+    failover = settings.failover
+    return FailoverStore(
+        search,
+        fail_closed=failover.fallback == "none",
+        failure_threshold=failover.failure_threshold,
+        probe_interval=failover.probe_interval_seconds,
+        timeout=failover.store_timeout_seconds,
     )

@@ -124,12 +124,22 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
     )
     running = "running" if stats.get("is_processor_running") else "stopped"
     degraded = stats.get("degraded", False)
-    plain_row(queue, "backend", str(stats.get("backend", "-")))
+    failover = stats.get("failover")
+    backend = str(stats.get("backend", "-"))
+    if failover:
+        backend += f" (serving: {failover['serving']}; primary {failover['primary']})"
+    plain_row(queue, "backend", backend)
     plain_row(
         queue,
         "degraded",
-        Text("yes: serving from the fallback", "bold red") if degraded else Text("no", "green"),
+        Text("yes", "bold red") if degraded else Text("no", "green"),
     )
+    if failover:
+        plain_row(queue, "awaiting re-sync", str(failover["pending_resync"]))
+        plain_row(queue, "last failover", when(failover["failed_over_at"]))
+        plain_row(queue, "last recovery", when(failover["recovered_at"]))
+        if failover["last_error"]:
+            plain_row(queue, "last store error", str(failover["last_error"]))
     plain_row(
         queue,
         "open tasks",

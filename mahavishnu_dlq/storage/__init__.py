@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, Store, StoreStatistics
+from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 __all__ = [
+    "FailoverStore",
     "FingerprintCount",
     "MemoryStore",
     "Mutation",

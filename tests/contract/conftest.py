@@ -13,12 +13,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mahavishnu_dlq.storage import MemoryStore, Store
+from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
 
 
-@pytest.fixture(params=["memory", pytest.param("opensearch", marks=pytest.mark.opensearch)])
+@pytest.fixture(
+    params=["memory", "failover", pytest.param("opensearch", marks=pytest.mark.opensearch)]
+)
 async def store(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Store]:
     """A fresh, empty, opened store of each backend."""
+    if request.param == "failover":  # healthy: the primary serves, through the wrapper
+        failover = FailoverStore(MemoryStore())
+        await failover.open()
+        yield failover
+        await failover.clear()
+        await failover.close()
+        return
     if request.param == "memory":
         memory = MemoryStore()
         await memory.open()

@@ -61,6 +61,7 @@ STATS_KEYS = {
     "retry_interval_seconds",
     "backend",
     "degraded",
+    "failover",
     "total_stored",
     "oldest_pending_age_seconds",
     "top_fingerprints",
@@ -632,6 +633,7 @@ def test_status_json_shape(cli: Cli, mixed: DeadLetterQueue) -> None:
     assert set(stats) == STATS_KEYS
     assert stats["backend"] == "memory"
     assert stats["degraded"] is False
+    assert stats["failover"] is None  # only a failover store reports its state
     assert stats["is_processor_running"] is False
     assert stats["total_stored"] == 6
     assert stats["queue_size"] == 4  # pending and exhausted

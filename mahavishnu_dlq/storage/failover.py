@@ -1,0 +1,507 @@
+"""A store that keeps working while its primary (OpenSearch) is down, then catches up.
+
+:class:`FailoverStore` wraps a primary store and a fallback (a :class:`MemoryStore`
+by default):
+
+Routing
+    Every call goes to the primary, bounded by ``timeout`` seconds. A call that
+    fails with :class:`StoreUnavailableError` or times out is served by the
+    fallback instead, and the record it changed is written down in the *journal*.
+    After ``failure_threshold`` consecutive failures the circuit *opens*: calls go
+    straight to the fallback, so nobody waits for a dead node again. While some
+    record's newest version lives in the fallback (it is in the journal), calls
+    about that record go to the fallback too, so a task claimed during an outage
+    is finished where it was claimed.
+
+Seeding
+    The fallback starts empty. A change to a record the fallback does not hold
+    (say, the finish of an attempt claimed just before the node died) starts from
+    the last version this store saw of it (a bounded cache of recent records), so
+    the change is not lost for want of its record.
+
+Re-sync
+    A background probe runs every ``probe_interval`` seconds while anything is in
+    the journal. When the primary answers, each journaled record is merged into it
+    with a compare-and-set mutation — the newer ``updated_at`` wins and the attempt
+    histories of both are kept — and records deleted during the outage are deleted
+    there unless the primary holds a newer version. Only when the journal is empty
+    does the circuit close. Two processes re-syncing at once cannot overwrite each
+    other's newer changes: every merge is conditional.
+
+Fail-closed
+    With ``fallback=None`` nothing is served from memory: a failing primary call
+    raises :class:`StoreUnavailableError` (the queue then re-raises the workflow's
+    own exception with it attached), and the open circuit makes later calls fail
+    fast until the probe sees the node again.
+
+Visibility
+    :attr:`health` tells which backend serves, whether the store is degraded, how
+    many changes await re-sync, when it last failed over and recovered; the queue's
+    statistics include it. A warning is logged once per transition, not per call.
+
+What is at risk: the journal and the fallback live in this process. If the process
+dies during an outage, changes not yet re-synced are gone — ``fallback=None``
+avoids that by refusing them instead (the caller keeps the failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+
+from mahavishnu_dlq.clock import Clock, SystemClock
+from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
+from mahavishnu_dlq.models import Attempt, DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics
+from mahavishnu_dlq.storage.memory import MemoryStore
+
+__all__ = ["FailoverStore", "merge_versions"]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SEEN_KEPT = 10_000  # recent records remembered to seed the fallback
+_RESYNC_CONCURRENCY = 64  # merges in flight (the primary batches them into bulk requests)
+
+
+def merge_versions(stored: FailedTask | None, incoming: FailedTask) -> FailedTask:
+    """Two versions of one record: the newer ``updated_at`` wins, attempts of both kept.
+
+    Attempts are told apart by ``(number, started_at)``; when both versions hold
+    one, the winner's copy is kept (it may have finished it). The merged history is
+    ordered by start (each side was bounded already, so the sum is too).
+    """
+    if stored is None:
+        return incoming
+    winner, loser = (
+        (incoming, stored)
+        if incoming.updated_at >= stored.updated_at
+        else (
+            stored,
+            incoming,
+        )
+    )
+    known = {(a.number, a.started_at) for a in winner.attempts}
+    extra = [a for a in loser.attempts if (a.number, a.started_at) not in known]
+    if not extra:
+        return winner
+    attempts: list[Attempt] = sorted([*winner.attempts, *extra], key=lambda a: a.started_at)
+    return winner.evolve(attempts=attempts)
+
+
+class FailoverStore:
+    """A primary store (OpenSearch) with a fallback while it is down, re-synced after."""
+
+    backend = "failover"
+
+    def __init__(
+        self,
+        primary: Store,
+        fallback: Store | None = None,
+        *,
+        fail_closed: bool = False,
+        failure_threshold: int = 3,
+        probe_interval: float = 5.0,
+        timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ConfigurationError(
+                f"failure_threshold must be >= 1, got {failure_threshold}",
+                field="failover.failure_threshold",
+            )
+        if probe_interval <= 0 or timeout <= 0:
+            raise ConfigurationError(
+                f"probe_interval and timeout must be > 0, got {probe_interval} and {timeout}",
+                field="failover",
+            )
+        self.primary = primary
+        self.fallback: Store | None = None if fail_closed else (fallback or MemoryStore())
+        self.failure_threshold = failure_threshold
+        self.probe_interval = probe_interval
+        self.timeout = timeout
+        self.clock: Clock = clock or SystemClock()
+        self._failures = 0
+        self._open = False  # the circuit: True while calls go straight to the fallback
+        self._journal: dict[str, int] = {}  # id -> change number, changed in the fallback
+        self._deleted: dict[str, datetime] = {}  # id -> when, deleted in the fallback
+        self._change = 0
+        self._seen: OrderedDict[str, FailedTask] = OrderedDict()
+        self._wake = anyio.Event()
+        self.failed_over_at: datetime | None = None
+        self.recovered_at: datetime | None = None
+        self.last_error: str | None = None
+        self.resynced_total = 0
+
+    # -- health ------------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """True while the fallback serves or holds changes the primary has not got."""
+        return self._open or bool(self._journal) or bool(self._deleted)
+
+    @property
+    def pending_resync(self) -> int:
+        """Changes (records written or deleted) waiting to be re-synced to the primary."""
+        return len(self._journal) + len(self._deleted)
+
+    @property
+    def health(self) -> dict[str, Any]:
+        """Which backend serves, degraded or not, pending re-sync, last transitions."""
+        serving = "primary" if not self._open else "fallback" if self.fallback else "none"
+        return {
+            "serving": serving,
+            "primary": self.primary.backend,
+            "fallback": None if self.fallback is None else self.fallback.backend,
+            "degraded": self.degraded,
+            "circuit_open": self._open,
+            "pending_resync": self.pending_resync,
+            "failed_over_at": self.failed_over_at,
+            "recovered_at": self.recovered_at,
+            "last_error": self.last_error,
+            "resynced_total": self.resynced_total,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open both stores; a primary that is down opens degraded (see :meth:`monitor`)."""
+        if self.fallback is not None:
+            await self.fallback.open()
+        try:
+            with anyio.fail_after(self.timeout):
+                await self.primary.open()
+        except (StoreUnavailableError, TimeoutError) as exc:
+            self._trip(exc, at_start=True)  # start degraded (or failing fast); the probe recovers
+
+    async def close(self) -> None:
+        """Try a last re-sync (bounded by the timeout), then close both stores."""
+        if self.degraded and not self._open:
+            with anyio.move_on_after(self.timeout):
+                await self._resync()
+        if self.pending_resync:
+            _log.warning(
+                "dlq.failover: closing with %d changes not re-synced to %s",
+                self.pending_resync,
+                self.primary.backend,
+            )
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.primary.close()
+            except StoreUnavailableError as exc:
+                _log.debug("dlq.failover: closing the primary: %s", exc)
+            if self.fallback is not None:
+                await self.fallback.close()
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _trip(self, exc: BaseException, *, at_start: bool = False) -> None:
+        self._failures += 1
+        if isinstance(exc, TimeoutError):
+            self.last_error = f"no answer within {self.timeout:g} s"
+        else:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self._open and (at_start or self._failures >= self.failure_threshold):
+            self._open = True
+            self.failed_over_at = self.clock.now()
+            target = "failing fast" if self.fallback is None else "serving from the fallback"
+            _log.warning(
+                "dlq.failover: %s unavailable (%s); %s",
+                self.primary.backend,
+                self.last_error,
+                target,
+            )
+        self._wake.set()
+
+    def _unavailable(self, action: str, exc: BaseException) -> StoreUnavailableError:
+        if isinstance(exc, StoreUnavailableError):
+            return exc
+        return StoreUnavailableError(
+            self.primary.backend, f"{action}: no answer within {self.timeout:g} s"
+        )
+
+    async def _primary(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` on the primary within the timeout; failures trip the breaker."""
+        try:
+            with anyio.fail_after(self.timeout):
+                result = await call()
+        except (StoreUnavailableError, TimeoutError) as exc:
+            self._trip(exc)
+            raise self._unavailable(action, exc) from exc
+        self._failures = 0
+        return result
+
+    def _on_fallback(self, task_id: str | None = None) -> bool:
+        if self._open:
+            return True
+        return task_id is not None and (task_id in self._journal or task_id in self._deleted)
+
+    def _remember(self, task: FailedTask | None) -> FailedTask | None:
+        if task is not None:
+            self._seen[task.task_id] = task
+            self._seen.move_to_end(task.task_id)
+            if len(self._seen) > _SEEN_KEPT:
+                self._seen.popitem(last=False)
+        return task
+
+    def _journaled(self, task: FailedTask) -> FailedTask:
+        self._change += 1
+        self._journal[task.task_id] = self._change
+        self._deleted.pop(task.task_id, None)
+        self._wake.set()
+        return self._remember(task) or task
+
+    async def _fallback_mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        assert self.fallback is not None  # noqa: S101 - callers check fail_closed first
+        fallback = self.fallback
+        seed = self._seen.get(task_id)
+        if seed is not None and task_id not in self._deleted and task_id not in self._journal:
+
+            def from_seed(current: FailedTask | None) -> FailedTask:
+                return fn(current if current is not None else seed)
+
+            return self._journaled(await fallback.mutate(task_id, from_seed))
+        return self._journaled(await fallback.mutate(task_id, fn))
+
+    # -- the Store protocol ------------------------------------------------------------
+
+    async def get(self, task_id: str) -> FailedTask | None:
+        if self.fallback is not None and self._on_fallback(task_id):
+            found = await self.fallback.get(task_id)
+            return (
+                found if found is not None or task_id in self._deleted else self._seen_copy(task_id)
+            )
+        try:
+            return self._remember(await self._primary("get", lambda: self.primary.get(task_id)))
+        except StoreUnavailableError:
+            if self.fallback is None:
+                raise
+            found = await self.fallback.get(task_id)
+            return found if found is not None else self._seen_copy(task_id)
+
+    def _seen_copy(self, task_id: str) -> FailedTask | None:
+        return None if task_id in self._deleted else self._seen.get(task_id)
+
+    async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        if self.fallback is not None and self._on_fallback(task_id):
+            return await self._fallback_mutate(task_id, fn)
+        try:
+            task = await self._primary("mutate", lambda: self.primary.mutate(task_id, fn))
+        except StoreUnavailableError:
+            if self.fallback is None:
+                raise
+            return await self._fallback_mutate(task_id, fn)
+        self._remember(task)
+        return task
+
+    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+        claimed: list[FailedTask] = []
+        if self.fallback is not None and (self._open or self._journal):
+            # tasks whose newest version is in the fallback are claimed there
+            claimed += [self._journaled(t) for t in await self.fallback.claim_due(now, limit, fn)]
+        if self._open or len(claimed) >= limit:
+            return claimed
+
+        def unless_newer_in_fallback(current: FailedTask | None) -> FailedTask:
+            if current is not None and current.task_id in self._journal:
+                raise TaskBusyError(current.task_id, reason="its newest version awaits re-sync")
+            return fn(current)
+
+        try:
+            taken = await self._primary(
+                "claim_due",
+                lambda: self.primary.claim_due(now, limit - len(claimed), unless_newer_in_fallback),
+            )
+        except StoreUnavailableError:
+            if self.fallback is None and not claimed:
+                raise
+            return claimed
+        for task in taken:
+            self._remember(task)
+        return claimed + taken
+
+    async def next_due_at(self) -> datetime | None:
+        times: list[datetime] = []
+        if self.fallback is not None and (self._open or self._journal):
+            found = await self.fallback.next_due_at()
+            if found is not None:
+                times.append(found)
+        if not self._open:
+            try:
+                found = await self._primary("next_due_at", self.primary.next_due_at)
+            except StoreUnavailableError:
+                if self.fallback is None:
+                    raise
+            else:
+                if found is not None:
+                    times.append(found)
+        return min(times, default=None)
+
+    async def delete(self, task_id: str) -> bool:
+        if self.fallback is not None and self._on_fallback(task_id):
+            return await self._fallback_delete(task_id)
+        try:
+            deleted = await self._primary("delete", lambda: self.primary.delete(task_id))
+        except StoreUnavailableError:
+            if self.fallback is None:
+                raise
+            return await self._fallback_delete(task_id)
+        self._seen.pop(task_id, None)
+        return deleted
+
+    async def _fallback_delete(self, task_id: str) -> bool:
+        assert self.fallback is not None  # noqa: S101 - callers check fail_closed first
+        had = await self.fallback.delete(task_id) or task_id in self._seen
+        self._journal.pop(task_id, None)
+        self._seen.pop(task_id, None)
+        self._deleted[task_id] = self.clock.now()
+        self._wake.set()
+        return had
+
+    async def _read(self, action: str, call: Callable[[Store], Awaitable[T]]) -> T:
+        """A set-wide read: the primary's answer, or the fallback's while it serves."""
+        if self.fallback is not None and self._open:
+            return await call(self.fallback)
+        try:
+            return await self._primary(action, lambda: call(self.primary))
+        except StoreUnavailableError:
+            if self.fallback is None:
+                raise
+            return await call(self.fallback)
+
+    async def query(
+        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
+    ) -> TaskPage[FailedTask]:
+        return await self._read("query", lambda s: s.query(flt, limit=limit, cursor=cursor))
+
+    async def count(self, flt: TaskFilter | None = None) -> int:
+        return await self._read("count", lambda s: s.count(flt))
+
+    async def open_count(self) -> int:
+        return await self._read("open_count", lambda s: s.open_count())
+
+    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
+        return await self._read(
+            "statistics", lambda s: s.statistics(top_fingerprints=top_fingerprints)
+        )
+
+    async def purge(
+        self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
+    ) -> int:
+        """Purge runs on the primary only: deleting by age needs the whole record set."""
+        count = await self._primary(
+            "purge", lambda: self.primary.purge(older_than=older_than, statuses=statuses)
+        )
+        self._seen.clear()
+        return count
+
+    async def clear(self) -> int:
+        """Clear runs on the primary (and empties the fallback and the journal)."""
+        count = await self._primary("clear", self.primary.clear)
+        if self.fallback is not None:
+            count += await self.fallback.clear()
+        self._journal.clear()
+        self._deleted.clear()
+        self._seen.clear()
+        return count
+
+    # -- probing and re-sync -----------------------------------------------------------
+
+    async def monitor(self) -> None:
+        """Run forever: while degraded, probe every ``probe_interval`` s and re-sync
+        when the primary answers. :class:`DeadLetterQueue` runs it between
+        ``connect()`` and ``stop()``; a host using the store alone runs it in a task
+        group of its own (or calls :meth:`probe`)."""
+        while True:
+            if not self.degraded:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            await anyio.sleep(self.probe_interval)  # real time: tests call probe() themselves
+            await self.probe()
+
+    async def probe(self) -> bool:
+        """Check the primary now and re-sync if it answers; True when fully recovered."""
+        if not self.degraded:
+            return True
+        try:
+            await self._primary("probe", self.primary.open)
+        except StoreUnavailableError:
+            return False
+        try:
+            await self._resync()
+        except StoreUnavailableError:
+            return False
+        return not self.degraded
+
+    async def _resync(self) -> None:
+        """Merge every journaled change into the primary, then close the circuit."""
+        started = time.perf_counter()
+        done = 0
+        while self._journal or self._deleted:
+            size = _RESYNC_CONCURRENCY * 16
+            writes = list(self._journal.items())[:size]
+            deletions = list(self._deleted.items())[:size]
+            failure = await self._resync_round(writes, deletions)
+            if failure is not None:
+                self._trip(failure)
+                raise self._unavailable("re-sync", failure)
+            done += len(writes) + len(deletions)
+        self.resynced_total += done
+        if self._open:
+            self._open = False
+            self._failures = 0
+            self.recovered_at = self.clock.now()
+            _log.warning(
+                "dlq.failover: %s is back; %d changes re-synced in %.2f s; serving from it again",
+                self.primary.backend,
+                done,
+                time.perf_counter() - started,
+            )
+
+    async def _resync_round(
+        self, writes: list[tuple[str, int]], deletions: list[tuple[str, datetime]]
+    ) -> BaseException | None:
+        """One batch of merges and deletions, ``_RESYNC_CONCURRENCY`` at a time."""
+        limiter = anyio.Semaphore(_RESYNC_CONCURRENCY)
+        failures: list[BaseException] = []
+
+        async def guarded(step: Awaitable[None]) -> None:
+            async with limiter:
+                try:
+                    await step
+                except (StoreUnavailableError, TimeoutError) as exc:
+                    failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for task_id, change in writes:
+                group.start_soon(guarded, self._resync_one(task_id, change))
+            for task_id, when in deletions:
+                group.start_soon(guarded, self._resync_delete(task_id, when))
+        return failures[0] if failures else None
+
+    async def _resync_one(self, task_id: str, change: int) -> None:
+        assert self.fallback is not None  # noqa: S101
+        record = await self.fallback.get(task_id)
+        if record is None:  # deleted meanwhile: the tombstone handles it
+            if self._journal.get(task_id) == change:
+                del self._journal[task_id]
+            return
+        with anyio.fail_after(self.timeout):
+            await self.primary.mutate(task_id, lambda stored: merge_versions(stored, record))
+        if self._journal.get(task_id) == change:  # not changed again meanwhile
+            del self._journal[task_id]
+            await self.fallback.delete(task_id)
+
+    async def _resync_delete(self, task_id: str, when: datetime) -> None:
+        with anyio.fail_after(self.timeout):
+            stored = await self.primary.get(task_id)
+            if stored is not None and stored.updated_at <= when:
+                await self.primary.delete(task_id)
+        if self._deleted.get(task_id) == when:
+            del self._deleted[task_id]
