@@ -20,6 +20,14 @@ Importable too (the pytest session fixture uses it)::
     ...
     node.stop()
 
+A node that is to be killed and started again on the same ports and data (the chaos tests'
+``tests/chaos/node.py``) is built from the pieces ``start_node`` is made of::
+
+    layout = prepare_node(workdir)                     # NodeLayout: install, config, data
+    node = launch_on_free_ports(layout, stable=True)   # NodeHandle, yellow
+    node.kill()                                        # SIGKILL its process group
+    node = launch_node(layout, node.http_port, node.transport_port)  # same URL, same data
+
 Environment:
 
 - ``MAHAVISHNU_DLQ_OPENSEARCH_CACHE``: cache root (default
@@ -50,9 +58,11 @@ import http.client
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -95,8 +105,9 @@ class _UnresolvedError(NodeError):
     """mvn could not resolve one version."""
 
 
-class _PortTakenError(NodeError):
-    """The node lost the race for a port it was given."""
+class PortTakenError(NodeError):
+    """A port the node was given is taken: it lost the race for it, or it was restarted on
+    a port that another server took meanwhile."""
 
 
 def _say(message: str) -> None:
@@ -266,8 +277,45 @@ def find_java_home() -> Path:
 # ------------------------------------------------------------------------------ process
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind ``127.0.0.1:port`` now.
+
+    Binds as the node does (``SO_REUSEADDR``), so connections of an earlier node that linger
+    in ``TIME_WAIT`` do not count as taking the port; a listening socket does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, stable: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    ``stable`` picks one below the kernel's ephemeral range, which no outgoing connection
+    takes as its local port: a node restarted on it later finds it free unless another
+    server took it meanwhile.
+    """
+    if stable:
+        low, _high = _ephemeral_range()
+        for _ in range(200):
+            if low <= 11000:
+                break
+            port = random.randint(10000, low - 1)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -309,40 +357,50 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 def _is_alive(pid: int, started: int | None) -> bool:
     """Whether ``pid`` is still the node we started (guards against pid reuse)."""
-    stat = _proc_stat(pid)
-    if stat is None:
+    proc = _proc_stat(pid)
+    if proc is None:
         return False
-    state, start_ticks = stat
+    state, start_ticks = proc
     if state in {"Z", "X"}:  # exited; its parent reaps it (NodeHandle.stop waits on it)
         return False
     return started is None or start_ticks == started
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group that ``pid`` leads (to ``pid`` alone if it leads none).
+
+    The node is started in a session of its own, so its group holds the node's processes
+    and nothing else of anyone's.
+    """
     with contextlib.suppress(ProcessLookupError):
         pgid = os.getpgid(pid)
-        if pgid == pid:  # our session leader: the group holds nothing else of anyone's
+        if pgid == pid:
             os.killpg(pgid, sig)
         else:
             os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, started: int | None, timeout: float) -> bool:
+    """Poll until ``pid`` is no longer the node; False if it still is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _is_alive(pid, started):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def stop_pid(pid: int, started: int | None = None, timeout: float = 30.0) -> bool:
     """SIGTERM the node's process group, SIGKILL after ``timeout``; True if it was up."""
     if not _is_alive(pid, started):
         return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _is_alive(pid, started):
-            return True
-        time.sleep(0.2)
+    signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGCONT)  # a frozen (SIGSTOPped) node would sit on the SIGTERM
+    if _wait_gone(pid, started, timeout):
+        return True
     _say(f"pid {pid} still up after {timeout:.0f}s: SIGKILL")
-    _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _is_alive(pid, started) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _is_alive(pid, started):
+    signal_group(pid, signal.SIGKILL)
+    if not _wait_gone(pid, started, 10):
         raise NodeError(f"pid {pid} survived SIGKILL")
     return True
 
@@ -383,6 +441,44 @@ def _tail(path: Path, lines: int = 60) -> str:
 # --------------------------------------------------------------------------------- node
 
 
+@dataclass(frozen=True)
+class NodeLayout:
+    """A prepared work directory: everything a node process needs except its ports.
+
+    Made by `prepare_node`; every `launch_node` / `spawn_node` on it runs a node on the same
+    data, so a node restarted on it finds what an earlier one wrote.
+    """
+
+    workdir: Path
+    version: str
+    install: Path
+    config: Path
+    java_home: Path
+    account: pwd.struct_passwd | None
+    heap_mb: int
+    state_file: Path
+    keep: bool = False
+
+    @property
+    def console_log(self) -> Path:
+        """The node's stdout and stderr, appended to by every start."""
+        return self.workdir / "console.log"
+
+    def console_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` of the console log (for error reports)."""
+        return _tail(self.console_log, lines)
+
+    def wipe(self, attempt: int) -> None:
+        """Set the console log aside and empty data/ and logs/ (after a failed first start)."""
+        if self.console_log.exists():
+            self.console_log.rename(self.workdir / f"console.attempt-{attempt}.log")
+        for name in ("data", "logs"):
+            shutil.rmtree(self.workdir / name)
+            (self.workdir / name).mkdir()
+            if self.account is not None:
+                os.chown(self.workdir / name, self.account.pw_uid, self.account.pw_gid)
+
+
 @dataclass
 class NodeHandle:
     """A running node: its URL and pid, and how to stop it."""
@@ -402,15 +498,42 @@ class NodeHandle:
         """Cluster health, or None if the node does not answer."""
         return cluster_health(self.url, timeout)
 
+    def is_running(self) -> bool:
+        """Whether the node's process is still there (a SIGSTOPped one is)."""
+        return _is_alive(self.pid, self.started_ticks)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the node's process group, if the node is still running."""
+        if self.is_running():
+            signal_group(self.pid, sig)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the node's process group; return once the node is gone (and reaped)."""
+        self.signal(signal.SIGKILL)
+        if not _wait_gone(self.pid, self.started_ticks, timeout):
+            raise NodeError(f"pid {self.pid} survived SIGKILL for {timeout:g}s")
+        self._reap()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Return once the node answers with health yellow or green.
+
+        Raises `PortTakenError` if the node exited because a port was taken, `NodeError` if
+        it exited otherwise or is not ready after ``timeout`` (it is left running then).
+        """
+        _wait_ready(self, timeout)
+
     def stop(self, keep: bool | None = None, timeout: float = 30.0) -> None:
         """Stop the node by its pid; remove the work directory unless ``keep``."""
         stop_pid(self.pid, self.started_ticks, timeout)
-        if self._process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=5)
+        self._reap()
         self.state_file.unlink(missing_ok=True)
         if not (self.keep if keep is None else keep):
             _remove_workdir(self.workdir)
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -469,6 +592,25 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _check_reachable(workdir: Path, account: pwd.struct_passwd) -> None:
+    """Fail clearly if the node user cannot traverse to ``workdir`` (e.g. a 0700 parent)."""
+    groups = {account.pw_gid, *os.getgrouplist(account.pw_name, account.pw_gid)}
+    for directory in workdir.parents:
+        info = directory.stat()
+        if info.st_uid == account.pw_uid:
+            allowed = bool(info.st_mode & stat.S_IXUSR)
+        elif info.st_gid in groups:
+            allowed = bool(info.st_mode & stat.S_IXGRP)
+        else:
+            allowed = bool(info.st_mode & stat.S_IXOTH)
+        if not allowed:
+            mode = stat.S_IMODE(info.st_mode)
+            raise NodeError(
+                f"user {account.pw_name} cannot reach {workdir}: {directory} is mode "
+                f"{mode:04o} (it needs o+x)"
+            )
+
+
 def _prepare_workdir(
     workdir: Path, home: Path, account: pwd.struct_passwd | None
 ) -> tuple[Path, Path]:
@@ -476,6 +618,8 @@ def _prepare_workdir(
     if any(char.isspace() or char == ":" for char in str(workdir)):
         # jvm.options paths are word-split by bin/opensearch and ':' ends an -Xlog file name
         raise NodeError(f"work directory path must have no spaces or colons: {workdir}")
+    if account is not None:
+        _check_reachable(workdir, account)
     for name in ("data", "logs", "tmp"):
         (workdir / name).mkdir()
     config = workdir / "config"
@@ -500,17 +644,8 @@ def _prepare_workdir(
     return install, config
 
 
-def _spawn(
-    *,
-    install: Path,
-    config: Path,
-    workdir: Path,
-    java_home: Path,
-    heap_mb: int,
-    http_port: int,
-    transport_port: int,
-    account: pwd.struct_passwd | None,
-) -> subprocess.Popen[bytes]:
+def _spawn(layout: NodeLayout, http_port: int, transport_port: int) -> subprocess.Popen[bytes]:
+    workdir = layout.workdir
     settings = {
         "cluster.name": CLUSTER_NAME,
         "node.name": "node-1",
@@ -522,13 +657,13 @@ def _spawn(
         "path.logs": str(workdir / "logs"),
         "cluster.routing.allocation.disk.threshold_enabled": "false",
     }
-    argv = [str(install / "bin" / "opensearch")]
+    argv = [str(layout.install / "bin" / "opensearch")]
     argv += [f"-E{key}={value}" for key, value in settings.items()]
-    if account is not None:
+    if layout.account is not None:
         argv = [
             _tool("setpriv"),
-            f"--reuid={account.pw_uid}",
-            f"--regid={account.pw_gid}",
+            f"--reuid={layout.account.pw_uid}",
+            f"--regid={layout.account.pw_gid}",
             "--init-groups",
             "--",
             *argv,
@@ -537,13 +672,13 @@ def _spawn(
         "PATH": f"{os.environ.get('PATH', SYSTEM_PATH)}:{SYSTEM_PATH}",
         "HOME": str(workdir),
         "LANG": "C.UTF-8",
-        "JAVA_HOME": str(java_home),
-        "OPENSEARCH_JAVA_HOME": str(java_home),
-        "OPENSEARCH_JAVA_OPTS": f"-Xms{heap_mb}m -Xmx{heap_mb}m",
-        "OPENSEARCH_PATH_CONF": str(config),
+        "JAVA_HOME": str(layout.java_home),
+        "OPENSEARCH_JAVA_HOME": str(layout.java_home),
+        "OPENSEARCH_JAVA_OPTS": f"-Xms{layout.heap_mb}m -Xmx{layout.heap_mb}m",
+        "OPENSEARCH_PATH_CONF": str(layout.config),
         "OPENSEARCH_TMPDIR": str(workdir / "tmp"),
     }
-    with (workdir / "console.log").open("ab") as console:
+    with layout.console_log.open("ab") as console:
         return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             argv,
             stdin=subprocess.DEVNULL,
@@ -555,20 +690,21 @@ def _spawn(
         )
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], console: Path, timeout: float) -> None:
+def _wait_ready(handle: NodeHandle, timeout: float) -> None:
     started = time.monotonic()
     deadline = started + timeout
     last_report = started
+    console = handle.workdir / "console.log"
     path = "/_cluster/health?wait_for_status=yellow&timeout=5s"
     while True:
-        code = process.poll()
-        if code is not None:
+        code = handle._process.poll() if handle._process is not None else None
+        if code is not None or not handle.is_running():
             log = _tail(console, 400)
             if "BindException" in log or "Address already in use" in log:
-                raise _PortTakenError(f"node exited with {code}: a port was taken")
-            raise NodeError(f"node exited with {code} before it was ready")
+                raise PortTakenError(f"node exited with {code}: a port was taken (see {console})")
+            raise NodeError(f"node exited with {code} before it was ready (see {console})")
         try:
-            status, body = _http_get(url, path, timeout=10)
+            status, body = _http_get(handle.url, path, timeout=10)
         except (OSError, http.client.HTTPException):
             status, body = 0, b""
         if status == 200 and json.loads(body).get("status") in {"yellow", "green"}:
@@ -579,71 +715,125 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], console: Path, timeo
             raise NodeError(f"node not yellow after {timeout:.0f}s (last HTTP status {status})")
         if now - last_report >= 5:
             state = f"HTTP {status}" if status else "not answering yet"
-            _say(f"waiting for {url}: {state} ({now - started:.0f}s)")
+            _say(f"waiting for {handle.url}: {state} ({now - started:.0f}s)")
             last_report = now
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
-def _launch_once(
+def prepare_node(
+    workdir: Path | None = None,
+    heap_mb: int = 512,
     *,
-    home: Path,
-    install: Path,
-    config: Path,
-    workdir: Path,
-    java_home: Path,
-    heap_mb: int,
-    account: pwd.struct_passwd | None,
-    state_file: Path,
-    timeout: float,
-    keep: bool,
-) -> NodeHandle:
-    """One start on fresh ports: the handle once yellow; on failure the process is gone."""
-    http_port = free_port()
-    transport_port = free_port()
-    while transport_port == http_port:
-        transport_port = free_port()
-    process = _spawn(
+    version: str | None = None,
+    state_file: Path | None = None,
+    keep: bool = False,
+) -> NodeLayout:
+    """Fetch the distribution if needed and lay out a work directory for a node.
+
+    ``workdir`` (default: a fresh ``/tmp/osnode-*``) must be new or empty; it will hold
+    data, logs, config, the console log and, by default, the state file ``node.json``.
+    Run as root, the node user must be able to traverse to it. On failure the work directory
+    is removed unless ``keep``.
+    """
+    home = ensure_distribution(version)
+    java_home = find_java_home()
+    account = _node_account()
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="osnode-"))
+    else:
+        workdir = workdir.expanduser().resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if any(workdir.iterdir()):
+            raise NodeError(f"work directory is not empty: {workdir}")
+    (workdir / WORKDIR_MARKER).write_text("made by scripts/opensearch_node.py\n")
+    state_file = (state_file or workdir / "node.json").expanduser().resolve()
+    try:
+        install, config = _prepare_workdir(workdir, home, account)
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            _say(f"failed: {exc}")
+        if not keep:
+            _remove_workdir(workdir)
+        raise
+    user = account.pw_name if account is not None else pwd.getpwuid(os.geteuid()).pw_name
+    _say(f"OpenSearch {home.name}, Java at {java_home}, user {user}, workdir {workdir}")
+    return NodeLayout(
+        workdir=workdir,
+        version=home.name,
         install=install,
         config=config,
-        workdir=workdir,
         java_home=java_home,
-        heap_mb=heap_mb,
-        http_port=http_port,
-        transport_port=transport_port,
         account=account,
+        heap_mb=heap_mb,
+        state_file=state_file,
+        keep=keep,
     )
-    stat = _proc_stat(process.pid)
+
+
+def spawn_node(layout: NodeLayout, http_port: int, transport_port: int) -> NodeHandle:
+    """Start a node process on ``layout`` and these ports; return at once (not yet ready).
+
+    Raises `PortTakenError` without starting anything if a port is taken.
+    """
+    for port in (http_port, transport_port):
+        if not port_is_free(port):
+            raise PortTakenError(f"port {port} on 127.0.0.1 is taken")
+    process = _spawn(layout, http_port, transport_port)
+    proc = _proc_stat(process.pid)
     handle = NodeHandle(
         url=f"http://127.0.0.1:{http_port}",
         pid=process.pid,
-        workdir=workdir,
-        version=home.name,
-        state_file=state_file,
+        workdir=layout.workdir,
+        version=layout.version,
+        state_file=layout.state_file,
         http_port=http_port,
         transport_port=transport_port,
-        started_ticks=stat[1] if stat is not None else None,
-        keep=keep,
+        started_ticks=proc[1] if proc is not None else None,
+        keep=layout.keep,
         _process=process,
     )
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(handle.to_state(), indent=2) + "\n")
+    layout.state_file.parent.mkdir(parents=True, exist_ok=True)
+    layout.state_file.write_text(json.dumps(handle.to_state(), indent=2) + "\n")
     _say(f"started pid {process.pid}, waiting for {handle.url}")
+    return handle
+
+
+def launch_node(
+    layout: NodeLayout, http_port: int, transport_port: int, *, timeout: float = 120.0
+) -> NodeHandle:
+    """Start a node on ``layout`` and these ports; return once it is yellow.
+
+    On failure the process is gone (`PortTakenError` if a port was taken).
+    """
+    handle = spawn_node(layout, http_port, transport_port)
     try:
-        _wait_ready(handle.url, process, workdir / "console.log", timeout)
+        handle.wait_ready(timeout)
     except BaseException:
-        stop_pid(process.pid, handle.started_ticks, timeout=10)
-        process.wait()
+        stop_pid(handle.pid, handle.started_ticks, timeout=10)
+        handle._reap()
         raise
     return handle
 
 
-def _reset_for_retry(workdir: Path, account: pwd.struct_passwd | None, attempt: int) -> None:
-    (workdir / "console.log").rename(workdir / f"console.attempt-{attempt}.log")
-    for name in ("data", "logs"):
-        shutil.rmtree(workdir / name)
-        (workdir / name).mkdir()
-        if account is not None:
-            os.chown(workdir / name, account.pw_uid, account.pw_gid)
+def launch_on_free_ports(
+    layout: NodeLayout, *, attempts: int = 3, timeout: float = 120.0, stable: bool = False
+) -> NodeHandle:
+    """`launch_node` on free ports, again on new ones (and wiped data) if one was taken.
+
+    ``stable`` takes ports below the ephemeral range (see `free_port`), for a node that is
+    to be restarted on the same ports.
+    """
+    for attempt in range(1, attempts + 1):
+        http_port = free_port(stable=stable)
+        transport_port = free_port(stable=stable)
+        while transport_port == http_port:
+            transport_port = free_port(stable=stable)
+        try:
+            return launch_node(layout, http_port, transport_port, timeout=timeout)
+        except PortTakenError as exc:
+            _say(f"attempt {attempt}: {exc}")
+            layout.wipe(attempt)
+    raise NodeError(f"no free ports after {attempts} attempts")
 
 
 def start_node(
@@ -662,47 +852,18 @@ def start_node(
     logs, config, the console log and, by default, the state file ``node.json``.
     ``keep`` keeps the work directory when the node fails to start or is stopped.
     """
-    home = ensure_distribution(version)
-    java_home = find_java_home()
-    account = _node_account()
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="osnode-"))
-    else:
-        workdir = workdir.expanduser().resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        if any(workdir.iterdir()):
-            raise NodeError(f"work directory is not empty: {workdir}")
-    (workdir / WORKDIR_MARKER).write_text("made by scripts/opensearch_node.py\n")
-    state_file = (state_file or workdir / "node.json").expanduser().resolve()
-    console = workdir / "console.log"
+    layout = prepare_node(workdir, heap_mb, version=version, state_file=state_file, keep=keep)
     try:
-        install, config = _prepare_workdir(workdir, home, account)
-        user = account.pw_name if account is not None else pwd.getpwuid(os.geteuid()).pw_name
-        _say(f"OpenSearch {home.name}, Java at {java_home}, user {user}, workdir {workdir}")
-        for attempt in range(1, attempts + 1):
-            try:
-                return _launch_once(
-                    home=home,
-                    install=install,
-                    config=config,
-                    workdir=workdir,
-                    java_home=java_home,
-                    heap_mb=heap_mb,
-                    account=account,
-                    state_file=state_file,
-                    timeout=timeout,
-                    keep=keep,
-                )
-            except _PortTakenError:
-                _say(f"attempt {attempt}: a port was taken meanwhile")
-                _reset_for_retry(workdir, account, attempt)
-        raise NodeError(f"no free ports after {attempts} attempts")
+        return launch_on_free_ports(layout, attempts=attempts, timeout=timeout)
     except BaseException as exc:
         if isinstance(exc, Exception):
-            _say(f"failed: {exc}\n---- tail of {console} ----\n{_tail(console)}\n----")
-        state_file.unlink(missing_ok=True)
+            _say(
+                f"failed: {exc}\n---- tail of {layout.console_log} ----\n"
+                f"{layout.console_tail()}\n----"
+            )
+        layout.state_file.unlink(missing_ok=True)
         if not keep:
-            _remove_workdir(workdir)
+            _remove_workdir(layout.workdir)
         raise
 
 
@@ -748,7 +909,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     health = None
     if state_file.is_file():
         node = NodeHandle.from_state(state_file)
-        if _is_alive(node.pid, node.started_ticks):
+        if node.is_running():
             health = cluster_health(node.url)
     if health is None:
         sys.stdout.write("down\n")
