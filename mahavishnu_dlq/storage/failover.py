@@ -138,6 +138,8 @@ class FailoverStore:
         self.recovered_at: datetime | None = None
         self.last_error: str | None = None
         self.resynced_total = 0
+        self.degraded_since: datetime | None = None  # first call the fallback served
+        self.last_resync: tuple[int, float] | None = None  # (changes, seconds)
 
     # -- health ------------------------------------------------------------------------
 
@@ -166,6 +168,9 @@ class FailoverStore:
             "recovered_at": self.recovered_at,
             "last_error": self.last_error,
             "resynced_total": self.resynced_total,
+            "degraded_since": self.degraded_since,
+            "last_resync_changes": None if self.last_resync is None else self.last_resync[0],
+            "last_resync_seconds": None if self.last_resync is None else self.last_resync[1],
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -251,6 +256,8 @@ class FailoverStore:
         return task
 
     def _journaled(self, task: FailedTask) -> FailedTask:
+        if self.degraded_since is None:
+            self.degraded_since = self.clock.now()
         self._change += 1
         self._journal[task.task_id] = self._change
         self._deleted.pop(task.task_id, None)
@@ -453,6 +460,10 @@ class FailoverStore:
                 raise self._unavailable("re-sync", failure)
             done += len(writes) + len(deletions)
         self.resynced_total += done
+        if done:
+            self.last_resync = (done, time.perf_counter() - started)
+        if not self.degraded:
+            self.degraded_since = None
         if self._open:
             self._open = False
             self._failures = 0

@@ -145,6 +145,7 @@ async def test_recovery_resyncs_then_closes_the_circuit(
         await store.mutate(f"t{i}", put(make_task(task_id=f"t{i}")))
     assert await store.probe() is False  # still down
     assert store.health["circuit_open"]
+    assert store.degraded_since is not None
     primary.down = False
     with caplog.at_level(logging.WARNING, logger="mahavishnu_dlq.storage.failover"):
         assert await store.probe() is True
@@ -152,6 +153,9 @@ async def test_recovery_resyncs_then_closes_the_circuit(
     assert store.health["serving"] == "primary"
     assert store.recovered_at is not None
     assert store.resynced_total == 30
+    assert store.health["last_resync_changes"] == 30
+    assert store.health["last_resync_seconds"] >= 0
+    assert store.degraded_since is None  # the outage is over
     assert await primary.count() == 30
     assert store.fallback is not None
     assert await store.fallback.count() == 0  # handed over, not kept twice
