@@ -462,8 +462,7 @@ class FailoverStore:
         self.resynced_total += done
         if done:
             self.last_resync = (done, time.perf_counter() - started)
-        if not self.degraded:
-            self.degraded_since = None
+        self.degraded_since = None  # the journal is empty: the outage is over
         if self._open:
             self._open = False
             self._failures = 0
