@@ -308,11 +308,9 @@ def free_port(*, stable: bool = False) -> int:
     takes as its local port: a node restarted on it later finds it free unless another
     server took it meanwhile.
     """
-    if stable:
-        low, _high = _ephemeral_range()
+    low, _high = _ephemeral_range()
+    if stable and low > 11000:  # else: no room below it, take an ephemeral one after all
         for _ in range(200):
-            if low <= 11000:
-                break
             port = random.randint(10000, low - 1)
             if port_is_free(port):
                 return port

@@ -155,7 +155,7 @@ async def test_recovery_resyncs_then_closes_the_circuit(
     assert store.resynced_total == 30
     assert store.health["last_resync_changes"] == 30
     assert store.health["last_resync_seconds"] >= 0
-    assert store.degraded_since is None  # the outage is over
+    assert store.health["degraded_since"] is None  # the outage is over
     assert await primary.count() == 30
     assert store.fallback is not None
     assert await store.fallback.count() == 0  # handed over, not kept twice
