@@ -10,10 +10,13 @@ must not hold callers much beyond the store timeout.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,6 +32,7 @@ from tests.chaos.node import ChaosNode
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 2.0  # the failover store's per-call bound
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -210,22 +214,28 @@ async def test_a_processor_keeps_retrying_through_the_outage(
 
 
 async def test_a_queue_started_while_the_node_is_down_syncs_when_it_appears(
-    chaos_node: ChaosNode, index_name: str, reader: OpenSearchStore
+    chaos_node: ChaosNode, index_name: str, reader: OpenSearchStore, chaos_timing: Record
 ) -> None:
+    """Also the re-sync figure: 20,000 changes recorded while the node was away."""
+    count = 20_000
     await anyio.to_thread.run_sync(chaos_node.kill)
     store = failover_store(chaos_node.url, index_name)
-    dlq = DeadLetterQueue(store)
+    dlq = DeadLetterQueue(store, max_size=100_000)
     try:
         await dlq.connect()  # no error: degraded
         assert store.health["circuit_open"]
-        for n in range(200):
+        for n in range(count):
             await dlq.enqueue(f"early-{n}", {"n": n}, error=TimeoutError())
-        assert (await dlq.get_statistics())["queue_size"] == 200
+        assert (await dlq.get_statistics())["queue_size"] == count
+        assert store.pending_resync == count
         await anyio.to_thread.run_sync(chaos_node.start)
         await recovered(store)
+        changes, seconds = store.last_resync or (0, 0.0)
     finally:
         await dlq.stop()
-    assert {t.task_id for t in await everything(reader)} == {f"early-{n}" for n in range(200)}
+    assert changes == count
+    chaos_timing(f"re-sync of {changes} changes ({changes / seconds:.0f}/s)", seconds)
+    assert {t.task_id for t in await everything(reader)} == {f"early-{n}" for n in range(count)}
 
 
 async def test_a_frozen_node_trips_the_breaker_instead_of_blocking_callers(
@@ -258,34 +268,75 @@ async def test_a_frozen_node_trips_the_breaker_instead_of_blocking_callers(
     assert stored == {"before", *(f"frozen-{n}" for n in range(20))}
 
 
+class Worker:
+    """A process of :mod:`tests.chaos._failover_worker`, driven line by line."""
+
+    def __init__(self, url: str, index: str, name: str) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "tests.chaos._failover_worker", url, index, name],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def answer(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        assert line, f"the worker exited ({self.process.poll()})"
+        return line
+
+    def ask(self, command: str) -> str:
+        self.send(command)
+        return self.answer()
+
+    def stop(self) -> int:
+        """Ask it to stop (kill it after a minute); its exit status."""
+        if self.process.poll() is None:
+            self.send("stop")
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        code = self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        return code
+
+
 async def test_two_processes_resync_without_overwriting_each_others_newer_changes(
     chaos_node: ChaosNode, index_name: str, reader: OpenSearchStore
 ) -> None:
-    """Two queues with their own stores and clients, as two processes would have."""
-    first, second = (failover_store(chaos_node.url, index_name) for _ in range(2))
-    a, b = DeadLetterQueue(first), DeadLetterQueue(second)
-    await a.connect()
-    await b.connect()
+    setup = DeadLetterQueue(OpenSearchStore(hosts=[chaos_node.url], index=index_name))
+    await setup.connect()
+    await setup.enqueue("shared", {"by": "setup"}, error=ConnectionError("original"))
+    await setup.stop()
+    a, b = Worker(chaos_node.url, index_name, "a"), Worker(chaos_node.url, index_name, "b")
     try:
-        await a.enqueue("shared", {"v": 0}, error=ConnectionError("original"))
-        assert await a.get_task("shared") is not None
-        assert await b.get_task("shared") is not None  # both have seen it
-        await anyio.to_thread.run_sync(chaos_node.kill)
-        for n in range(50):
-            await a.enqueue(f"a-{n}", {"n": n}, error=ConnectionError("from a"))
-            await b.enqueue(f"b-{n}", {"n": n}, error=ConnectionError("from b"))
-        await a.enqueue("shared", {"v": 1}, error=ConnectionError("older, from a"))
+        ask = anyio.to_thread.run_sync
+        assert await ask(a.ask, "see") == "seen"
+        assert await ask(b.ask, "see") == "seen"
+        await ask(chaos_node.kill)
+        assert await ask(a.ask, "write") == "written 51"  # a's change of shared first …
         await anyio.sleep(0.01)
-        await b.enqueue("shared", {"v": 2}, error=ConnectionError("newer, from b"))
-        await anyio.to_thread.run_sync(chaos_node.restart)
-        async with anyio.create_task_group() as group:  # both re-sync at once
-            group.start_soon(recovered, first)
-            group.start_soon(recovered, second)
-    finally:  # in the reverse order of connect(): each holds a task group of this task
-        await b.stop()
-        await a.stop()
+        assert await ask(b.ask, "write") == "written 51"  # … b's is newer
+        await ask(chaos_node.restart)
+        a.send("sync")  # both re-sync at once
+        b.send("sync")
+        answers = [await ask(a.answer), await ask(b.answer)]
+        assert answers == ["synced 51", "synced 51"]
+    finally:
+        codes = [a.stop(), b.stop()]
+    assert codes == [0, 0]
     stored = {t.task_id: t for t in await everything(reader)}
-    assert set(stored) == {"shared", *(f"a-{n}" for n in range(50)), *(f"b-{n}" for n in range(50))}
+    expected = {"shared", *(f"a-{n}" for n in range(50)), *(f"b-{n}" for n in range(50))}
+    assert set(stored) == expected
     shared = stored["shared"]
-    assert shared.task == {"v": 2}
-    assert shared.last_error == "newer, from b"
+    assert shared.task == {"by": "b"}  # the newer change won, in either order of re-sync
+    assert shared.last_error == "from b"
