@@ -231,8 +231,19 @@ class FailoverStore:
             self.primary.backend, f"{action}: no answer within {self.timeout:g} s"
         )
 
-    async def _primary(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call`` on the primary within the timeout; failures trip the breaker."""
+    async def _primary(
+        self, action: str, call: Callable[[], Awaitable[T]], *, probing: bool = False
+    ) -> T:
+        """``call`` on the primary within the timeout; failures trip the breaker.
+
+        While the circuit is open nothing is sent (only the probe asks): the call
+        fails at once, so no caller waits for a node known to be down."""
+        if self._open and not probing:
+            raise StoreUnavailableError(
+                self.primary.backend,
+                f"{action}: circuit open since {self.failed_over_at}; "
+                f"last error: {self.last_error}",
+            )
         try:
             with anyio.fail_after(self.timeout):
                 result = await call()
@@ -437,7 +448,7 @@ class FailoverStore:
         if not self.degraded:
             return True
         try:
-            await self._primary("probe", self.primary.open)
+            await self._primary("probe", self.primary.open, probing=True)
         except StoreUnavailableError:
             return False
         try:

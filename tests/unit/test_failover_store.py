@@ -272,8 +272,12 @@ async def test_fail_closed_refuses_instead_of_keeping_changes_in_memory(
         with pytest.raises(StoreUnavailableError):
             await store.mutate("a", put(make_task(task_id="a")))
         assert store.health["serving"] == "none"
-        with pytest.raises(StoreUnavailableError):
+        primary.frozen = True  # the open circuit answers at once, the primary is not asked
+        calls = primary.calls
+        with anyio.fail_after(0.1), pytest.raises(StoreUnavailableError, match="circuit open"):
             await store.get("a")
+        assert primary.calls == calls
+        primary.frozen = False
         assert store.pending_resync == 0  # nothing was kept in memory
         primary.down = False
         assert await store.probe() is True
