@@ -212,7 +212,12 @@ class DeadLetterQueue:
             await self.start_retry_processor(check_interval_seconds=self.retry_interval_seconds)
 
     async def stop(self) -> None:
-        """Stop the processor (in-flight attempts go back to pending), close the store."""
+        """Stop the processor (in-flight attempts go back to pending), close the store.
+
+        Call it from the task that called :meth:`connect` / :meth:`start`, and not
+        inside a cancel scope entered since (it shields its own cleanup): the
+        processor and the store's probe run in task groups of that task.
+        """
         await self.stop_retry_processor()
         group, self._maintenance = self._maintenance, None
         if group is not None:

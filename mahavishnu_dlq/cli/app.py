@@ -84,6 +84,9 @@ def _root(
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     # the client logs every non-2xx answer (even an expected "index exists") as a warning
     logging.getLogger("opensearch").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    # a failover is reported by the command itself (status shows it; others stop on it)
+    failover = logging.getLogger("mahavishnu_dlq.storage.failover")
+    failover.setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def build_app() -> typer.Typer:

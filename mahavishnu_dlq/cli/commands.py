@@ -190,7 +190,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     async def body(dlq: DeadLetterQueue) -> dict[str, Any]:
         return await dlq.get_statistics()
 
-    stats = run(state_of(ctx), body)
+    stats = run(state_of(ctx), body, degraded_ok=True)
     if as_json:
         emit_json(stats)
     else:

@@ -311,9 +311,8 @@ async def opened(state: CliState, app: str | None = None) -> AsyncIterator[DeadL
         raise
     try:
         yield dlq
-    finally:
-        with anyio.CancelScope(shield=True):
-            await dlq.stop()
+    finally:  # not in a scope of ours: stop() ends task groups connect() entered here
+        await dlq.stop()
 
 
 def run(
@@ -321,11 +320,23 @@ def run(
     body: Callable[[DeadLetterQueue], Awaitable[T]],
     *,
     app: str | None = None,
+    degraded_ok: bool = False,
 ) -> T:
-    """Run ``body`` on the opened queue; library errors become one line and an exit status."""
+    """Run ``body`` on the opened queue; library errors become one line and an exit status.
+
+    A failover store that opened degraded serves from this process's own, empty,
+    fallback: only commands that say so (``degraded_ok``: status, the processor)
+    run then; the others stop with exit status 1 rather than show or change nothing.
+    """
 
     async def main() -> T:
         async with opened(state, app) as dlq:
+            if not degraded_ok and getattr(dlq.store, "degraded", False):
+                health = getattr(dlq.store, "health", {})
+                raise CliError(
+                    f"the store is degraded (serving: {health.get('serving')}; last error: "
+                    f"{health.get('last_error')}); only status and processor run work now"
+                )
             return await body(dlq)
 
     try:

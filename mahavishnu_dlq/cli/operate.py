@@ -116,7 +116,7 @@ def processor_run(
         await _until_signalled(dlq, interval)
         return _summary(dlq, before)
 
-    summary = run(state, body, app=spec)
+    summary = run(state, body, app=spec, degraded_ok=True)  # it recovers with the store
     if as_json:
         emit_json(summary)
     else:

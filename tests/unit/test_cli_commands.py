@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -1574,3 +1575,33 @@ def test_config_validate_missing_file(cli: Cli, tmp_path: Path) -> None:
     line = ran.one_error_line()
     assert str(missing) in line
     assert "does not exist" in line
+
+
+# -- a failover store that opens degraded ------------------------------------------------------
+
+
+def test_a_degraded_failover_store_shows_in_status_and_stops_other_commands(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "failover")
+    monkeypatch.setenv(
+        "MAHAVISHNU_DLQ_OPENSEARCH__HOSTS", f'["http://user:pw-secret@127.0.0.1:{port}"]'
+    )
+    ran = cli("status", "--json")
+    assert ran.code == 0, ran.err
+    stats = ran.json()
+    assert stats["degraded"] is True
+    assert stats["failover"]["serving"] == "fallback"
+    assert ran.err == ""  # the failover warning is the command's to report, not the log's
+    ran = cli("status")
+    assert "failover (serving: fallback; primary opensearch)" in ran.out
+    for argv in (["list"], ["show", "x"], ["purge", "--yes"], ["clear", "--yes"]):
+        ran = cli(*argv)
+        assert ran.code == 1, argv
+        line = ran.one_error_line()
+        assert "the store is degraded (serving: fallback" in line
+        assert f"127.0.0.1:{port}" in line
+        assert "pw-secret" not in line
