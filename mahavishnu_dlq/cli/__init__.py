@@ -8,7 +8,8 @@ raises the log level. The modules:
 
 - :mod:`.common`: global state, exit codes, option parsing, opening the queue;
 - :mod:`.render`: Rich renderables for statistics, tasks, lists and reports;
-- :mod:`.commands`: status, list, show, retry, replay, archive, purge, clear;
+- :mod:`.options`: the option types and filter the commands share;
+- :mod:`.browse`: status, list, show; :mod:`.actions`: retry, replay, archive, purge, clear;
 - :mod:`.operate`: processor run, config show/validate, demo;
 - :mod:`.app`: the command tree and :func:`main`'s error handling.
 

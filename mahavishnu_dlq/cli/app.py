@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from mahavishnu_dlq import __version__
-from mahavishnu_dlq.cli import commands, operate
+from mahavishnu_dlq.cli import actions, browse, operate
 from mahavishnu_dlq.cli.common import (
     APP_ENV_VAR,
     EXIT_FAILED,
@@ -101,7 +101,17 @@ def build_app() -> typer.Typer:
         context_settings=settings,
     )
     app.callback()(_root)
-    commands.register(app)
+    for name, command in (
+        ("status", browse.status),
+        ("list", browse.list_tasks),
+        ("show", browse.show),
+        ("retry", actions.retry),
+        ("replay", actions.replay),
+        ("archive", actions.archive),
+        ("purge", actions.purge),
+        ("clear", actions.clear),
+    ):
+        app.command(name)(command)
     operate.register(app, context_settings=settings)
     return app
 

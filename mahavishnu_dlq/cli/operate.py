@@ -29,8 +29,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from mahavishnu_dlq.cli.commands import AppOption, JsonOption, state_of
 from mahavishnu_dlq.cli.common import PROG, emit_json, fail, run
+from mahavishnu_dlq.cli.options import AppOption, JsonOption, state_of
 from mahavishnu_dlq.cli.render import STATUS_STYLE, render_statistics, render_task, titled_table
 from mahavishnu_dlq.demo import DemoResult, run_demo
 from mahavishnu_dlq.errors import ConfigurationError

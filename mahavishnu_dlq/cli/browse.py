@@ -1,0 +1,142 @@
+"""The reading commands: status, list, show (``--json`` shapes: docs/cli.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from mahavishnu_dlq.cli.common import (
+    EXIT_FAILED,
+    emit_json,
+    fail,
+    run,
+)
+from mahavishnu_dlq.cli.options import (
+    CategoryOption,
+    FingerprintOption,
+    JsonOption,
+    SinceOption,
+    StatusOption,
+    TextOption,
+    UntilOption,
+    WorkflowOption,
+    state_of,
+    task_filter,
+    task_json,
+)
+from mahavishnu_dlq.cli.render import (
+    render_statistics,
+    render_task_detail,
+    render_task_list,
+)
+from mahavishnu_dlq.models import (
+    FailedTask,
+    decode_cursor,
+)
+from mahavishnu_dlq.queue import DeadLetterQueue
+
+__all__ = ["list_tasks", "show", "status"]
+
+
+# -- status, list, show -----------------------------------------------------------------
+
+
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Statistics: counts by status, category and policy, lifetime counters, backend
+    and degraded state, oldest pending age and the most frequent failures."""
+
+    async def body(dlq: DeadLetterQueue) -> dict[str, Any]:
+        return await dlq.get_statistics()
+
+    stats = run(state_of(ctx), body, degraded_ok=True)
+    if as_json:
+        emit_json(stats)
+    else:
+        Console().print(render_statistics(stats))
+
+
+def list_tasks(
+    ctx: typer.Context,
+    status: StatusOption = None,
+    category: CategoryOption = None,
+    workflow: WorkflowOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    text: TextOption = None,
+    fingerprint: FingerprintOption = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="Tasks per page.")
+    ] = 20,
+    cursor: Annotated[
+        str | None,
+        typer.Option("--cursor", metavar="CURSOR", help="Continue after the page that printed it."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Failed tasks, newest failure first, one page at a time.
+
+    Columns: id, status, category, retries n/max, next retry, failed at (UTC) and
+    the error, cut to fit; a terminal narrower than 100 columns leaves out category
+    and failed at (show and --json have everything).
+    """
+    selection = task_filter(status, category, workflow, since, until, text, fingerprint)
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cursor") from None
+
+    async def body(dlq: DeadLetterQueue) -> tuple[list[FailedTask], str | None, datetime]:
+        now = dlq.clock.now()
+        flt = selection(now)
+        page = await dlq.list_tasks(
+            flt.status,
+            limit,
+            error_category=flt.error_category,
+            workflow=flt.workflow,
+            since=flt.since,
+            until=flt.until,
+            text=flt.text,
+            fingerprint=flt.fingerprint,
+            cursor=cursor,
+        )
+        return list(page), page.cursor, now
+
+    tasks, next_cursor, now = run(state_of(ctx), body)
+    if as_json:
+        emit_json(
+            {"tasks": [task_json(t) for t in tasks], "count": len(tasks), "cursor": next_cursor}
+        )
+        return
+    console = Console()
+    if not tasks:
+        console.print(Text("no tasks match", style="bright_black"))
+        return
+    console.print(render_task_list(tasks, now, width=console.width))
+    footer = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
+    if next_cursor:
+        footer += f"; next page: add --cursor {next_cursor}"
+    console.print(Text(footer, style="bright_black"))
+
+
+def show(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="TASK_ID", help="The task's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Everything about one task: error and traceback, attempts, input and metadata."""
+
+    async def body(dlq: DeadLetterQueue) -> tuple[FailedTask | None, datetime]:
+        return await dlq.get_task(task_id), dlq.clock.now()
+
+    task, now = run(state_of(ctx), body)
+    if task is None:
+        fail(f"no task with id {task_id!r} in the dead-letter queue", EXIT_FAILED)
+    if as_json:
+        emit_json(task_json(task))
+    else:
+        Console().print(render_task_detail(task, now))

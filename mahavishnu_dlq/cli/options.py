@@ -1,0 +1,184 @@
+"""What the operator's commands share: option types, the filter they build, small helpers.
+
+The filter options (``--status``, ``--category``, ``--workflow``, ``--since``,
+``--until``, ``--text``, ``--fingerprint``) are declared once here and used by
+``list`` and ``replay`` alike; :func:`task_filter` turns them into a
+:class:`~mahavishnu_dlq.models.TaskFilter`, checking them before anything opens.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import typer
+
+from mahavishnu_dlq.cli.common import (
+    APP_ENV_VAR,
+    EXIT_FAILED,
+    CliState,
+    fail,
+    parse_choices,
+    parse_moment,
+)
+from mahavishnu_dlq.models import (
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    TaskFilter,
+)
+
+__all__ = [
+    "FINISHED",
+    "AppOption",
+    "CategoryOption",
+    "FingerprintOption",
+    "JsonOption",
+    "SinceOption",
+    "StatusOption",
+    "TextOption",
+    "UntilOption",
+    "WorkflowOption",
+    "YesOption",
+    "confirm",
+    "iso",
+    "names",
+    "needs_app",
+    "state_of",
+    "task_filter",
+    "task_json",
+]
+
+FINISHED = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
+
+
+def state_of(ctx: typer.Context) -> CliState:
+    """The global options' state (a fresh default one when a command runs alone)."""
+    state = ctx.find_object(CliState)
+    return state if state is not None else CliState()
+
+
+def task_json(task: FailedTask) -> dict[str, Any]:
+    return task.model_dump(mode="json")
+
+
+# -- shared options ----------------------------------------------------------------------
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (shape: docs/cli.md).")]
+StatusOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        metavar="STATUS[,STATUS]",
+        help="pending, retrying, exhausted, completed, archived (repeat or comma-separate).",
+    ),
+]
+CategoryOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--category",
+        metavar="CATEGORY[,CATEGORY]",
+        help="transient, network, resource, permission, validation, permanent.",
+    ),
+]
+WorkflowOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--workflow", "-w", metavar="NAME[,NAME]", help="Workflow name (repeat or comma-separate)."
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="TIME|AGE",
+        help="Failed at or after: an ISO time (UTC unless it has a zone) or an age (2h, 7d).",
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", metavar="TIME|AGE", help="Failed before: an ISO time or an age."),
+]
+TextOption = Annotated[
+    str | None,
+    typer.Option(
+        "--text",
+        "-t",
+        metavar="TEXT",
+        help="Case-insensitive substring of the id, workflow, first or last error, error type "
+        "or fingerprint.",
+    ),
+]
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option("--fingerprint", metavar="FINGERPRINT", help="Exactly this error fingerprint."),
+]
+AppOption = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        "-A",
+        metavar="MODULE:ATTR",
+        help="Your queue or handlers (overrides the global --app and $MAHAVISHNU_DLQ_APP).",
+    ),
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def task_filter(
+    status: list[str] | None,
+    category: list[str] | None,
+    workflow: list[str] | None,
+    since: str | None,
+    until: str | None,
+    text: str | None,
+    fingerprint: str | None,
+) -> Callable[[datetime], TaskFilter]:
+    """The TaskFilter the filter options describe, as of a given "now" (ages count back
+    from the queue's clock). Checked at once: a bad value exits 2 before anything opens."""
+
+    def build(now: datetime) -> TaskFilter:
+        return TaskFilter(
+            status=parse_choices(status, DeadLetterStatus, option="--status") or None,
+            error_category=parse_choices(category, ErrorCategory, option="--category") or None,
+            workflow=names(workflow),
+            since=None if since is None else parse_moment(since, now, option="--since"),
+            until=None if until is None else parse_moment(until, now, option="--until"),
+            text=text or None,
+            fingerprint=fingerprint,
+        )
+
+    build(datetime.now(timezone.utc))
+    return build
+
+
+def names(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeated and/or comma-separated names, in order, without repeats."""
+    names = [n.strip() for value in values or () for n in value.split(",") if n.strip()]
+    return tuple(dict.fromkeys(names)) or None
+
+
+def iso(value: datetime | None) -> str | None:
+    """A time as the records' JSON has it (ISO 8601, UTC as 'Z')."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def confirm(question: str) -> None:
+    """Ask on stderr (stdout stays data); anything but yes ends the command (exit 1)."""
+    sys.stderr.write(f"{question} [y/N]: ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not sys.stdin.isatty():
+        sys.stderr.write("\n")  # the answer was not echoed: end the question's line
+    if answer.strip().lower() not in ("y", "yes"):
+        fail("aborted: nothing was changed (pass --yes to skip this question)", EXIT_FAILED)
+
+
+def needs_app(state: CliState, app: str | None, why: str) -> str:
+    spec = state.app_spec(app)
+    if spec is None:
+        fail(f"{why}: name your queue or handlers with --app MODULE:ATTR (or ${APP_ENV_VAR})")
+    return spec
