@@ -230,10 +230,22 @@ DLQ_WRAPPERS = (
     "`async with dlq.guard(...)`",
 )
 TENACITY = ("tenacity `AsyncRetrying` loop", "tenacity `@retry` decorator")
+TRACED = "`dlq.execute_with_dlq`, OTel SDK tracer + span processor"
+
+
+def _sdk_traced_queue() -> DeadLetterQueue:
+    """A queue whose spans go to an SDK tracer provider with a (do-nothing) span processor:
+    what tracing costs once a host installs the SDK (exporting is the exporter's cost)."""
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: PLC0415
+
+    provider = TracerProvider()
+    provider.add_span_processor(SpanProcessor())
+    return DeadLetterQueue(tracer_provider=provider)
 
 
 def _call_loops(dlq: DeadLetterQueue) -> dict[str, Loop]:
     """Each loop awaits the trivial workflow ``n`` times, wrapped one way."""
+    traced = _sdk_traced_queue()
     wrapped = dlq.workflow("bench.work")(work)
     retried = retry(stop=stop_after_attempt(3))(work)
 
@@ -254,6 +266,10 @@ def _call_loops(dlq: DeadLetterQueue) -> dict[str, Loop]:
             async with dlq.guard("bench-guard", TASK, REPOS):
                 await work(TASK, REPOS)
 
+    async def traced_execute(n: int) -> None:
+        for _ in range(n):
+            await traced.execute_with_dlq(work, TASK, REPOS)
+
     async def tenacity_loop(n: int) -> None:
         for _ in range(n):
             async for attempt in AsyncRetrying(stop=stop_after_attempt(3)):
@@ -264,8 +280,8 @@ def _call_loops(dlq: DeadLetterQueue) -> dict[str, Loop]:
         for _ in range(n):
             await retried(TASK, REPOS)
 
-    loops = (bare, execute, workflow, guarded, tenacity_loop, tenacity_decorator)
-    return dict(zip((BARE, *DLQ_WRAPPERS, *TENACITY), loops, strict=True))
+    loops = (bare, execute, workflow, guarded, tenacity_loop, tenacity_decorator, traced_execute)
+    return dict(zip((BARE, *DLQ_WRAPPERS, *TENACITY, TRACED), loops, strict=True))
 
 
 async def bench_calls(cfg: Config, report: Report) -> None:
@@ -332,6 +348,21 @@ async def bench_calls(cfg: Config, report: Report) -> None:
                 target="(reference)",
             )
         )
+    api_only = overhead(DLQ_WRAPPERS[0])
+    traced = overhead(TRACED)
+    rows.append(
+        Row(
+            "1",
+            TRACED,
+            cfg.calls,
+            Timing(tuple(samples[TRACED])),
+            overhead_us=traced,
+            overhead_min_us=overhead_min(TRACED),
+            baseline=f"API only {fmt_us(api_only)} µs",
+            ratio=traced / api_only if api_only > 0 else None,
+            target="(tracing on: cost of one span)",
+        )
+    )
     report.rows.extend(rows)
     print(
         "\n## 1. Success-path overhead per call (asyncio, one `anyio.run`)\n\n"

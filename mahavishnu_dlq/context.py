@@ -2,7 +2,8 @@
 
 When a workflow fails, the record keeps where and when it failed — host, pid,
 process uptime, Python and package versions, and the trace id of the failing
-run when OpenTelemetry is in use — under ``metadata["failure_context"]``. The
+run when OpenTelemetry is in use (trace and span id, which retry spans link
+to) — under ``metadata["failure_context"]``. The
 static part is computed once per process; only the uptime and trace id change.
 """
 
@@ -15,7 +16,7 @@ import time
 from functools import cache
 from typing import Any
 
-__all__ = ["current_trace_id", "failure_context"]
+__all__ = ["current_span_ids", "current_trace_id", "failure_context"]
 
 _STARTED = time.monotonic()
 
@@ -39,14 +40,20 @@ except ImportError:  # pragma: no cover - the otel extra is not installed
     _trace = None
 
 
-def current_trace_id() -> str | None:
-    """The trace id of the current OpenTelemetry span, if there is a recording one."""
+def current_span_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the current OpenTelemetry span, hex, if there is one."""
     if _trace is None:  # pragma: no cover - the otel extra is not installed
         return None
     context = _trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
-    return format(context.trace_id, "032x")
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current OpenTelemetry span, if there is a valid one."""
+    ids = current_span_ids()
+    return None if ids is None else ids[0]
 
 
 def failure_context() -> dict[str, Any]:
@@ -56,7 +63,7 @@ def failure_context() -> dict[str, Any]:
         _static.cache_clear()
         ctx = dict(_static())
     ctx["uptime_seconds"] = round(time.monotonic() - _STARTED, 3)
-    trace_id = current_trace_id()
-    if trace_id is not None:
-        ctx["trace_id"] = trace_id
+    ids = current_span_ids()
+    if ids is not None:  # retries link their spans to this one
+        ctx["trace_id"], ctx["span_id"] = ids
     return ctx

@@ -136,7 +136,40 @@ async def execute_with_dlq(
     max_retries: int | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> R:
-    """Run ``fn(task, repos)``; store a failure in ``dlq`` and re-raise it."""
+    """Run ``fn(task, repos)``; store a failure in ``dlq`` and re-raise it.
+
+    With tracing on, the run is a ``dlq.execute`` span; a failure is recorded on it
+    and the record keeps its context, so retries link back to it.
+    """
+    tracer = dlq.telemetry.tracer()
+    if tracer is not None:
+        attributes = {"dlq.workflow": workflow or "", "dlq.task_id": task_id or ""}
+        with tracer.start_as_current_span("dlq.execute", attributes=attributes) as span:
+            try:
+                return await _execute(
+                    dlq, fn, task, repos, task_id, workflow, retry_policy, max_retries, metadata
+                )
+            except BaseException as exc:
+                stored_as = getattr(exc, "dlq_task_id", None)
+                if stored_as is not None:
+                    span.set_attribute("dlq.task_id", stored_as)
+                raise
+    return await _execute(
+        dlq, fn, task, repos, task_id, workflow, retry_policy, max_retries, metadata
+    )
+
+
+async def _execute(
+    dlq: DeadLetterQueue,
+    fn: Callable[..., Awaitable[R]] | Callable[..., R],
+    task: Mapping[str, Any],
+    repos: Iterable[str] | None,
+    task_id: str | None,
+    workflow: str | None,
+    retry_policy: RetryPolicy | str | None,
+    max_retries: int | None,
+    metadata: Mapping[str, Any] | None,
+) -> R:
     repo_list = list(repos) if repos is not None else []
     try:
         if _is_async(fn):

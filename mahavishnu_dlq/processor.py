@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -221,8 +222,46 @@ async def run_attempt(
     Used by the processor and by manual retries alike. The attempt times out
     after ``timeout`` seconds (by its own timer, or — inside a processor worker,
     ``slot`` — by the worker's watchdog). If the caller is cancelled, the lease
-    is released (shielded) and the cancellation propagates.
+    is released (shielded) and the cancellation propagates. With tracing on, the
+    attempt is a ``dlq.retry`` span linked to the span of the run that failed.
     """
+    started = time.monotonic()
+    tracer = dlq.telemetry.tracer()
+    if tracer is None:
+        result = await _run_attempt(dlq, task, owner=owner, timeout=timeout, slot=slot)
+    else:
+        attributes = {
+            "dlq.task_id": task.task_id,
+            "dlq.workflow": task.workflow,
+            "dlq.category": task.error_category.value,
+            "dlq.attempt": task.retry_count,
+            "dlq.backend": dlq.store.backend,
+        }
+        links = dlq.telemetry.failure_link(task)
+        with tracer.start_as_current_span("dlq.retry", attributes=attributes, links=links) as span:
+            result = await _run_attempt(dlq, task, owner=owner, timeout=timeout, slot=slot)
+            span.set_attribute("dlq.outcome", result.outcome.value)
+            span.set_attribute("dlq.status", result.status.value)
+            if result.error is not None:
+                span.set_status(_trace_status_error(result.error))
+    dlq.telemetry.attempt(task, result.outcome.value, time.monotonic() - started)
+    return result
+
+
+def _trace_status_error(description: str) -> Any:
+    from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - tracing is on
+
+    return Status(StatusCode.ERROR, description)
+
+
+async def _run_attempt(
+    dlq: DeadLetterQueue,
+    task: FailedTask,
+    *,
+    owner: str,
+    timeout: float | None,
+    slot: _Slot | None,
+) -> AttemptResult:
     handler: Handler | None = dlq.handler_for(task.workflow)
     limit = dlq.attempt_timeout_seconds if timeout is None else timeout
     result: Any = None
@@ -266,14 +305,19 @@ def _count(
     if stored is None:
         life["lost"] += 1
         return
+    telemetry = dlq.telemetry
+    telemetry.count("retried", stored)
     if outcome is AttemptOutcome.SUCCESS:
         life["retry_success"] += 1
+        telemetry.count("succeeded", stored)
     elif outcome is AttemptOutcome.DEFERRED and stored.status is not DeadLetterStatus.EXHAUSTED:
         life["deferred"] += 1
     else:
         life["retry_failed"] += 1
+        telemetry.count("failed", stored)
         if stored.status is DeadLetterStatus.EXHAUSTED:
             life["exhausted"] += 1
+            telemetry.count("exhausted", stored)
     if _log.isEnabledFor(logging.INFO):
         level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
         _log.log(
@@ -378,7 +422,14 @@ class RetryProcessor:
     async def claim(self, limit: int) -> list[FailedTask]:
         """Lease up to ``limit`` due tasks to this processor."""
         now = self.dlq.clock.now()
-        changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+        tracer = self.dlq.telemetry.tracer()
+        if tracer is None:
+            changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+        else:
+            attributes = {"dlq.backend": self.dlq.store.backend, "dlq.worker": self.worker_id}
+            with tracer.start_as_current_span("dlq.claim", attributes=attributes) as span:
+                changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+                span.set_attribute("dlq.claimed", len(changed))
         mine = []
         for task in changed:
             if task.status is DeadLetterStatus.RETRYING and task.lease_owner == self.worker_id:

@@ -64,6 +64,7 @@ from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
+from mahavishnu_dlq.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import DLQSettings
@@ -132,10 +133,16 @@ class DeadLetterQueue:
         batch_size: int = 100,
         retry_interval_seconds: float = 60.0,
         enabled: bool = True,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"max_size must be >= 1, got {max_size}", field="max_size")
         self.store: Store = store if store is not None else MemoryStore()
+        #: spans and metrics (OpenTelemetry API; the global providers unless given)
+        self.telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        if isinstance(self.store, FailoverStore):
+            self.store.on_transition = self.telemetry.failover
         self.settings = settings
         self.max_size = max_size
         self.classifier = classifier or ErrorClassifier()
@@ -401,7 +408,19 @@ class DeadLetterQueue:
                 raise QueueFullError(open_now, self.max_size)
             return lifecycle.merge_failure(current, record)
 
-        stored = await self.store.mutate(task_id, enqueue_into)
+        tracer = self.telemetry.tracer()
+        if tracer is None:
+            stored = await self.store.mutate(task_id, enqueue_into)
+        else:
+            attributes = {
+                "dlq.task_id": task_id,
+                "dlq.workflow": record.workflow,
+                "dlq.category": record.error_category.value,
+                "dlq.backend": self.store.backend,
+            }
+            with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
+                stored = await self.store.mutate(task_id, enqueue_into)
+                span.set_attribute("dlq.status", stored.status.value)
         # Decided by what was stored before, not by comparing timestamps: under a
         # coarse (or fake) clock a duplicate has the same timestamps as the original.
         if duplicate:
@@ -409,8 +428,10 @@ class DeadLetterQueue:
         else:
             self.lifetime["enqueued_total"] += 1
             self._open_seen += 1
+            self.telemetry.count("enqueued", stored)
             if stored.status is DeadLetterStatus.EXHAUSTED:
                 self.lifetime["exhausted"] += 1
+                self.telemetry.count("exhausted", stored)
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "dlq.enqueue %s (%s, %s)",
@@ -487,7 +508,7 @@ class DeadLetterQueue:
         now = self.clock.now()
         size = stats.open_count
         oldest = stats.oldest_pending_failed_at
-        return {
+        result = {
             "queue_size": size,
             "max_size": self.max_size,
             "utilization_percent": round(100.0 * size / self.max_size, 2),
@@ -514,6 +535,8 @@ class DeadLetterQueue:
                 for fp in stats.top_fingerprints
             ],
         }
+        self.telemetry.snapshot = result  # what the depth and age gauges report
+        return result
 
     # -- operator actions ----------------------------------------------------------------
 
@@ -591,6 +614,7 @@ class DeadLetterQueue:
             return False
         if before is not None and before.status is not DeadLetterStatus.ARCHIVED:
             self.lifetime["archived"] += 1
+            self.telemetry.count("archived", before)
         return True
 
     async def replay(
@@ -707,6 +731,7 @@ class DeadLetterQueue:
             return await self.store.count(flt)
         count = await self.store.purge(older_than=flt.updated_before, statuses=flt.status or ())
         self.lifetime["purged"] += count
+        self.telemetry.purged(count)
         return count
 
     def purge_filter(
@@ -734,6 +759,7 @@ class DeadLetterQueue:
         """Delete every record. Returns how many were deleted."""
         count = await self.store.clear()
         self.lifetime["purged"] += count
+        self.telemetry.purged(count)
         return count
 
     # -- the processor ---------------------------------------------------------------------

@@ -138,6 +138,8 @@ class FailoverStore:
         self.recovered_at: datetime | None = None
         self.last_error: str | None = None
         self.resynced_total = 0
+        #: called with "fallback" or "primary" on each switch (the queue's metrics)
+        self.on_transition: Callable[[str], object] | None = None
         self.degraded_since: datetime | None = None  # first call the fallback served
         self.last_resync: tuple[int, float] | None = None  # (changes, seconds)
 
@@ -215,6 +217,8 @@ class FailoverStore:
         if not self._open and (at_start or self._failures >= self.failure_threshold):
             self._open = True
             self.failed_over_at = self.clock.now()
+            if self.on_transition is not None:
+                self.on_transition("fallback")
             target = "failing fast" if self.fallback is None else "serving from the fallback"
             _log.warning(
                 "dlq.failover: %s unavailable (%s); %s",
@@ -478,6 +482,8 @@ class FailoverStore:
             self._open = False
             self._failures = 0
             self.recovered_at = self.clock.now()
+            if self.on_transition is not None:
+                self.on_transition("primary")
             _log.warning(
                 "dlq.failover: %s is back; %d changes re-synced in %.2f s; serving from it again",
                 self.primary.backend,

@@ -1,0 +1,202 @@
+"""OpenTelemetry spans and metrics, through the API only (the ``otel`` extra).
+
+The library never configures OpenTelemetry: the host installs an SDK and
+exporters (OTLP, Prometheus …) and the queue reports through whatever is set —
+the global providers, or providers handed to :class:`DeadLetterQueue`. Without
+the ``opentelemetry-api`` package, or while no tracer provider is configured,
+no span object is even created, so the wrapped success path pays one cheap check.
+
+Spans: ``dlq.execute`` (around a wrapped workflow run), ``dlq.enqueue``,
+``dlq.claim`` (one per claimed batch), ``dlq.retry`` (one per attempt, linked to
+the span of the failing run whose context the record keeps in
+``metadata["failure_context"]``). Attributes use the ``dlq.`` prefix: task id,
+workflow, category, attempt, outcome, backend.
+
+Metrics (meter ``mahavishnu_dlq``): counters ``dlq.tasks.enqueued``,
+``dlq.tasks.retried``, ``dlq.tasks.succeeded``, ``dlq.tasks.failed``,
+``dlq.tasks.exhausted``, ``dlq.tasks.archived``, ``dlq.tasks.purged`` labelled by
+``dlq.category`` and ``dlq.workflow`` (at most :data:`MAX_WORKFLOW_LABELS`
+distinct workflow names, the rest as ``other``); the histogram
+``dlq.attempt.duration`` (seconds); observable gauges ``dlq.tasks.depth`` (by
+``dlq.status``) and ``dlq.oldest_pending.age`` read from the last statistics
+the queue computed; the counter ``dlq.failover.transitions`` (``dlq.to``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.models import FailedTask
+
+__all__ = ["MAX_WORKFLOW_LABELS", "Telemetry"]
+
+MAX_WORKFLOW_LABELS = 100
+
+_trace: Any
+_metrics: Any
+try:
+    from opentelemetry import metrics as _metrics
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - the otel extra is not installed
+    _trace = _metrics = None
+
+_NAME = "mahavishnu_dlq"
+_COUNTERS = ("enqueued", "retried", "succeeded", "failed", "exhausted", "archived", "purged")
+
+
+def _version() -> str:
+    from mahavishnu_dlq import __version__  # noqa: PLC0415 - the package imports this module
+
+    return __version__
+
+
+class Telemetry:
+    """One queue's tracer and instruments (created on first use)."""
+
+    def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tracer: Any = None
+        self._tracer_from: Any = None
+        self._recheck_at = 0.0
+        self._instruments: dict[str, Any] | None = None
+        self._workflows: set[str] = set()
+        self.snapshot: Mapping[str, Any] = {}  # the last statistics, for the gauges
+
+    # -- tracing ---------------------------------------------------------------------
+
+    def tracer(self) -> Any:
+        """The tracer, or None while no tracer provider is configured (no spans then).
+
+        The global provider is looked up at most once a second (the lookup reads the
+        environment): a host that installs its SDK after building the queue sees
+        spans within a second.
+        """
+        if _trace is None:  # pragma: no cover - the otel extra is not installed
+            return None
+        provider = self._tracer_provider
+        if provider is None:
+            now = time.monotonic()
+            if now < self._recheck_at:
+                return self._tracer
+            self._recheck_at = now + 1.0
+            provider = _trace.get_tracer_provider()
+        if provider is not self._tracer_from:
+            self._tracer_from = provider
+            if isinstance(provider, _trace.ProxyTracerProvider):
+                self._tracer = None  # the API's default: nothing would record
+            else:
+                self._tracer = provider.get_tracer(_NAME, _version())
+        return self._tracer
+
+    @contextlib.contextmanager
+    def span(
+        self, name: str, attributes: Mapping[str, Any], *, links: list[Any] | None = None
+    ) -> Iterator[Any]:
+        """A current span named ``name`` (None when tracing is off); an exception that
+        leaves it is recorded and sets an error status."""
+        tracer = self.tracer()
+        if tracer is None:
+            yield None
+            return
+        with tracer.start_as_current_span(
+            name, attributes=dict(attributes), links=links or ()
+        ) as span:
+            yield span
+
+    @staticmethod
+    def failure_link(task: FailedTask) -> list[Any]:
+        """A link to the span of the run that failed, from the record's failure context."""
+        if _trace is None:  # pragma: no cover - the otel extra is not installed
+            return []
+        context = task.metadata.get("failure_context")
+        if not isinstance(context, Mapping):
+            return []
+        try:
+            trace_id = int(context["trace_id"], 16)
+            span_id = int(context["span_id"], 16)
+        except (KeyError, TypeError, ValueError):
+            return []
+        linked = _trace.SpanContext(
+            trace_id=trace_id,
+            span_id=span_id,
+            is_remote=True,
+            trace_flags=_trace.TraceFlags(_trace.TraceFlags.SAMPLED),
+        )
+        return [_trace.Link(linked, {"dlq.link": "failed run"})]
+
+    # -- metrics ---------------------------------------------------------------------
+
+    def _made(self) -> dict[str, Any] | None:
+        if self._instruments is None and _metrics is not None:
+            provider = self._meter_provider or _metrics.get_meter_provider()
+            meter = provider.get_meter(_NAME, _version())
+            made: dict[str, Any] = {
+                name: meter.create_counter(f"dlq.tasks.{name}", unit="{task}") for name in _COUNTERS
+            }
+            made["duration"] = meter.create_histogram(
+                "dlq.attempt.duration", unit="s", description="how long one retry attempt ran"
+            )
+            made["failover"] = meter.create_counter("dlq.failover.transitions", unit="{transition}")
+            meter.create_observable_gauge(
+                "dlq.tasks.depth",
+                callbacks=[self._depth],
+                unit="{task}",
+                description="stored tasks by status",
+            )
+            meter.create_observable_gauge(
+                "dlq.oldest_pending.age",
+                callbacks=[self._oldest],
+                unit="s",
+                description="age of the oldest pending task",
+            )
+            self._instruments = made
+        return self._instruments
+
+    def _labels(self, task: FailedTask) -> dict[str, str]:
+        workflow = task.workflow or ""
+        if workflow not in self._workflows:
+            if len(self._workflows) >= MAX_WORKFLOW_LABELS:
+                workflow = "other"
+            else:
+                self._workflows.add(workflow)
+        return {"dlq.category": task.error_category.value, "dlq.workflow": workflow}
+
+    def count(self, event: str, task: FailedTask, amount: int = 1) -> None:
+        """Add ``amount`` to the ``dlq.tasks.<event>`` counter, labelled by ``task``."""
+        instruments = self._made()
+        if instruments is not None:
+            instruments[event].add(amount, self._labels(task))
+
+    def purged(self, amount: int) -> None:
+        """Records deleted by purge or clear (no single task to label them by)."""
+        instruments = self._made()
+        if instruments is not None and amount:
+            instruments["purged"].add(amount, {"dlq.category": "", "dlq.workflow": ""})
+
+    def attempt(self, task: FailedTask, outcome: str, seconds: float) -> None:
+        """One attempt's duration, labelled by workflow and outcome."""
+        instruments = self._made()
+        if instruments is not None:
+            labels = {"dlq.workflow": self._labels(task)["dlq.workflow"], "dlq.outcome": outcome}
+            instruments["duration"].record(seconds, labels)
+
+    def failover(self, to: str) -> None:
+        """The failover store switched to ``to`` ("fallback" or "primary")."""
+        instruments = self._made()
+        if instruments is not None:
+            instruments["failover"].add(1, {"dlq.to": to})
+
+    def _depth(self, _options: Any) -> Iterator[Any]:
+        breakdown = self.snapshot.get("status_breakdown") or {}
+        for status, count in breakdown.items():
+            yield _metrics.Observation(count, {"dlq.status": status})
+
+    def _oldest(self, _options: Any) -> Iterator[Any]:
+        age = self.snapshot.get("oldest_pending_age_seconds")
+        if age is not None:
+            yield _metrics.Observation(age, {})
