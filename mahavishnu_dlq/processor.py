@@ -348,7 +348,12 @@ async def _release(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> None:
             ),
         )
     except DLQError as exc:
-        _log.warning("dlq.release %s failed: %s", task.task_id, exc)
+        _log.warning(
+            "dlq.release %s failed: %s",
+            task.task_id,
+            exc,
+            extra={"action": "dlq.release", "task_id": task.task_id, "outcome": "failed"},
+        )
 
 
 def _present(task: FailedTask | None, task_id: str) -> FailedTask:
@@ -625,7 +630,12 @@ class RetryProcessor:
                 try:
                     await self.dlq.store.mutate(task_id, partial(self._renew, task_id, now))
                 except DLQError as exc:
-                    _log.warning("dlq.renew %s failed: %s", task_id, exc)
+                    _log.warning(
+                        "dlq.renew %s failed: %s",
+                        task_id,
+                        exc,
+                        extra={"action": "dlq.renew", "task_id": task_id, "outcome": "failed"},
+                    )
 
     def _renew(self, task_id: str, now: datetime, current: FailedTask | None) -> FailedTask:
         return lifecycle.renew(

@@ -572,6 +572,16 @@ class DeadLetterQueue:
         )
         self.lifetime["manually_retried"] += 1
         outcome = await run_attempt(self, claimed, owner=owner)
+        _info(
+            "dlq.manual_retry",
+            "dlq.manual_retry %s: %s -> %s",
+            task_id,
+            outcome.outcome.value,
+            outcome.status.value,
+            task_id=task_id,
+            outcome=outcome.outcome.value,
+            status=outcome.status.value,
+        )
         if outcome.success:
             return {
                 "success": True,
@@ -615,6 +625,7 @@ class DeadLetterQueue:
         if before is not None and before.status is not DeadLetterStatus.ARCHIVED:
             self.lifetime["archived"] += 1
             self.telemetry.count("archived", before)
+            _info("dlq.archive", "dlq.archive %s", task_id, task_id=task_id)
         return True
 
     async def replay(
@@ -667,6 +678,18 @@ class DeadLetterQueue:
                 report.skipped += 1
         if report.replayed and not dry_run and self._wakeup is not None:
             self._wakeup()
+        _info(
+            "dlq.replay",
+            "dlq.replay %d matched, %d replayed, %d failed, %d skipped%s",
+            report.matched,
+            report.replayed,
+            report.failed,
+            report.skipped,
+            " (dry run)" if dry_run else "",
+            matched=report.matched,
+            replayed=report.replayed,
+            dry_run=dry_run,
+        )
         return report
 
     @staticmethod
@@ -732,6 +755,7 @@ class DeadLetterQueue:
         count = await self.store.purge(older_than=flt.updated_before, statuses=flt.status or ())
         self.lifetime["purged"] += count
         self.telemetry.purged(count)
+        _info("dlq.purge", "dlq.purge %d records", count, count=count)
         return count
 
     def purge_filter(
@@ -760,6 +784,7 @@ class DeadLetterQueue:
         count = await self.store.clear()
         self.lifetime["purged"] += count
         self.telemetry.purged(count)
+        _info("dlq.clear", "dlq.clear %d records", count, count=count)
         return count
 
     # -- the processor ---------------------------------------------------------------------
@@ -890,6 +915,13 @@ class DeadLetterQueue:
             max_retries=max_retries,
             metadata=metadata,
         )
+
+
+def _info(action: str, message: str, *args: Any, **extra: Any) -> None:
+    """An INFO line with a stable ``action`` and structured extras (ids and counts, never
+    task input or metadata)."""
+    if _log.isEnabledFor(logging.INFO):
+        _log.info(message, *args, extra={"action": action, **extra})
 
 
 @lru_cache(maxsize=256)

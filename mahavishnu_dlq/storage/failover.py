@@ -197,6 +197,7 @@ class FailoverStore:
                 "dlq.failover: closing with %d changes not re-synced to %s",
                 self.pending_resync,
                 self.primary.backend,
+                extra={"action": "dlq.failover", "pending_resync": self.pending_resync},
             )
         with anyio.CancelScope(shield=True):
             try:
@@ -225,6 +226,7 @@ class FailoverStore:
                 self.primary.backend,
                 self.last_error,
                 target,
+                extra={"action": "dlq.failover", "to": "fallback" if self.fallback else "none"},
             )
         self._wake.set()
 
@@ -489,6 +491,7 @@ class FailoverStore:
                 self.primary.backend,
                 done,
                 time.perf_counter() - started,
+                extra={"action": "dlq.failover", "to": "primary", "resynced": done},
             )
 
     async def _resync_round(

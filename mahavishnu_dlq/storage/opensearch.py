@@ -530,7 +530,12 @@ class OpenSearchStore:
         if failures:
             if not result:
                 raise failures[0]
-            _log.warning("claim_due: %d claims were not written: %s", len(failures), failures[0])
+            _log.warning(
+                "dlq.claim: %d claims were not written: %s",
+                len(failures),
+                failures[0],
+                extra={"action": "dlq.claim", "outcome": "not_written", "count": len(failures)},
+            )
         return result
 
     async def next_due_at(self) -> datetime | None:
