@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mahavishnu_dlq.alerts import Alert, AlertRule
 from mahavishnu_dlq.blocking import BlockingDLQ
 from mahavishnu_dlq.classifier import ClassifierRule, ErrorClassifier
 from mahavishnu_dlq.errors import (
@@ -22,6 +23,7 @@ from mahavishnu_dlq.errors import (
     TaskBusyError,
     TaskNotFoundError,
 )
+from mahavishnu_dlq.hooks import Hooks
 from mahavishnu_dlq.integration import DLQIntegration
 from mahavishnu_dlq.models import (
     Attempt,
@@ -44,6 +46,8 @@ from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
+    "AlertRule",
     "Attempt",
     "AttemptOutcome",
     "BlockingDLQ",
@@ -59,6 +63,7 @@ __all__ = [
     "ErrorClassifier",
     "FailedTask",
     "FailoverStore",
+    "Hooks",
     "InvalidPayloadError",
     "Jitter",
     "MemoryStore",

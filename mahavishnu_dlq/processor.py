@@ -59,6 +59,7 @@ class AttemptResult:
     status: DeadLetterStatus
     result: Any = None
     error: str | None = None
+    record: FailedTask | None = None  # as stored after the attempt (None: lease lost)
 
     @property
     def success(self) -> bool:
@@ -248,6 +249,9 @@ async def run_attempt(
     return result
 
 
+_OBSERVE_EVERY = 5.0  # seconds: the shortest interval between two observations
+
+
 def _trace_status_error(description: str) -> Any:
     from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - tracing is on
 
@@ -295,7 +299,9 @@ async def _run_attempt(
         }
     stored = await _record(dlq, task, owner, **outcome)
     status = stored.status if stored is not None else DeadLetterStatus.RETRYING
-    return AttemptResult(task.task_id, outcome["outcome"], status, result, outcome.get("error"))
+    return AttemptResult(
+        task.task_id, outcome["outcome"], status, result, outcome.get("error"), stored
+    )
 
 
 def _count(
@@ -318,6 +324,7 @@ def _count(
         if stored.status is DeadLetterStatus.EXHAUSTED:
             life["exhausted"] += 1
             telemetry.count("exhausted", stored)
+            dlq.alerts.record_exhausted()  # the hooks run after the attempt (async)
     if _log.isEnabledFor(logging.INFO):
         level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
         _log.log(
@@ -442,6 +449,8 @@ class RetryProcessor:
             else:  # a stranded attempt that had no retry left
                 self.dlq.lifetime["lost"] += 1
                 self.dlq.lifetime["exhausted"] += 1
+                self.dlq.telemetry.count("exhausted", task)
+                await self.dlq.exhausted(task)
         return mine
 
     async def _attempt(self, task: FailedTask, slot: _Slot) -> None:
@@ -449,14 +458,16 @@ class RetryProcessor:
         slot.task = task
         slot.attempt += 1
         try:
-            await run_attempt(
+            result = await run_attempt(
                 self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout, slot=slot
             )
         finally:
-            slot.task = None
+            slot.task = None  # the watchdog leaves this slot alone from here on
             self._in_flight.pop(task.task_id, None)
             if self._wake is not None:
                 self._wake.set()
+        if result.status is DeadLetterStatus.EXHAUSTED and result.record is not None:
+            await self.dlq.hooks.exhausted(result.record)
 
     async def _work(
         self, tasks: Iterator[FailedTask] | MemoryObjectReceiveStream[FailedTask], slot: _Slot
@@ -525,7 +536,24 @@ class RetryProcessor:
         if tasks:
             await self._pool(iter(tasks), min(self.concurrency, len(tasks)))
         self.cycles += 1
+        if self.dlq.alerts.rules:
+            await self._observe_once()
         return len(tasks)
+
+    async def _observe_once(self) -> None:
+        try:
+            await self.dlq.observe()
+        except DLQError as exc:
+            _log.warning(
+                "dlq.observe skipped: %s", exc, extra={"action": "dlq.observe", "outcome": "failed"}
+            )
+
+    async def _observe(self) -> None:
+        """Every check interval (at most every 5 s): statistics for the gauges, then the
+        alert rules. ``run_once`` evaluates them at the end of its cycle instead."""
+        while True:
+            await self._observe_once()
+            await anyio.sleep(max(self.check_interval, _OBSERVE_EVERY))
 
     async def drain(self, *, max_cycles: int = 1_000_000) -> int:
         """Run cycles until nothing is due now; the number of attempts made."""
@@ -561,6 +589,7 @@ class RetryProcessor:
                 task_status.started()
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._renew_leases)
+                    group.start_soon(self._observe)
                     group.start_soon(self._pool, receive, self.concurrency)
                     await self._loop(send)
         finally:

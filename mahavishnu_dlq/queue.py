@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from mahavishnu_dlq import lifecycle
+from mahavishnu_dlq.alerts import Alert, AlertCallback, AlertEvaluator, AlertRule
 from mahavishnu_dlq.classifier import ErrorClassifier, error_type_name
 from mahavishnu_dlq.clock import EPOCH, Clock, SystemClock
 from mahavishnu_dlq.context import failure_context
@@ -39,6 +40,7 @@ from mahavishnu_dlq.errors import (
     TaskBusyError,
     TaskNotFoundError,
 )
+from mahavishnu_dlq.hooks import ExhaustedHook, Hooks
 from mahavishnu_dlq.integration import execute_with_dlq, guard, workflow_decorator
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
@@ -135,6 +137,8 @@ class DeadLetterQueue:
         enabled: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        alert_rules: Iterable[AlertRule] = (),
+        hooks: Hooks | None = None,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"max_size must be >= 1, got {max_size}", field="max_size")
@@ -148,6 +152,9 @@ class DeadLetterQueue:
         self.classifier = classifier or ErrorClassifier()
         self.policies = policies or PolicyBook()
         self.clock: Clock = clock or SystemClock()
+        #: ``on_exhausted`` callbacks, and the alert rules the processor evaluates
+        self.hooks = hooks or Hooks()
+        self.alerts = AlertEvaluator(alert_rules, clock=self.clock)
         self.rng = rng or random.Random()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.max_payload_bytes = max_payload_bytes
@@ -192,6 +199,7 @@ class DeadLetterQueue:
             batch_size=settings.processor.batch_size,
             retry_interval_seconds=settings.retry_interval_seconds,
             enabled=settings.enabled,
+            alert_rules=settings.alert_rules(),
         )
 
     async def connect(self) -> None:
@@ -258,6 +266,28 @@ class DeadLetterQueue:
     def handler_for(self, workflow: str) -> Handler | None:
         """The handler that retries tasks of ``workflow``: registered, else the default."""
         return self.handlers.get(workflow) or self.default_callback
+
+    # -- hooks and alerts ---------------------------------------------------------------
+
+    def on_exhausted(self, hook: ExhaustedHook) -> ExhaustedHook:
+        """Call ``hook(task)`` (sync or async) whenever a task runs out of retries; a
+        failing or slow hook is logged, never breaks the queue. Usable as a decorator."""
+        return self.hooks.add_on_exhausted(hook)
+
+    def on_alert(self, callback: AlertCallback) -> AlertCallback:
+        """Deliver every fired :class:`~mahavishnu_dlq.alerts.Alert` to ``callback``."""
+        return self.alerts.add_callback(callback)
+
+    async def exhausted(self, task: FailedTask) -> None:
+        """A task just ran out of retries: count it for the alert rules, run the hooks."""
+        self.alerts.record_exhausted()
+        await self.hooks.exhausted(task)
+
+    async def observe(self) -> list[Alert]:
+        """Refresh the statistics the metrics' gauges report and evaluate the alert rules
+        (the processor does it every check interval); the alerts that fired."""
+        stats = await self.get_statistics()
+        return await self.alerts.evaluate(stats)
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -432,6 +462,7 @@ class DeadLetterQueue:
             if stored.status is DeadLetterStatus.EXHAUSTED:
                 self.lifetime["exhausted"] += 1
                 self.telemetry.count("exhausted", stored)
+                await self.exhausted(stored)
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "dlq.enqueue %s (%s, %s)",
@@ -572,6 +603,8 @@ class DeadLetterQueue:
         )
         self.lifetime["manually_retried"] += 1
         outcome = await run_attempt(self, claimed, owner=owner)
+        if outcome.status is DeadLetterStatus.EXHAUSTED and outcome.record is not None:
+            await self.hooks.exhausted(outcome.record)
         _info(
             "dlq.manual_retry",
             "dlq.manual_retry %s: %s -> %s",

@@ -44,6 +44,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources import ConfigFileSourceType
 
+from .alerts import AlertRule, AlertRuleSettings, unique_rule_names
 from .classifier import ClassifierRule, ErrorClassifier
 from .errors import ConfigurationError
 from .models import ErrorCategory, RetryPolicy
@@ -395,6 +396,18 @@ class DLQSettings(BaseSettings):
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     failover: FailoverSettings = Field(default_factory=FailoverSettings)
+    alerts: list[AlertRuleSettings] = Field(
+        default_factory=list, description="alert rules evaluated by the retry processor"
+    )
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_alert_names(cls, value: list[AlertRuleSettings]) -> list[AlertRuleSettings]:
+        return unique_rule_names(value)
+
+    def alert_rules(self) -> list[AlertRule]:
+        """The alert rules (see :mod:`mahavishnu_dlq.alerts`)."""
+        return [rule.to_rule() for rule in self.alerts]
 
     @classmethod
     def settings_customise_sources(
