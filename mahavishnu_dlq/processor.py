@@ -105,11 +105,16 @@ async def _record(
     """
     finish = _finisher(dlq, owner=owner, **outcome)
     try:
-        stored = await dlq.store.mutate(task.task_id, finish)
+        stored = await dlq.traced_store.mutate(task.task_id, finish)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(TaskBusyError):
-                _count(dlq, task, outcome["outcome"], await dlq.store.mutate(task.task_id, finish))
+                _count(
+                    dlq,
+                    task,
+                    outcome["outcome"],
+                    await dlq.traced_store.mutate(task.task_id, finish),
+                )
         raise
     except TaskBusyError as exc:
         _count(dlq, task, outcome["outcome"], None)
@@ -348,7 +353,7 @@ def _count(
 async def _release(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> None:
     now = dlq.clock.now()
     try:
-        await dlq.store.mutate(
+        await dlq.traced_store.mutate(
             task.task_id,
             lambda current: lifecycle.release(
                 _present(current, task.task_id), now=now, owner=owner
@@ -436,11 +441,11 @@ class RetryProcessor:
         now = self.dlq.clock.now()
         tracer = self.dlq.telemetry.tracer()
         if tracer is None:
-            changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+            changed = await self.dlq.traced_store.claim_due(now, limit, self._claimer(now))
         else:
             attributes = {"dlq.backend": self.dlq.store.backend, "dlq.worker": self.worker_id}
             with tracer.start_as_current_span("dlq.claim", attributes=attributes) as span:
-                changed = await self.dlq.store.claim_due(now, limit, self._claimer(now))
+                changed = await self.dlq.traced_store.claim_due(now, limit, self._claimer(now))
                 span.set_attribute("dlq.claimed", len(changed))
         mine = []
         for task in changed:
@@ -635,7 +640,7 @@ class RetryProcessor:
         """
         wait = self.check_interval
         try:
-            due = await self.dlq.store.next_due_at()
+            due = await self.dlq.traced_store.next_due_at()
         except DLQError:
             due = None
         if due is not None:
@@ -657,7 +662,7 @@ class RetryProcessor:
             now = self.dlq.clock.now()
             for task_id in list(self._in_flight):
                 try:
-                    await self.dlq.store.mutate(task_id, partial(self._renew, task_id, now))
+                    await self.dlq.traced_store.mutate(task_id, partial(self._renew, task_id, now))
                 except DLQError as exc:
                     _log.warning(
                         "dlq.renew %s failed: %s",

@@ -66,7 +66,7 @@ from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
-from mahavishnu_dlq.telemetry import Telemetry
+from mahavishnu_dlq.telemetry import Telemetry, TracedStore
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import DLQSettings
@@ -145,6 +145,7 @@ class DeadLetterQueue:
         self.store: Store = store if store is not None else MemoryStore()
         #: spans and metrics (OpenTelemetry API; the global providers unless given)
         self.telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        self._traced: TracedStore | None = None
         if isinstance(self.store, FailoverStore):
             self.store.on_transition = self.telemetry.failover
         self.settings = settings
@@ -209,7 +210,7 @@ class DeadLetterQueue:
         started here, in a task group :meth:`stop` ends before closing the store.
         """
         if not self._opened:
-            await self.store.open()
+            await self.traced_store.open()
             self._opened = True
             monitor = getattr(self.store, "monitor", None)
             if monitor is not None and self._maintenance is None:
@@ -241,7 +242,7 @@ class DeadLetterQueue:
         if self._opened:
             self._opened = False
             with anyio.CancelScope(shield=True):
-                await self.store.close()
+                await self.traced_store.close()
 
     async def __aenter__(self) -> DeadLetterQueue:
         await self.start()
@@ -254,6 +255,15 @@ class DeadLetterQueue:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()  # shielded inside: the processor's group and the store's close
+
+    @property
+    def traced_store(self) -> TracedStore:
+        """The store as the queue and the processor call it: each call is a
+        ``dlq.store.<op>`` span while tracing is on (``store`` is the store itself)."""
+        traced = self._traced
+        if traced is None or traced.inner is not self.store:
+            traced = self._traced = TracedStore(self.store, self.telemetry)
+        return traced
 
     # -- handlers --------------------------------------------------------------------
 
@@ -440,7 +450,7 @@ class DeadLetterQueue:
 
         tracer = self.telemetry.tracer()
         if tracer is None:
-            stored = await self.store.mutate(task_id, enqueue_into)
+            stored = await self.traced_store.mutate(task_id, enqueue_into)
         else:
             attributes = {
                 "dlq.task_id": task_id,
@@ -449,7 +459,7 @@ class DeadLetterQueue:
                 "dlq.backend": self.store.backend,
             }
             with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
-                stored = await self.store.mutate(task_id, enqueue_into)
+                stored = await self.traced_store.mutate(task_id, enqueue_into)
                 span.set_attribute("dlq.status", stored.status.value)
         # Decided by what was stored before, not by comparing timestamps: under a
         # coarse (or fake) clock a duplicate has the same timestamps as the original.
@@ -496,7 +506,7 @@ class DeadLetterQueue:
             or now - self._open_asked_at >= 1.0
             or self._open_seen >= 0.95 * self.max_size
         ):
-            self._open_seen = await self.store.open_count()
+            self._open_seen = await self.traced_store.open_count()
             self._open_asked_at = now
         return self._open_seen
 
@@ -504,7 +514,7 @@ class DeadLetterQueue:
 
     async def get_task(self, task_id: str) -> FailedTask | None:
         """The stored record, or None."""
-        return await self.store.get(task_id)
+        return await self.traced_store.get(task_id)
 
     async def list_tasks(
         self,
@@ -531,11 +541,11 @@ class DeadLetterQueue:
             text=text,
             fingerprint=fingerprint,
         )
-        return await self.store.query(flt, limit=limit, cursor=cursor)
+        return await self.traced_store.query(flt, limit=limit, cursor=cursor)
 
     async def get_statistics(self) -> dict[str, Any]:
         """Counts, lifetime counters and health, with the original Mahavishnu keys."""
-        stats = await self.store.statistics()
+        stats = await self.traced_store.statistics()
         now = self.clock.now()
         size = stats.open_count
         oldest = stats.oldest_pending_failed_at
@@ -579,7 +589,7 @@ class DeadLetterQueue:
         while the task is being retried elsewhere. A failure counts toward
         exhaustion exactly like an automatic retry.
         """
-        current = await self.store.get(task_id)
+        current = await self.traced_store.get(task_id)
         if current is None:
             raise TaskNotFoundError(task_id)
         if current.status in (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED):
@@ -598,7 +608,7 @@ class DeadLetterQueue:
                 "and no default callback",
             }
         owner = f"{self.worker_id}/manual"
-        claimed = await self.store.mutate(
+        claimed = await self.traced_store.mutate(
             task_id, partial(self._claim_manual, task_id=task_id, owner=owner)
         )
         self.lifetime["manually_retried"] += 1
@@ -651,8 +661,8 @@ class DeadLetterQueue:
             return lifecycle.archive(current, now=self.clock.now())
 
         try:
-            before = await self.store.get(task_id)
-            await self.store.mutate(task_id, archive)
+            before = await self.traced_store.get(task_id)
+            await self.traced_store.mutate(task_id, archive)
         except TaskNotFoundError:
             return False
         if before is not None and before.status is not DeadLetterStatus.ARCHIVED:
@@ -738,7 +748,7 @@ class DeadLetterQueue:
         cursor: str | None = None
         while limit is None or seen < limit:
             size = 500 if limit is None else min(500, limit - seen)
-            page = await self.store.query(flt, limit=size, cursor=cursor)
+            page = await self.traced_store.query(flt, limit=size, cursor=cursor)
             for task in page:
                 yield task
                 seen += 1
@@ -764,7 +774,7 @@ class DeadLetterQueue:
                     raise TaskNotFoundError(task.task_id)
                 return lifecycle.make_due(current, now=now)
 
-            await self.store.mutate(task.task_id, due)
+            await self.traced_store.mutate(task.task_id, due)
             return ReplayItem(task_id=task.task_id, outcome="replayed")
         except (TaskBusyError, TaskNotFoundError) as exc:
             return ReplayItem(task_id=task.task_id, outcome="skipped", detail=str(exc))
@@ -784,8 +794,10 @@ class DeadLetterQueue:
         """
         flt = self.purge_filter(older_than=older_than, status=status)
         if dry_run:
-            return await self.store.count(flt)
-        count = await self.store.purge(older_than=flt.updated_before, statuses=flt.status or ())
+            return await self.traced_store.count(flt)
+        count = await self.traced_store.purge(
+            older_than=flt.updated_before, statuses=flt.status or ()
+        )
         self.lifetime["purged"] += count
         self.telemetry.purged(count)
         _info("dlq.purge", "dlq.purge %d records", count, count=count)
@@ -810,11 +822,11 @@ class DeadLetterQueue:
 
     async def count_tasks(self, filter: TaskFilter | None = None) -> int:
         """How many stored records match ``filter`` (all when None)."""
-        return await self.store.count(filter)
+        return await self.traced_store.count(filter)
 
     async def clear_all(self) -> int:
         """Delete every record. Returns how many were deleted."""
-        count = await self.store.clear()
+        count = await self.traced_store.clear()
         self.lifetime["purged"] += count
         self.telemetry.purged(count)
         _info("dlq.clear", "dlq.clear %d records", count, count=count)

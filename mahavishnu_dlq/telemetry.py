@@ -9,7 +9,8 @@ no span object is even created, so the wrapped success path pays one cheap check
 Spans: ``dlq.execute`` (around a wrapped workflow run), ``dlq.enqueue``,
 ``dlq.claim`` (one per claimed batch), ``dlq.retry`` (one per attempt, linked to
 the span of the failing run whose context the record keeps in
-``metadata["failure_context"]``). Attributes use the ``dlq.`` prefix: task id,
+``metadata["failure_context"]``), ``dlq.store.<op>`` (each store call, through
+:class:`TracedStore`). Attributes use the ``dlq.`` prefix: task id,
 workflow, category, attempt, outcome, backend.
 
 Metrics (meter ``mahavishnu_dlq``): counters ``dlq.tasks.enqueued``,
@@ -26,13 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from mahavishnu_dlq.models import FailedTask
+    from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+    from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics
 
-__all__ = ["MAX_WORKFLOW_LABELS", "Telemetry"]
+T = TypeVar("T")
+
+__all__ = ["MAX_WORKFLOW_LABELS", "Telemetry", "TracedStore"]
 
 MAX_WORKFLOW_LABELS = 100
 
@@ -200,3 +205,73 @@ class Telemetry:
         age = self.snapshot.get("oldest_pending_age_seconds")
         if age is not None:
             yield _metrics.Observation(age, {})
+
+
+class TracedStore:
+    """A store whose calls are ``dlq.store.<op>`` spans while tracing is on.
+
+    The queue and the processor talk to their store through this wrapper; with no
+    tracer configured each call costs one check and goes straight through.
+    """
+
+    def __init__(self, store: Store, telemetry: Telemetry) -> None:
+        self.inner = store
+        self._telemetry = telemetry
+        self.backend = store.backend
+
+    async def _run(self, op: str, call: Callable[[], Awaitable[T]], task_id: str = "") -> T:
+        tracer = self._telemetry.tracer()
+        if tracer is None:
+            return await call()
+        attributes = {"dlq.backend": self.backend}
+        if task_id:
+            attributes["dlq.task_id"] = task_id
+        with tracer.start_as_current_span(f"dlq.store.{op}", attributes=attributes):
+            return await call()
+
+    async def open(self) -> None:
+        await self._run("open", self.inner.open)
+
+    async def close(self) -> None:
+        await self._run("close", self.inner.close)
+
+    async def get(self, task_id: str) -> FailedTask | None:
+        return await self._run("get", lambda: self.inner.get(task_id), task_id)
+
+    async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        return await self._run("mutate", lambda: self.inner.mutate(task_id, fn), task_id)
+
+    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+        return await self._run("claim_due", lambda: self.inner.claim_due(now, limit, fn))
+
+    async def next_due_at(self) -> datetime | None:
+        return await self._run("next_due_at", self.inner.next_due_at)
+
+    async def delete(self, task_id: str) -> bool:
+        return await self._run("delete", lambda: self.inner.delete(task_id), task_id)
+
+    async def query(
+        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
+    ) -> TaskPage[FailedTask]:
+        return await self._run("query", lambda: self.inner.query(flt, limit=limit, cursor=cursor))
+
+    async def count(self, flt: TaskFilter | None = None) -> int:
+        return await self._run("count", lambda: self.inner.count(flt))
+
+    async def open_count(self) -> int:
+        return await self._run("open_count", self.inner.open_count)
+
+    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
+        return await self._run(
+            "statistics", lambda: self.inner.statistics(top_fingerprints=top_fingerprints)
+        )
+
+    async def purge(
+        self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
+    ) -> int:
+        return await self._run(
+            "purge", lambda: self.inner.purge(older_than=older_than, statuses=statuses)
+        )
+
+    async def clear(self) -> int:
+        return await self._run("clear", self.inner.clear)

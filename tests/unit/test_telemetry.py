@@ -223,3 +223,18 @@ async def test_failover_transitions_are_counted(otel: Otel) -> None:
         await dlq.stop()
     assert otel.total("dlq.failover.transitions", to="fallback") == 1
     assert otel.total("dlq.failover.transitions", to="primary") == 1
+
+
+async def test_store_calls_are_spans_under_the_operation(dlq: DeadLetterQueue, otel: Otel) -> None:
+    await dlq.enqueue("t1", {}, error=ConnectionError("x"))
+    await dlq.get_task("t1")
+    (enqueue,) = otel.finished("dlq.enqueue")
+    mutates = otel.finished("dlq.store.mutate")
+    assert [s.parent.span_id for s in mutates if s.parent] == [enqueue.context.span_id]
+    assert mutates[0].attributes is not None
+    assert mutates[0].attributes["dlq.task_id"] == "t1"
+    assert mutates[0].attributes["dlq.backend"] == "memory"
+    (get,) = otel.finished("dlq.store.get")
+    assert get.parent is None  # called outside any span: a root span of its own
+    assert {s.name for s in otel.spans.get_finished_spans()} >= {"dlq.store.open_count"}
+    assert dlq.traced_store.inner is dlq.store  # the store itself is untouched
