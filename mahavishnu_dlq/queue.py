@@ -257,9 +257,12 @@ class DeadLetterQueue:
         await self.stop()  # shielded inside: the processor's group and the store's close
 
     @property
-    def traced_store(self) -> TracedStore:
-        """The store as the queue and the processor call it: each call is a
-        ``dlq.store.<op>`` span while tracing is on (``store`` is the store itself)."""
+    def traced_store(self) -> Store:
+        """The store as the queue and the processor call it: while tracing is on, a
+        wrapper making each call a ``dlq.store.<op>`` span; otherwise ``store`` itself
+        (the enqueue and claim paths pay no wrapper)."""
+        if self.telemetry.tracer() is None:
+            return self.store
         traced = self._traced
         if traced is None or traced.inner is not self.store:
             traced = self._traced = TracedStore(self.store, self.telemetry)

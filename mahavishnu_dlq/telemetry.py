@@ -25,7 +25,6 @@ the queue computed; the counter ``dlq.failover.transitions`` (``dlq.to``).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from datetime import datetime
@@ -49,6 +48,15 @@ try:
 except ImportError:  # pragma: no cover - the otel extra is not installed
     _trace = _metrics = None
 
+_unset_meters: type
+try:  # the API's stand-in until a host installs an SDK; not public, so looked up softly
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _unset_meters
+except ImportError:  # pragma: no cover - then metrics are always reported
+
+    class _unset_meters:  # type: ignore[no-redef]  # noqa: N801 - matches nothing
+        pass
+
+
 _NAME = "mahavishnu_dlq"
 _COUNTERS = ("enqueued", "retried", "succeeded", "failed", "exhausted", "archived", "purged")
 
@@ -69,7 +77,9 @@ class Telemetry:
         self._tracer_from: Any = None
         self._recheck_at = 0.0
         self._instruments: dict[str, Any] | None = None
+        self._metrics_recheck_at = 0.0
         self._workflows: set[str] = set()
+        self._label_sets: dict[tuple[str, str], dict[str, str]] = {}
         self.snapshot: Mapping[str, Any] = {}  # the last statistics, for the gauges
 
     # -- tracing ---------------------------------------------------------------------
@@ -98,21 +108,6 @@ class Telemetry:
                 self._tracer = provider.get_tracer(_NAME, _version())
         return self._tracer
 
-    @contextlib.contextmanager
-    def span(
-        self, name: str, attributes: Mapping[str, Any], *, links: list[Any] | None = None
-    ) -> Iterator[Any]:
-        """A current span named ``name`` (None when tracing is off); an exception that
-        leaves it is recorded and sets an error status."""
-        tracer = self.tracer()
-        if tracer is None:
-            yield None
-            return
-        with tracer.start_as_current_span(
-            name, attributes=dict(attributes), links=links or ()
-        ) as span:
-            yield span
-
     @staticmethod
     def failure_link(task: FailedTask) -> list[Any]:
         """A link to the span of the run that failed, from the record's failure context."""
@@ -137,39 +132,57 @@ class Telemetry:
     # -- metrics ---------------------------------------------------------------------
 
     def _made(self) -> dict[str, Any] | None:
-        if self._instruments is None and _metrics is not None:
-            provider = self._meter_provider or _metrics.get_meter_provider()
-            meter = provider.get_meter(_NAME, _version())
-            made: dict[str, Any] = {
-                name: meter.create_counter(f"dlq.tasks.{name}", unit="{task}") for name in _COUNTERS
-            }
-            made["duration"] = meter.create_histogram(
-                "dlq.attempt.duration", unit="s", description="how long one retry attempt ran"
-            )
-            made["failover"] = meter.create_counter("dlq.failover.transitions", unit="{transition}")
-            meter.create_observable_gauge(
-                "dlq.tasks.depth",
-                callbacks=[self._depth],
-                unit="{task}",
-                description="stored tasks by status",
-            )
-            meter.create_observable_gauge(
-                "dlq.oldest_pending.age",
-                callbacks=[self._oldest],
-                unit="s",
-                description="age of the oldest pending task",
-            )
-            self._instruments = made
+        """The instruments, or None while no meter provider is configured (nothing is
+        counted then; like the tracer, the global provider is looked up once a second)."""
+        if self._instruments is not None or _metrics is None:
+            return self._instruments
+        provider = self._meter_provider
+        if provider is None:
+            now = time.monotonic()
+            if now < self._metrics_recheck_at:
+                return None
+            self._metrics_recheck_at = now + 1.0
+            provider = _metrics.get_meter_provider()
+            if isinstance(provider, _unset_meters):
+                return None
+        # created once, from the provider that is configured
+        meter = provider.get_meter(_NAME, _version())
+        made: dict[str, Any] = {
+            name: meter.create_counter(f"dlq.tasks.{name}", unit="{task}") for name in _COUNTERS
+        }
+        made["duration"] = meter.create_histogram(
+            "dlq.attempt.duration", unit="s", description="how long one retry attempt ran"
+        )
+        made["failover"] = meter.create_counter("dlq.failover.transitions", unit="{transition}")
+        meter.create_observable_gauge(
+            "dlq.tasks.depth",
+            callbacks=[self._depth],
+            unit="{task}",
+            description="stored tasks by status",
+        )
+        meter.create_observable_gauge(
+            "dlq.oldest_pending.age",
+            callbacks=[self._oldest],
+            unit="s",
+            description="age of the oldest pending task",
+        )
+        self._instruments = made
         return self._instruments
 
     def _labels(self, task: FailedTask) -> dict[str, str]:
-        workflow = task.workflow or ""
-        if workflow not in self._workflows:
-            if len(self._workflows) >= MAX_WORKFLOW_LABELS:
-                workflow = "other"
-            else:
-                self._workflows.add(workflow)
-        return {"dlq.category": task.error_category.value, "dlq.workflow": workflow}
+        key = (task.error_category.value, task.workflow or "")
+        labels = self._label_sets.get(key)
+        if labels is None:  # at most 6 categories x (MAX_WORKFLOW_LABELS + 1) sets
+            category, workflow = key
+            if workflow not in self._workflows:
+                if len(self._workflows) >= MAX_WORKFLOW_LABELS:
+                    workflow = "other"
+                else:
+                    self._workflows.add(workflow)
+            labels = {"dlq.category": category, "dlq.workflow": workflow}
+            if workflow != "other":
+                self._label_sets[key] = labels
+        return labels
 
     def count(self, event: str, task: FailedTask, amount: int = 1) -> None:
         """Add ``amount`` to the ``dlq.tasks.<event>`` counter, labelled by ``task``."""

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from mahavishnu_dlq import DeadLetterQueue, FailoverStore, MemoryStore, RetryProcessor
-from mahavishnu_dlq.telemetry import MAX_WORKFLOW_LABELS, Telemetry
+from mahavishnu_dlq.telemetry import MAX_WORKFLOW_LABELS, TracedStore
 from mahavishnu_dlq.testing import FakeClock
 from tests.unit.test_failover_store import Switchable
 
@@ -77,11 +77,11 @@ def dlq(otel: Otel) -> DeadLetterQueue:
     )
 
 
-async def test_without_a_configured_provider_no_span_is_made() -> None:
-    telemetry = Telemetry()  # the global provider is the API's no-op proxy in tests
-    assert telemetry.tracer() is None
-    with telemetry.span("dlq.anything", {}) as span:
-        assert span is None
+async def test_without_configured_providers_no_span_or_count_is_made() -> None:
+    dlq = DeadLetterQueue()  # the global providers are the API's stand-ins in tests
+    assert dlq.telemetry.tracer() is None
+    assert dlq.traced_store is dlq.store  # no wrapper on the hot paths
+    assert dlq.telemetry._made() is None  # nothing counted either
 
 
 async def test_a_failed_run_is_a_span_and_the_record_keeps_its_context(
@@ -237,4 +237,6 @@ async def test_store_calls_are_spans_under_the_operation(dlq: DeadLetterQueue, o
     (get,) = otel.finished("dlq.store.get")
     assert get.parent is None  # called outside any span: a root span of its own
     assert {s.name for s in otel.spans.get_finished_spans()} >= {"dlq.store.open_count"}
-    assert dlq.traced_store.inner is dlq.store  # the store itself is untouched
+    traced = dlq.traced_store
+    assert isinstance(traced, TracedStore)
+    assert traced.inner is dlq.store  # the store itself is untouched
