@@ -59,7 +59,7 @@ from benchmarks._report import (
     timing_table,
     verdict,
 )
-from mahavishnu_dlq import DeadLetterQueue, FailedTask, RetryPolicy, RetryProcessor
+from mahavishnu_dlq import DeadLetterQueue, FailedTask, Failure, RetryPolicy, RetryProcessor
 
 __all__ = ["main"]
 
@@ -408,23 +408,33 @@ def _raised(k: int) -> ConnectionResetError:
         return exc
 
 
-async def _paired_enqueues(
-    dlq: DeadLetterQueue, size: int, n: int, chunk: int
-) -> tuple[Timing, Timing]:
-    """Exception-error enqueues, alternating block by block with string-error ones.
+@dataclass(frozen=True)
+class Paired:
+    """Section 2's interleaved enqueue variants at one size."""
 
-    Both kinds get ids of their own, and are deleted afterwards, so the store is
+    exc: Timing  # enqueue with a raised exception
+    str_paired: Timing  # enqueue with a string error, the baseline
+    many: Timing  # enqueue_many of string-error failures, one batch per block
+
+
+async def _paired_enqueues(dlq: DeadLetterQueue, size: int, n: int, chunk: int) -> Paired:
+    """Exception-error enqueues and enqueue_many batches, alternating block by block
+    with string-error enqueues.
+
+    Each kind gets ids of its own, and they are deleted afterwards, so the store is
     back at ``size`` tasks.
     """
     exc_ns: list[float] = []
     str_ns: list[float] = []
+    many_ns: list[float] = []
     ids: list[str] = []
     for block, k in enumerate(range(0, n, chunk)):
         m = min(chunk, n - k)
         errors = [_raised(k + i) for i in range(m)]  # raised and caught: with a traceback
         exc_ids = [f"exc-{size}-{k + i}" for i in range(m)]
         str_ids = [f"str-{size}-{k + i}" for i in range(m)]
-        ids += exc_ids + str_ids
+        many_ids = [f"many-{size}-{k + i}" for i in range(m)]
+        ids += exc_ids + str_ids + many_ids
 
         async def exc_block(exc_ids: list[str] = exc_ids, errors: list[Any] = errors) -> float:
             began = _now_ns()
@@ -438,15 +448,25 @@ async def _paired_enqueues(
                 await dlq.enqueue(tid, TASK, REPOS, ERROR)
             return (_now_ns() - began) / len(str_ids)
 
-        if block % 2:
-            exc_ns.append(await exc_block())
-            str_ns.append(await str_block())
-        else:
-            str_ns.append(await str_block())
-            exc_ns.append(await exc_block())
+        async def many_block(many_ids: list[str] = many_ids) -> float:
+            began = _now_ns()
+            batch = [Failure(tid, TASK, REPOS, ERROR) for tid in many_ids]
+            results = await dlq.enqueue_many(batch)
+            elapsed = _now_ns() - began
+            assert all(isinstance(r, FailedTask) for r in results), "a batch item was refused"
+            return elapsed / len(many_ids)
+
+        blocks: list[tuple[list[float], Callable[[], Awaitable[float]]]] = [
+            (exc_ns, exc_block),
+            (str_ns, str_block),
+            (many_ns, many_block),
+        ]
+        for offset in range(len(blocks)):  # the order rotates every block
+            timings, run = blocks[(block + offset) % len(blocks)]
+            timings.append(await run())
     for tid in ids:
         await dlq.store.delete(tid)
-    return Timing(tuple(exc_ns)), Timing(tuple(str_ns))
+    return Paired(Timing(tuple(exc_ns)), Timing(tuple(str_ns)), Timing(tuple(many_ns)))
 
 
 async def _lookups(
@@ -516,8 +536,7 @@ class SizeResult:
     size: int
     grown: int  # string-error enqueues timed on the way to ``size``
     fill: Timing
-    exc: Timing
-    str_paired: Timing
+    paired: Paired
     get: Timing
     get_ref: Timing  # get_task on the small reference queue, interleaved with ``get``
     ref_size: int
@@ -549,11 +568,21 @@ class SizeResult:
                 "2",
                 "enqueue, raised exception",
                 size,
-                self.exc,
-                baseline=f"paired str enqueue {fmt_us(self.str_paired.median_us)} µs",
-                ratio=self.exc.median_us / self.str_paired.median_us,
+                self.paired.exc,
+                baseline=f"paired str enqueue {fmt_us(self.paired.str_paired.median_us)} µs",
+                ratio=self.paired.exc.median_us / self.paired.str_paired.median_us,
                 target=enqueue_target,
-                result=verdict(self.exc.ops_per_s >= ENQUEUE_TARGET_OPS),
+                result=verdict(self.paired.exc.ops_per_s >= ENQUEUE_TARGET_OPS),
+            ),
+            Row(
+                "2",
+                "enqueue_many, str error (one batch per block)",
+                size,
+                self.paired.many,
+                baseline=f"paired str enqueue {fmt_us(self.paired.str_paired.median_us)} µs",
+                ratio=self.paired.many.median_us / self.paired.str_paired.median_us,
+                target=enqueue_target,
+                result=verdict(self.paired.many.ops_per_s >= ENQUEUE_TARGET_OPS),
             ),
             Row(
                 "2",
@@ -584,7 +613,7 @@ async def bench_store(cfg: Config, report: Report) -> RssWindow:
     sizes = sorted(cfg.sizes)
     top = sizes[-1]
     rng = random.Random(cfg.seed)
-    dlq = DeadLetterQueue(max_size=top + 2 * cfg.exc_ops + 1)
+    dlq = DeadLetterQueue(max_size=top + 3 * cfg.exc_ops + 1)
     results: list[SizeResult] = []
     filled = 0
     await _warm_up(dlq, cfg.chunk)
@@ -605,13 +634,11 @@ async def bench_store(cfg: Config, report: Report) -> RssWindow:
             payloads = [_payload_bytes(t) for t in [await dlq.get_task(i) for i in sample] if t]
             window.payload = statistics.fmean(payloads)
         put_floor, get_floor = _floor_store(size, cfg.lookups, cfg.chunk, rng)
-        exc, str_paired = await _paired_enqueues(dlq, size, cfg.exc_ops, cfg.chunk)
+        paired = await _paired_enqueues(dlq, size, cfg.exc_ops, cfg.chunk)
         get, get_ref = await _lookups([(dlq, size), (ref, ref_size)], cfg.lookups, cfg.chunk, rng)
         assert await dlq.store.count() == size
         results.append(
-            SizeResult(
-                size, grown, fill, exc, str_paired, get, get_ref, ref_size, put_floor, get_floor
-            )
+            SizeResult(size, grown, fill, paired, get, get_ref, ref_size, put_floor, get_floor)
         )
         if size != top:
             gc.collect()
@@ -627,8 +654,10 @@ async def bench_store(cfg: Config, report: Report) -> RssWindow:
         f"grows to that size (at most its last {ENQUEUE_WINDOW:,} enqueues), in blocks of "
         f"{cfg.chunk:,}. At each size: "
         f"{cfg.exc_ops:,} enqueues with a raised ConnectionResetError (traceback stored) "
-        "alternate block by block with as many string-error enqueues (paired baseline), "
-        f"then are deleted; then {cfg.lookups:,} `get_task` on random stored ids, block "
+        f"and as many string-error failures through `enqueue_many` (one batch of "
+        f"{cfg.chunk:,} per block) alternate block by block with as many string-error "
+        "enqueues (paired baseline), then are deleted; "
+        f"then {cfg.lookups:,} `get_task` on random stored ids, block "
         f"by block in turn with as many on a separate {fmt_size(sizes[0])}-task queue (the "
         "flatness baseline, so both see the same machine load). "
         "Floors: a plain dict of JSON strings grown to the same size "
@@ -636,11 +665,11 @@ async def bench_store(cfg: Config, report: Report) -> RssWindow:
     )
     if len(results) > 1:
         first, last = results[0], results[-1]
-        paired = last.get.median_us / last.get_ref.median_us
+        in_turn = last.get.median_us / last.get_ref.median_us
         floor = last.get_floor.median_us / first.get_floor.median_us
         big, small = fmt_size(last.size), fmt_size(ref_size)
         print(
-            f"\nget_task latency ratio {big}/{small} = {paired:.2f} (read in turn with the "
+            f"\nget_task latency ratio {big}/{small} = {in_turn:.2f} (read in turn with the "
             f"{small} queue; target ≤ {FLAT_TARGET_RATIO:g}); the dict floor's own ratio "
             f"{big}/{fmt_size(first.size)} = {floor:.2f}."
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from mahavishnu_dlq.alerts import Alert, AlertRule
 from mahavishnu_dlq.blocking import BlockingDLQ
+from mahavishnu_dlq.capture import Failure
 from mahavishnu_dlq.classifier import ClassifierRule, ErrorClassifier
 from mahavishnu_dlq.errors import (
     ConfigurationError,
@@ -63,6 +64,7 @@ __all__ = [
     "ErrorClassifier",
     "FailedTask",
     "FailoverStore",
+    "Failure",
     "Hooks",
     "InvalidPayloadError",
     "Jitter",

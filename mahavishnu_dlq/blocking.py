@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from mahavishnu_dlq.capture import Failure
+from mahavishnu_dlq.errors import DLQError
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     FailedTask,
@@ -112,6 +114,9 @@ class BlockingDLQ:
         **options: Any,
     ) -> FailedTask:
         return self.portal.call(partial(self.dlq.enqueue, task_id, task, repos, error, **options))
+
+    def enqueue_many(self, failures: Iterable[Failure]) -> list[FailedTask | DLQError]:
+        return self.portal.call(self.dlq.enqueue_many, list(failures))
 
     def get_task(self, task_id: str) -> FailedTask | None:
         return self.portal.call(self.dlq.get_task, task_id)

@@ -165,6 +165,13 @@ class FailedTask(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
 
+    # Not a field: the compact JSON of ``task`` and of ``metadata`` when the record
+    # was built from them (enqueue encodes them once to measure the payload), so a
+    # store that keeps payloads encoded need not encode them again. Never compared,
+    # copied or serialised; None when unknown.
+    # (No annotation: pydantic would make it a private attribute, which is compared.)
+    __slots__ = ("_payload_json",)
+
     task_id: str = Field(min_length=1, max_length=512)
     workflow: str = ""
     task: dict[str, Any] = Field(default_factory=dict)
@@ -236,14 +243,24 @@ class FailedTask(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def trusted(cls, values: dict[str, Any]) -> FailedTask:
+    def trusted(
+        cls, values: dict[str, Any], payload_json: tuple[str, str] | None = None
+    ) -> FailedTask:
         """Build from values the library produced itself: every field, right types.
 
         What ``model_construct`` does, without its per-field bookkeeping: the hot
         paths (enqueue, store reads, claims) build several records per operation.
-        ``values`` is taken over, not copied.
+        ``values`` is taken over, not copied. ``payload_json`` is the compact JSON
+        of ``values["task"]`` and ``values["metadata"]`` when the caller has it.
         """
-        return _trusted(cls, values, _ALL_FIELDS_SET)
+        model = _trusted(cls, values, _ALL_FIELDS_SET)
+        object.__setattr__(model, "_payload_json", payload_json)
+        return model
+
+    def payload_json(self) -> tuple[str, str] | None:
+        """The compact JSON of ``task`` and ``metadata`` if known when built, else None."""
+        known: tuple[str, str] | None = getattr(self, "_payload_json", None)
+        return known
 
     def evolve(self, **changes: Any) -> FailedTask:
         """A copy with ``changes`` applied (trusted values; no validation)."""

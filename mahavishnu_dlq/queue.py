@@ -14,13 +14,11 @@ import logging
 import os
 import random
 import socket
-import time
-import traceback as tb
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from functools import lru_cache, partial
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -29,17 +27,10 @@ from anyio.abc import TaskGroup
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.alerts import Alert, AlertCallback, AlertEvaluator, AlertRule
-from mahavishnu_dlq.classifier import ErrorClassifier, error_type_name
-from mahavishnu_dlq.clock import EPOCH, Clock, SystemClock
-from mahavishnu_dlq.context import failure_context
-from mahavishnu_dlq.errors import (
-    ConfigurationError,
-    InvalidPayloadError,
-    PayloadTooLargeError,
-    QueueFullError,
-    TaskBusyError,
-    TaskNotFoundError,
-)
+from mahavishnu_dlq.capture import Capture, Failure
+from mahavishnu_dlq.classifier import ErrorClassifier
+from mahavishnu_dlq.clock import Clock, SystemClock
+from mahavishnu_dlq.errors import ConfigurationError, DLQError, TaskBusyError, TaskNotFoundError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks
 from mahavishnu_dlq.integration import execute_with_dlq, guard, workflow_decorator
 from mahavishnu_dlq.models import (
@@ -51,16 +42,9 @@ from mahavishnu_dlq.models import (
     RetryPolicy,
     TaskFilter,
     TaskPage,
-    encode_json,
 )
 from mahavishnu_dlq.policy import (
-    Jitter,
     PolicyBook,
-    PolicyParams,
-    RetryAction,
-    RetryState,
-    decide,
-    retry_after_hint,
 )
 from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.storage.base import Store
@@ -174,9 +158,7 @@ class DeadLetterQueue:
         self._maintenance: TaskGroup | None = None
         self._opened = False
         self._wakeup: Callable[[], None] | None = None
-        self._open_seen = 0
-        self._text_errors: dict[str, tuple[ErrorCategory, str]] = {}
-        self._open_asked_at: float | None = None
+        self._capture = Capture(self)
 
     # -- construction and lifecycle ------------------------------------------------
 
@@ -304,17 +286,6 @@ class DeadLetterQueue:
 
     # -- enqueue ---------------------------------------------------------------------
 
-    def _payload_size(self, task_id: str, task: Any, metadata: Any) -> int:
-        if not isinstance(task, Mapping):
-            raise InvalidPayloadError(
-                task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
-            )
-        try:
-            text = encode_json([task, metadata])
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
-        return len(text.encode())
-
     def build_record(
         self,
         task_id: str,
@@ -329,85 +300,16 @@ class DeadLetterQueue:
         workflow: str | None = None,
     ) -> FailedTask:
         """The record a failure becomes, scheduled by its policy (nothing is stored)."""
-        if not isinstance(task_id, str) or not task_id or len(task_id) > 512:
-            raise InvalidPayloadError(str(task_id), "task_id must be a string of 1-512 characters")
-        size = self._payload_size(task_id, task, metadata or {})
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(task_id, size, self.max_payload_bytes)
-        if max_retries is not None and not 0 <= max_retries <= 1000:
-            raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
-        now = self.clock.now()
-        workflow = workflow or ""
-        hint: float | None = None
-        if isinstance(error, BaseException):
-            error_type = error_type_name(error)
-            message = str(error) or error_type
-            category = ErrorCategory(error_category) if error_category else None
-            category = category or self.classifier.classify(error)
-            fingerprint = self.classifier.fingerprint(error)
-            trace = (
-                "".join(tb.format_exception(type(error), error, error.__traceback__))
-                if error.__traceback__ is not None
-                else None
-            )
-            hint = retry_after_hint(error)
-        else:
-            error_type = ""
-            message = str(error)
-            known = self._text_errors.get(message)
-            if known is None:
-                if len(self._text_errors) >= 4096:
-                    self._text_errors.clear()
-                known = (self.classifier.classify(message), self.classifier.fingerprint(message))
-                self._text_errors[message] = known
-            category = ErrorCategory(error_category) if error_category else known[0]
-            fingerprint = known[1]
-            trace = None
-        params = self.policies.resolve(
-            workflow=workflow,
-            category=category,
-            policy=RetryPolicy(retry_policy) if retry_policy else None,
+        return self._capture.build(
+            task_id,
+            task,
+            repos,
+            error,
+            retry_policy=retry_policy,
             max_retries=max_retries,
-        )
-        meta = dict(metadata) if metadata else {}
-        meta["failure_context"] = failure_context()
-        if hint is None and params.jitter is Jitter.NONE:
-            # The first decision depends only on the params then: computed once each.
-            action, delay = _first_decision(params)
-            due = None if delay is None else now + timedelta(seconds=delay)
-            schedule = lifecycle.schedule_action(action, due)
-        else:
-            state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
-            schedule = lifecycle.schedule(decide(params, state, self.rng))
-        return FailedTask.trusted(
-            {
-                "task_id": task_id,
-                "workflow": workflow,
-                "task": dict(task),
-                "repos": [str(repo) for repo in repos] if repos else [],
-                "error": message,
-                "error_type": error_type,
-                "error_category": category,
-                "error_fingerprint": fingerprint,
-                "traceback": trace,
-                "last_error": message,
-                "last_error_type": error_type,
-                "attempts": [],
-                "retry_count": 0,
-                "max_retries": params.max_retries,
-                "total_attempts": 1,
-                "retry_policy": params.policy,
-                "next_retry_at": schedule["next_retry_at"],
-                "status": schedule["status"],
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "metadata": meta,
-                "failed_at": now,
-                "created_at": now,
-                "updated_at": now,
-                "completed_at": None,
-                "archived_at": None,
-            }
+            metadata=metadata,
+            error_category=error_category,
+            workflow=workflow,
         )
 
     async def enqueue(
@@ -429,7 +331,7 @@ class DeadLetterQueue:
         that cannot be stored. An id that is already open is updated, never
         duplicated (see :func:`mahavishnu_dlq.lifecycle.merge_failure`).
         """
-        record = self.build_record(
+        record = self._capture.build(
             task_id,
             task,
             repos,
@@ -440,78 +342,26 @@ class DeadLetterQueue:
             error_category=error_category,
             workflow=workflow,
         )
-        open_now = await self._open_estimate()
-        full = open_now >= self.max_size
-        duplicate = False
+        return await self._capture.enqueue(record)
 
-        def enqueue_into(current: FailedTask | None) -> FailedTask:
-            nonlocal duplicate
-            duplicate = current is not None and current.is_open
-            if full and not duplicate:
-                raise QueueFullError(open_now, self.max_size)
-            return lifecycle.merge_failure(current, record)
+    async def enqueue_many(self, failures: Iterable[Failure]) -> list[FailedTask | DLQError]:
+        """Store a batch of failed tasks; one result per :class:`Failure`, in order.
 
-        tracer = self.telemetry.tracer()
-        if tracer is None:
-            stored = await self.traced_store.mutate(task_id, enqueue_into)
-        else:
-            attributes = {
-                "dlq.task_id": task_id,
-                "dlq.workflow": record.workflow,
-                "dlq.category": record.error_category.value,
-                "dlq.backend": self.store.backend,
-            }
-            with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
-                stored = await self.traced_store.mutate(task_id, enqueue_into)
-                span.set_attribute("dlq.status", stored.status.value)
-        # Decided by what was stored before, not by comparing timestamps: under a
-        # coarse (or fake) clock a duplicate has the same timestamps as the original.
-        if duplicate:
-            self.lifetime["deduplicated"] += 1
-        else:
-            self.lifetime["enqueued_total"] += 1
-            self._open_seen += 1
-            self.telemetry.count("enqueued", stored)
-            if stored.status is DeadLetterStatus.EXHAUSTED:
-                self.lifetime["exhausted"] += 1
-                self.telemetry.count("exhausted", stored)
-                await self.exhausted(stored)
-        if _log.isEnabledFor(logging.INFO):
-            _log.info(
-                "dlq.enqueue %s (%s, %s)",
-                task_id,
-                stored.error_category.value,
-                stored.status.value,
-                extra={
-                    "action": "dlq.enqueue",
-                    "task_id": task_id,
-                    "workflow": stored.workflow,
-                    "error_category": stored.error_category.value,
-                    "status": stored.status.value,
-                },
-            )
-        if stored.next_retry_at is not None and self._wakeup is not None:
-            self._wakeup()
-        return stored
+        Each failure is taken as :meth:`enqueue` would take it (idempotent by
+        ``task_id``; several failures of one id in a batch apply in order, like
+        successive enqueues). A failure that cannot be taken gets its error in its
+        place instead of a record — :class:`QueueFullError`,
+        :class:`PayloadTooLargeError`, :class:`InvalidPayloadError` (also for an
+        unknown policy or category, or ``max_retries`` out of range), or
+        :class:`StoreUnavailableError` — and the others are stored all the same.
+        Check each result: nothing is raised for one bad item.
 
-    async def _open_estimate(self) -> int:
-        """Open tasks, for the ``max_size`` check, without a count per enqueue.
-
-        Asking the store costs a round trip (and a refresh) on OpenSearch, so the
-        answer is reused for up to a second and raised by one for every task this
-        queue adds meanwhile — an over-estimate, never an under-estimate. Within
-        5% of ``max_size`` the store is asked every time, so the limit is exact
-        for this process (other processes' enqueues show at the next ask).
+        The batch shares one clock reading (every record of it failed "now"), one
+        failure context and one store call: on OpenSearch its new records go out
+        together through the group commit, and a caller with many failures at once
+        (a stage failing a whole fan-out) awaits one call instead of one per task.
         """
-        now = time.monotonic()
-        if (
-            self._open_asked_at is None
-            or now - self._open_asked_at >= 1.0
-            or self._open_seen >= 0.95 * self.max_size
-        ):
-            self._open_seen = await self.traced_store.open_count()
-            self._open_asked_at = now
-        return self._open_seen
+        return await self._capture.enqueue_many(failures)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -970,17 +820,6 @@ def _info(action: str, message: str, *args: Any, **extra: Any) -> None:
     task input or metadata)."""
     if _log.isEnabledFor(logging.INFO):
         _log.info(message, *args, extra={"action": action, **extra})
-
-
-@lru_cache(maxsize=256)
-def _first_decision(params: PolicyParams) -> tuple[RetryAction, float | None]:
-    """What :func:`decide` says right after the first failure, without jitter or hint.
-
-    Then it depends on ``params`` alone (no time has passed since the failure), so
-    the hot path of :meth:`DeadLetterQueue.enqueue` computes it once per params.
-    """
-    decision = decide(params, RetryState(retry_count=0, first_failed_at=EPOCH, now=EPOCH))
-    return decision.action, decision.delay
 
 
 def _store_from_settings(settings: DLQSettings) -> Store:

@@ -26,7 +26,7 @@ the queue computed; the counter ``dlq.failover.transitions`` (``dlq.to``).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -232,13 +232,22 @@ class TracedStore:
         self._telemetry = telemetry
         self.backend = store.backend
 
-    async def _run(self, op: str, call: Callable[[], Awaitable[T]], task_id: str = "") -> T:
+    async def _run(
+        self,
+        op: str,
+        call: Callable[[], Awaitable[T]],
+        task_id: str = "",
+        *,
+        items: int | None = None,
+    ) -> T:
         tracer = self._telemetry.tracer()
         if tracer is None:
             return await call()
-        attributes = {"dlq.backend": self.backend}
+        attributes: dict[str, str | int] = {"dlq.backend": self.backend}
         if task_id:
             attributes["dlq.task_id"] = task_id
+        if items is not None:
+            attributes["dlq.items"] = items
         with tracer.start_as_current_span(f"dlq.store.{op}", attributes=attributes):
             return await call()
 
@@ -253,6 +262,13 @@ class TracedStore:
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         return await self._run("mutate", lambda: self.inner.mutate(task_id, fn), task_id)
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        return await self._run(
+            "mutate_many", lambda: self.inner.mutate_many(items), items=len(items)
+        )
 
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
         return await self._run("claim_due", lambda: self.inner.claim_due(now, limit, fn))

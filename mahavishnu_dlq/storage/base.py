@@ -8,6 +8,9 @@ nobody changed it meanwhile (compare-and-set). The in-memory store does this in
 one step; the OpenSearch store with ``if_seq_no``/``if_primary_term`` and a
 retry on conflict. Claims, retries, archiving and idempotent enqueues are all
 mutations, so every backend gets the same state machine for free.
+:meth:`Store.mutate_many` applies many mutations in one call, each item on its
+own (its failure is handed back in its place); :func:`mutate_each` builds it from
+``mutate`` for stores whose mutations are remote calls.
 
 The contract is pinned down by ``tests/contract/``, which runs against every
 backend.
@@ -15,14 +18,16 @@ backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
+
+import anyio
 
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 
-__all__ = ["FingerprintCount", "Mutation", "Store", "StoreStatistics"]
+__all__ = ["FingerprintCount", "Mutation", "Store", "StoreStatistics", "mutate_each"]
 
 #: Computes a record's successor from the current record (None when absent).
 #: It must be pure: under contention a store may call it more than once. It
@@ -88,6 +93,18 @@ class Store(Protocol):
         """
         ...
 
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        """Apply each ``(task_id, fn)`` as :meth:`mutate` would, in one call.
+
+        Results in input order: the record as stored, or the exception that refused
+        that item (``fn`` raised, the store refused it, or the store could not be
+        reached); one item's failure never affects another. Items of one id are
+        applied in their order, each seeing the previous one's result.
+        """
+        ...
+
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
         """Apply ``fn`` to up to ``limit`` tasks that are due at ``now``.
 
@@ -138,3 +155,37 @@ class Store(Protocol):
     async def clear(self) -> int:
         """Delete every record; the count."""
         ...
+
+
+async def mutate_each(
+    store: Store, items: Sequence[tuple[str, Mutation]], *, concurrency: int = 64
+) -> list[FailedTask | Exception]:
+    """:meth:`Store.mutate_many` for stores whose mutations are remote calls.
+
+    Items are grouped by id (ids in first-seen order); one coroutine per distinct
+    id applies that id's items in their order through ``store.mutate``, at most
+    ``concurrency`` ids at once. Each item's ``Exception`` lands in its own slot;
+    anything else (cancellation) propagates.
+    """
+    if not items:
+        return []
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    results: list[FailedTask | Exception | None] = [None] * len(items)
+    by_id: dict[str, list[int]] = {}
+    for index, (task_id, _) in enumerate(items):
+        by_id.setdefault(task_id, []).append(index)
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def apply(task_id: str, indexes: list[int]) -> None:
+        async with limiter:
+            for index in indexes:
+                try:
+                    results[index] = await store.mutate(task_id, items[index][1])
+                except Exception as exc:  # noqa: BLE001 - handed back in the item's slot
+                    results[index] = exc
+
+    async with anyio.create_task_group() as group:
+        for task_id, indexes in by_id.items():
+            group.start_soon(apply, task_id, indexes)
+    return cast("list[FailedTask | Exception]", results)  # every slot is filled by now

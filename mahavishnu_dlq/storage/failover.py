@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -58,7 +58,7 @@ import anyio
 from mahavishnu_dlq.clock import Clock, SystemClock
 from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
 from mahavishnu_dlq.models import Attempt, DeadLetterStatus, FailedTask, TaskFilter, TaskPage
-from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics
+from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 __all__ = ["FailoverStore", "merge_versions"]
@@ -323,6 +323,14 @@ class FailoverStore:
             return await self._fallback_mutate(task_id, fn)
         self._remember(task)
         return task
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        """Each item through :meth:`mutate`, so each gets its routing, timeout, breaker
+        and journaling; an item the primary cannot take is served by the fallback
+        (or, fail-closed, gets its :class:`StoreUnavailableError`)."""
+        return await mutate_each(self, items)
 
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
         claimed: list[FailedTask] = []

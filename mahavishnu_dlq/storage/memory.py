@@ -1,6 +1,6 @@
 """The in-memory store: full semantics in one process, and the failover fallback.
 
-Records are kept as compact rows (``__slots__``; the mutable JSON parts —
+Records are kept as compact rows (named tuples; the mutable JSON parts —
 ``task`` and ``metadata`` — as encoded strings; immutable values shared), so a
 stored task costs a few hundred bytes beyond its payload and nobody can change
 a stored record through an object they were handed: every read decodes a fresh
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections import Counter
-from collections.abc import Collection, Iterator
+import operator
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import DLQError
@@ -43,6 +43,7 @@ from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatist
 
 __all__ = ["MemoryStore"]
 
+K = TypeVar("K")
 _EMPTY_OBJECT = "{}"
 _PENDING = DeadLetterStatus.PENDING
 _RETRYING = DeadLetterStatus.RETRYING
@@ -64,39 +65,11 @@ def _dumps(value: dict[str, Any]) -> str:
     return encode_json(value)
 
 
-class _Row:
-    """One stored task, compact. Immutable parts (strings, timestamps, attempts) are
-    shared with the records handed out; the mutable JSON parts are kept encoded."""
-
-    __slots__ = (
-        "archived_at",
-        "attempts",
-        "completed_at",
-        "created_at",
-        "due",
-        "error",
-        "error_category",
-        "error_fingerprint",
-        "error_type",
-        "failed_at",
-        "last_error",
-        "last_error_type",
-        "lease_expires_at",
-        "lease_owner",
-        "max_retries",
-        "metadata",
-        "next_retry_at",
-        "repos",
-        "retry_count",
-        "retry_policy",
-        "status",
-        "task",
-        "task_id",
-        "total_attempts",
-        "traceback",
-        "updated_at",
-        "workflow",
-    )
+class _Row(NamedTuple):
+    """One stored task, compact: a tuple in :class:`FailedTask` field order (then the
+    time it becomes claimable). Immutable values (strings, timestamps, attempts) are
+    shared with the records handed out; ``task`` and ``metadata`` are kept encoded,
+    ``repos`` and ``attempts`` as tuples, so no caller can change a stored row."""
 
     task_id: str
     workflow: str
@@ -126,105 +99,67 @@ class _Row:
     archived_at: datetime | None
     due: datetime | None
 
-    def __init__(  # noqa: PLR0915 - one assignment per field
-        self,
-        t: FailedTask,
-        interned: dict[str, str],
-        previous: _Row | None = None,
-        handed: FailedTask | None = None,
-    ) -> None:
-        """Encode ``t``. When ``t`` was derived from ``handed`` (the record read from
-        ``previous``) and kept its very ``task``/``metadata`` objects — mutations are
-        pure, so those are unchanged — their encodings are reused."""
-        v = t.__dict__
-        h = handed.__dict__ if handed is not None else None
-        intern = interned.setdefault
-        self.task_id = v["task_id"]
-        workflow = v["workflow"]
-        self.workflow = intern(workflow, workflow)
-        if h is not None and previous is not None and v["task"] is h["task"]:
-            self.task = previous.task
-        else:
-            self.task = _dumps(v["task"])
-        self.repos = tuple([intern(repo, repo) for repo in v["repos"]])
-        self.error = v["error"]
-        error_type = v["error_type"]
-        self.error_type = intern(error_type, error_type)
-        category = v["error_category"]
-        self.error_category = (
-            category if category.__class__ is ErrorCategory else ErrorCategory(category)
-        )
-        fingerprint = v["error_fingerprint"]
-        self.error_fingerprint = intern(fingerprint, fingerprint)
-        self.traceback = v["traceback"]
-        self.last_error = v["last_error"]
-        last_type = v["last_error_type"]
-        self.last_error_type = None if last_type is None else intern(last_type, last_type)
-        self.attempts = tuple(v["attempts"])
-        self.retry_count = v["retry_count"]
-        self.max_retries = v["max_retries"]
-        self.total_attempts = v["total_attempts"]
-        policy = v["retry_policy"]
-        self.retry_policy = policy if policy.__class__ is RetryPolicy else RetryPolicy(policy)
-        self.next_retry_at = v["next_retry_at"]
-        status = v["status"]
-        if status.__class__ is not DeadLetterStatus:
-            status = DeadLetterStatus(status)
-        self.status = status
-        owner = v["lease_owner"]
-        self.lease_owner = None if owner is None else intern(owner, owner)
-        self.lease_expires_at = v["lease_expires_at"]
-        if h is not None and previous is not None and v["metadata"] is h["metadata"]:
-            self.metadata = previous.metadata
-        else:
-            self.metadata = _dumps(v["metadata"])
-        self.failed_at = v["failed_at"]
-        self.created_at = v["created_at"]
-        self.updated_at = v["updated_at"]
-        self.completed_at = v["completed_at"]
-        self.archived_at = v["archived_at"]
-        if status is _PENDING:
-            self.due = self.next_retry_at
-        elif status is _RETRYING:
-            self.due = self.lease_expires_at
-        else:
-            self.due = None
-
     def to_task(self) -> FailedTask:
-        return FailedTask.trusted(
-            {
-                "task_id": self.task_id,
-                "workflow": self.workflow,
-                "task": _loads(self.task),
-                "repos": list(self.repos),
-                "error": self.error,
-                "error_type": self.error_type,
-                "error_category": self.error_category,
-                "error_fingerprint": self.error_fingerprint,
-                "traceback": self.traceback,
-                "last_error": self.last_error,
-                "last_error_type": self.last_error_type,
-                "attempts": list(self.attempts),
-                "retry_count": self.retry_count,
-                "max_retries": self.max_retries,
-                "total_attempts": self.total_attempts,
-                "retry_policy": self.retry_policy,
-                "next_retry_at": self.next_retry_at,
-                "status": self.status,
-                "lease_owner": self.lease_owner,
-                "lease_expires_at": self.lease_expires_at,
-                "metadata": _loads(self.metadata),
-                "failed_at": self.failed_at,
-                "created_at": self.created_at,
-                "updated_at": self.updated_at,
-                "completed_at": self.completed_at,
-                "archived_at": self.archived_at,
-            }
-        )
+        values: dict[str, Any] = dict(zip(_FIELDS, self[:-1], strict=True))  # field order
+        values["task"] = _loads(self.task)
+        values["repos"] = list(self.repos)
+        values["attempts"] = list(self.attempts)
+        values["metadata"] = _loads(self.metadata)
+        return FailedTask.trusted(values, (self.task, self.metadata))
 
     def sort_key(self) -> tuple[int, str]:
         """Listing order: newest failure first, then by id."""
         return (-to_micros(self.failed_at), self.task_id)
+
+
+_FIELDS = tuple(FailedTask.model_fields)
+if _Row._fields[:-1] != _FIELDS:  # pragma: no cover - a field was added to one, not the other
+    raise RuntimeError("MemoryStore's row and FailedTask list different fields")
+_pick = operator.itemgetter(*_FIELDS)
+_TASK, _REPOS, _ATTEMPTS, _METADATA = (
+    _FIELDS.index(name) for name in ("task", "repos", "attempts", "metadata")
+)
+_new_row = tuple.__new__
+
+
+def _count(counts: dict[K, int], key: K, sign: int) -> None:
+    n = counts.get(key, 0) + sign
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _row(t: FailedTask, previous: _Row | None, handed: FailedTask | None) -> _Row:
+    """The row for ``t``. Its ``task``/``metadata`` encodings come from the record when
+    it knows them, or from ``previous`` when ``t`` was derived from ``handed`` (the
+    record read from ``previous``) and kept those very objects (mutations are pure)."""
+    v = t.__dict__
+    values = list(_pick(v))
+    known = t.payload_json()
+    if known is not None:
+        values[_TASK], values[_METADATA] = known
+    else:
+        h = handed.__dict__ if handed is not None else None
+        if h is not None and previous is not None and v["task"] is h["task"]:
+            values[_TASK] = previous.task
+        else:
+            values[_TASK] = _dumps(v["task"])
+        if h is not None and previous is not None and v["metadata"] is h["metadata"]:
+            values[_METADATA] = previous.metadata
+        else:
+            values[_METADATA] = _dumps(v["metadata"])
+    values[_REPOS] = tuple(v["repos"])
+    values[_ATTEMPTS] = tuple(v["attempts"])
+    status = v["status"]
+    if status is _PENDING:
+        values.append(v["next_retry_at"])
+    elif status is _RETRYING:
+        values.append(v["lease_expires_at"])
+    else:
+        values.append(None)
+    row: _Row = _new_row(_Row, values)
+    return row
 
 
 class MemoryStore:
@@ -239,12 +174,12 @@ class MemoryStore:
         self._rows: dict[str, _Row] = {}
         self._due: list[tuple[datetime, str]] = []
         self._pending_age: list[tuple[datetime, str]] = []
-        self._by_status: Counter[DeadLetterStatus] = Counter()
-        self._by_category: Counter[ErrorCategory] = Counter()
-        self._by_policy: Counter[RetryPolicy] = Counter()
-        self._open_fingerprints: Counter[str] = Counter()
+        # plain dicts (``get`` + store costs half of a Counter's ``+=``); no zero entries
+        self._by_status: dict[DeadLetterStatus, int] = {}
+        self._by_category: dict[ErrorCategory, int] = {}
+        self._by_policy: dict[RetryPolicy, int] = {}
+        self._open_fingerprints: dict[str, int] = {}
         self._fingerprint_example: dict[str, tuple[str, str]] = {}
-        self._interned: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -266,6 +201,23 @@ class MemoryStore:
         new = fn(current)
         self._write(task_id, row, new, current)
         return new
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        results: list[FailedTask | Exception] = []
+        rows = self._rows
+        for task_id, fn in items:
+            row = rows.get(task_id)
+            current = None if row is None else row.to_task()
+            try:
+                new = fn(current)
+                self._write(task_id, row, new, current)
+            except Exception as exc:  # noqa: BLE001 - handed back in the item's place
+                results.append(exc)
+            else:
+                results.append(new)
+        return results
 
     async def delete(self, task_id: str) -> bool:
         row = self._rows.pop(task_id, None)
@@ -335,20 +287,22 @@ class MemoryStore:
             return len(self._rows)
         only_status = flt.model_dump(exclude_none=True).keys() <= {"status"}
         if only_status and flt.status is not None:
-            return sum(self._by_status[status] for status in set(flt.status))
+            return sum(self._by_status.get(status, 0) for status in set(flt.status))
         return sum(1 for _ in self._select(flt))
 
     async def open_count(self) -> int:
-        return sum(self._by_status[status] for status in OPEN_STATUSES)
+        return sum(self._by_status.get(status, 0) for status in OPEN_STATUSES)
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         top = [
             FingerprintCount(fp, count, *self._fingerprint_example.get(fp, ("", "")))
-            for fp, count in self._open_fingerprints.most_common(top_fingerprints)
+            for fp, count in heapq.nlargest(
+                top_fingerprints, self._open_fingerprints.items(), key=operator.itemgetter(1)
+            )
         ]
         return StoreStatistics(
             total=len(self._rows),
-            by_status={status: self._by_status[status] for status in DeadLetterStatus},
+            by_status={status: self._by_status.get(status, 0) for status in DeadLetterStatus},
             by_category={key.value: n for key, n in self._by_category.items() if n},
             by_policy={key.value: n for key, n in self._by_policy.items() if n},
             oldest_pending_failed_at=self._oldest_pending(),
@@ -380,7 +334,7 @@ class MemoryStore:
     ) -> None:
         if new.task_id != task_id:
             raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-        row = _Row(new, self._interned, old, handed)
+        row = _row(new, old, handed)
         if old is not None:
             self._account(old, -1)
         self._rows[task_id] = row
@@ -401,17 +355,20 @@ class MemoryStore:
             heapq.heapify(self._pending_age)
 
     def _account(self, row: _Row, sign: int) -> None:
-        self._by_status[row.status] += sign
-        self._by_category[row.error_category] += sign
-        self._by_policy[row.retry_policy] += sign
-        if row.status in OPEN_STATUSES and row.error_fingerprint:
-            fp = row.error_fingerprint
-            self._open_fingerprints[fp] += sign
-            if self._open_fingerprints[fp] <= 0:
-                del self._open_fingerprints[fp]
+        _count(self._by_status, row.status, sign)
+        _count(self._by_category, row.error_category, sign)
+        _count(self._by_policy, row.retry_policy, sign)
+        fp = row.error_fingerprint
+        if fp and row.status in OPEN_STATUSES:
+            fingerprints = self._open_fingerprints
+            n = fingerprints.get(fp, 0) + sign
+            if n > 0:
+                fingerprints[fp] = n
+                if n == 1 and sign > 0:
+                    self._fingerprint_example[fp] = (row.error_type, row.error[:200])
+            else:
+                fingerprints.pop(fp, None)
                 self._fingerprint_example.pop(fp, None)
-            elif sign > 0 and fp not in self._fingerprint_example:
-                self._fingerprint_example[fp] = (row.error_type, row.error[:200])
 
     def _oldest_pending(self) -> datetime | None:
         heap = self._pending_age

@@ -74,6 +74,8 @@ to run under trio with a :class:`~mahavishnu_dlq.errors.ConfigurationError`.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import re
 import uuid
@@ -81,7 +83,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from opensearchpy import (
     AsyncOpenSearch,
@@ -107,9 +109,10 @@ from mahavishnu_dlq.models import (
     TaskPage,
     decode_cursor,
     encode_cursor,
+    encode_json,
 )
 from mahavishnu_dlq.storage import opensearch_query as q
-from mahavishnu_dlq.storage.base import Mutation, StoreStatistics
+from mahavishnu_dlq.storage.base import Mutation, StoreStatistics, mutate_each
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import OpenSearchSettings
@@ -119,9 +122,18 @@ __all__ = ["OpenSearchStore"]
 _log = logging.getLogger(__name__)
 
 Refresh = Literal["false", "wait_for", "true"]
-#: One bulk item: the action line and the document (None for deletes).
-_Entry = tuple[dict[str, Any], dict[str, Any] | None]
 _Item = dict[str, Any]
+
+
+class _Doc(NamedTuple):
+    """A document as written: its JSON text (:func:`q.document_json`) and write id."""
+
+    text: str
+    write_id: str
+
+
+#: One bulk item: the action line and the document (None for deletes).
+_Entry = tuple[dict[str, Any], _Doc | None]
 
 _BACKEND = "opensearch"
 _MASK = "**********"
@@ -174,7 +186,7 @@ class _GroupCommit:
 
     def __init__(
         self,
-        send: Callable[[list[dict[str, Any]]], Awaitable[list[_Item]]],
+        send: Callable[[str], Awaitable[list[_Item]]],
         max_items: int,
         max_in_flight: int = 4,
     ) -> None:
@@ -214,14 +226,15 @@ class _GroupCommit:
         try:
             while self._queue:
                 batch = self._take()
-                body: list[dict[str, Any]] = []
+                lines: list[str] = []  # NDJSON, encoded here: the client sends it as is
                 for entries, _ in batch:
                     for action, doc in entries:
-                        body.append(action)
+                        lines.append(encode_json(action))
                         if doc is not None:
-                            body.append(doc)
+                            lines.append(doc.text)
+                lines.append("")
                 try:
-                    items = await self._send(body)
+                    items = await self._send("\n".join(lines))
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting submitter
                     for _, future in batch:
                         if not future.done():
@@ -298,11 +311,13 @@ class OpenSearchStore:
         self._writes = 0  # acknowledged writes not yet known to be searchable …
         self._refreshed = 0  # … up to this count they are
         self._refresh_lock = asyncio.Lock()
-        # doc id -> (source, (seq_no, primary_term)) of our own last write: a mutation
+        # doc id -> (document, (seq_no, primary_term)) of our own last write: a mutation
         # of a record this process just wrote (a claim, then its finish) starts from it
         # instead of a read; the write is conditional, so a stale entry costs a 409 and
         # a read, never a lost update.
-        self._known: OrderedDict[str, tuple[dict[str, Any], tuple[int, int]]] = OrderedDict()
+        self._known: OrderedDict[str, tuple[_Doc, tuple[int, int]]] = OrderedDict()
+        # write ids: unique per write (this store's random prefix and a counter)
+        self._write_ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
 
     @classmethod
     def from_settings(cls, s: OpenSearchSettings) -> OpenSearchStore:
@@ -391,7 +406,7 @@ class OpenSearchStore:
                 return created
             source, version = await self._read(doc_id)
         else:
-            source, version = known
+            source, version = json.loads(known[0].text), known[1]
         cached = known is not None
         for _ in range(self._conflict_retries):
             try:
@@ -405,7 +420,7 @@ class OpenSearchStore:
             cached = False
             if new.task_id != task_id:
                 raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-            doc = q.to_document(new, uuid.uuid4().hex)
+            doc = self._document(new)
             meta: dict[str, Any] = {"_id": doc_id}
             if version is None:
                 action = {"create": meta}
@@ -418,11 +433,19 @@ class OpenSearchStore:
             if item["status"] != 409:
                 raise self._item_error(item, "mutate")
             source, version = await self._read(doc_id)
-            if source is not None and source.get("write_id") == doc["write_id"]:
+            if source is not None and source.get("write_id") == doc.write_id:
                 return new  # our write was applied; the 409 answered the transport's retry
         raise TaskBusyError(
             task_id, reason=f"{self._conflict_retries} concurrent updates won the race; try again"
         )
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        """Each item as :meth:`mutate`, concurrently per id: the group commit sends the
+        writes of many ids together, in bulk requests."""
+        _require_asyncio()
+        return await mutate_each(self, items)
 
     async def _create_if_absent(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask | None:
         """Optimistic create: most enqueues are of new ids, so try ``fn(None)`` with
@@ -435,19 +458,23 @@ class OpenSearchStore:
             return None
         if new.task_id != task_id:
             raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-        doc = q.to_document(new, uuid.uuid4().hex)
+        doc = self._document(new)
         [item] = await self._write([({"create": {"_id": doc_id}}, doc)], "mutate")
         if item["status"] in _OK:
             self._remember(doc_id, doc, item)
             return new
         if item["status"] == 409:
             source, _ = await self._read(doc_id)
-            if source is not None and source.get("write_id") == doc["write_id"]:
+            if source is not None and source.get("write_id") == doc.write_id:
                 return new  # our create was applied; the 409 answered the transport's retry
             return None
         raise self._item_error(item, "mutate")
 
-    def _remember(self, doc_id: str, doc: dict[str, Any], item: _Item) -> None:
+    def _document(self, task: FailedTask) -> _Doc:
+        write_id = next(self._write_ids)
+        return _Doc(q.document_json(task, write_id), write_id)
+
+    def _remember(self, doc_id: str, doc: _Doc, item: _Item) -> None:
         if "_seq_no" not in item or "_primary_term" not in item:
             return
         self._known[doc_id] = (doc, (item["_seq_no"], item["_primary_term"]))
@@ -494,7 +521,7 @@ class OpenSearchStore:
 
     async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
         """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
-        planned: list[tuple[FailedTask, dict[str, Any]]] = []
+        planned: list[tuple[FailedTask, _Doc]] = []
         entries: list[_Entry] = []
         for hit in hits:
             current = q.from_document(hit["_source"])
@@ -504,7 +531,7 @@ class OpenSearchStore:
                 continue  # refused: the task stays due
             if new.task_id != current.task_id:
                 raise ValueError(f"a mutation of {current.task_id!r} returned task {new.task_id!r}")
-            doc = q.to_document(new, uuid.uuid4().hex)
+            doc = self._document(new)
             condition = {"if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"]}
             entries.append(({"index": {"_id": hit["_id"], **condition}}, doc))
             planned.append((new, doc))
@@ -664,7 +691,7 @@ class OpenSearchStore:
         return [
             bool(stored.get("found"))
             and doc is not None
-            and stored["_source"].get("write_id") == doc["write_id"]
+            and stored["_source"].get("write_id") == doc.write_id
             for stored, (_, doc) in zip(found["docs"], entries, strict=True)
         ]
 
@@ -689,7 +716,7 @@ class OpenSearchStore:
             if self._refresh == "false":
                 self._writes += 1  # even on error: the request may have been applied
 
-    async def _send_bulk(self, body: list[dict[str, Any]]) -> list[_Item]:
+    async def _send_bulk(self, body: str) -> list[_Item]:
         params = {"filter_path": _BULK_FILTER}
         if self._refresh != "false":
             params["refresh"] = self._refresh

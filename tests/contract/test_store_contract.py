@@ -129,6 +129,126 @@ async def test_mutate_must_keep_the_id(store: Store) -> None:
     assert await store.get("b") is None
 
 
+# -- batches ------------------------------------------------------------------------
+
+
+def bumper(current: FailedTask | None) -> FailedTask:
+    """A mutation that counts its applications in ``retry_count``."""
+    assert current is not None
+    return current.model_copy(update={"retry_count": current.retry_count + 1})
+
+
+def refusing(error: Exception) -> Any:
+    """A mutation that refuses with ``error`` (the very object)."""
+
+    def refuse(_current: FailedTask | None) -> FailedTask:
+        raise error
+
+    return refuse
+
+
+async def test_mutate_many_returns_stored_records_in_input_order(store: Store) -> None:
+    await seed(store, make_task(task_id="old", retry_count=1))
+    fresh = [make_task(task_id=f"t{i:03d}", now=at(i), metadata={"i": i}) for i in range(100)]
+    items = [(task.task_id, put(task)) for task in reversed(fresh)]
+    items.insert(50, ("old", bumper))
+    results = await store.mutate_many(items)
+    assert [r.task_id for r in results if isinstance(r, FailedTask)] == [i[0] for i in items]
+    for (task_id, _), result in zip(items, results, strict=True):
+        assert result == await store.get(task_id)
+    assert results[-1] == fresh[0]
+    old = results[50]
+    assert isinstance(old, FailedTask)
+    assert old.retry_count == 2
+    assert await store.count() == 101
+
+
+async def test_mutate_many_hands_back_each_refusal_in_its_place(store: Store) -> None:
+    await seed(store, make_task(task_id="a", retry_count=1), make_task(task_id="c", retry_count=1))
+    busy = TaskBusyError("a")
+    bad = ValueError("not this one")
+    results = await store.mutate_many(
+        [
+            ("a", refusing(busy)),
+            ("b", put(make_task(task_id="b"))),
+            ("new", refusing(bad)),
+            ("c", bumper),
+        ]
+    )
+    assert results[0] is busy
+    assert results[2] is bad
+    assert results[1] == make_task(task_id="b")
+    assert isinstance(results[3], FailedTask)
+    assert results[3].retry_count == 2
+    stored_a = await store.get("a")
+    assert stored_a is not None
+    assert stored_a.retry_count == 1  # nothing written for the refused item
+    assert await store.get("new") is None
+    assert await store.get("b") == make_task(task_id="b")
+    stored_c = await store.get("c")
+    assert stored_c is not None
+    assert stored_c.retry_count == 2
+    assert await store.count() == 3
+
+
+async def test_mutate_many_applies_items_of_one_id_in_order(store: Store) -> None:
+    await seed(store, make_task(task_id="a", retry_count=1))
+    seen: list[int] = []
+
+    def noting(current: FailedTask | None) -> FailedTask:
+        assert current is not None
+        seen.append(current.metadata.get("n", 0))
+        return current.evolve(metadata={"n": current.metadata.get("n", 0) + 1})
+
+    results = await store.mutate_many(
+        [
+            ("a", bumper),
+            ("n", put(make_task(task_id="n"))),  # created, then changed in the same call
+            ("a", refusing(TaskBusyError("a"))),  # a refusal between two does not break the chain
+            ("n", noting),
+            ("a", bumper),
+            ("n", noting),
+        ]
+    )
+    assert isinstance(results[2], TaskBusyError)
+    a1, a2 = results[0], results[4]
+    assert isinstance(a1, FailedTask)
+    assert isinstance(a2, FailedTask)
+    assert (a1.retry_count, a2.retry_count) == (2, 3)
+    n1, n2 = results[3], results[5]
+    assert isinstance(n1, FailedTask)
+    assert isinstance(n2, FailedTask)
+    assert (n1.metadata, n2.metadata) == ({"n": 1}, {"n": 2})
+    assert seen[-2:] == [0, 1]  # the second saw the first's result
+    assert await store.get("a") == a2
+    assert await store.get("n") == n2
+
+
+async def test_mutate_many_of_nothing_is_nothing(store: Store) -> None:
+    assert await store.mutate_many([]) == []
+    assert await store.count() == 0
+
+
+async def test_mutate_many_must_keep_the_id(store: Store) -> None:
+    await seed(store, make_task(task_id="a", retry_count=1))
+    results = await store.mutate_many(
+        [
+            ("a", put(make_task(task_id="b"))),
+            ("x", put(make_task(task_id="y"))),
+            ("ok", put(make_task(task_id="ok"))),
+        ]
+    )
+    assert isinstance(results[0], ValueError)
+    assert "returned task" in str(results[0])
+    assert isinstance(results[1], ValueError)
+    assert results[2] == make_task(task_id="ok")
+    stored = await store.get("a")
+    assert stored is not None
+    assert stored.retry_count == 1
+    for task_id in ("b", "x", "y"):
+        assert await store.get(task_id) is None
+
+
 @pytest.mark.parametrize(
     "task_id",
     ["with/slash", "with space", "ünïcødé-✓", "_underscore", "..", "a" * 512, "q?x=1&y#frag"],

@@ -9,6 +9,7 @@ these tests do too (the trio refusal is tested with ``anyio.run`` in a sync test
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -76,14 +77,19 @@ def put(task: FailedTask) -> Callable[[FailedTask | None], FailedTask]:
     return lambda _current: task
 
 
+_ACTIONS = {"index", "create", "delete"}
+
+
 def count_bulks(raw: Any) -> list[int]:
     """Wrap ``raw.bulk``: the returned list gets the item count of every bulk request."""
     sizes: list[int] = []
     original: Callable[..., Awaitable[Any]] = raw.bulk
 
     async def counting_bulk(*args: Any, **kwargs: Any) -> Any:
-        body = kwargs.get("body", args[0] if args else [])
-        sizes.append(sum(1 for line in body if set(line) & {"index", "create", "delete"}))
+        body = kwargs.get("body", args[0] if args else "")
+        assert isinstance(body, str), "the store sends its bulk body encoded (NDJSON)"
+        lines = [json.loads(line) for line in body.splitlines()]
+        sizes.append(sum(1 for line in lines if len(line) == 1 and line.keys() <= _ACTIONS))
         return await original(*args, **kwargs)
 
     raw.bulk = counting_bulk

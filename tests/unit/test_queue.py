@@ -18,7 +18,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from mahavishnu_dlq import DeadLetterQueue, RetryProcessor
+from mahavishnu_dlq import DeadLetterQueue, RetryProcessor, lifecycle
 from mahavishnu_dlq.errors import (
     InvalidPayloadError,
     PayloadTooLargeError,
@@ -1692,10 +1692,15 @@ async def test_every_timestamp_comes_from_the_injected_clock(
 def test_the_cached_first_decision_is_what_decide_says(
     policy: RetryPolicy, max_retries: int, deadline: float | None
 ) -> None:
+    from mahavishnu_dlq.capture import first_plan  # noqa: PLC0415
     from mahavishnu_dlq.policy import PolicyParams, RetryState, decide  # noqa: PLC0415
-    from mahavishnu_dlq.queue import _first_decision  # noqa: PLC0415
 
     params = PolicyParams(policy=policy, max_retries=max_retries, deadline=deadline)
     now = datetime(2026, 5, 1, tzinfo=timezone.utc)
-    direct = decide(params, RetryState(retry_count=0, first_failed_at=now, now=now))
-    assert _first_decision(params) == (direct.action, direct.delay)
+    direct = lifecycle.schedule(
+        decide(params, RetryState(retry_count=0, first_failed_at=now, now=now))
+    )
+    cached, status, wait = first_plan(params)
+    assert cached is params
+    assert status is direct["status"]
+    assert (None if wait is None else now + wait) == direct["next_retry_at"]

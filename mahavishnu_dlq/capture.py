@@ -1,0 +1,404 @@
+"""Capturing failures: the record a failure becomes, and storing it.
+
+:meth:`DeadLetterQueue.enqueue` and :meth:`DeadLetterQueue.enqueue_many` run
+here. Capturing is on the failure path of every workflow, so it is built to be
+cheap: the payload is encoded once (the size check and the memory store share
+the encoding), classification and policy resolution are cached, the first
+retry decision is computed once per policy, and the failure context has its
+static part encoded once per process. ``enqueue_many`` shares the clock
+reading, the failure context, the ``max_size`` estimate and the store call
+among a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mahavishnu_dlq import lifecycle
+from mahavishnu_dlq.classifier import error_type_name
+from mahavishnu_dlq.clock import EPOCH
+from mahavishnu_dlq.context import exception_message, failure_context_json, format_traceback
+from mahavishnu_dlq.errors import (
+    DLQError,
+    InvalidPayloadError,
+    PayloadTooLargeError,
+    QueueFullError,
+)
+from mahavishnu_dlq.models import (
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    RetryPolicy,
+    encode_json,
+)
+from mahavishnu_dlq.policy import Jitter, PolicyParams, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.storage.base import Mutation
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
+
+__all__ = ["Capture", "Failure"]
+
+_log = logging.getLogger("mahavishnu_dlq.queue")
+
+_FirstPlan = tuple[PolicyParams, DeadLetterStatus, "timedelta | None"]
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failure for :meth:`DeadLetterQueue.enqueue_many`: the arguments of
+    :meth:`DeadLetterQueue.enqueue`, with the same meaning and defaults."""
+
+    task_id: str
+    task: Mapping[str, Any]
+    repos: Iterable[str] | None = None
+    error: BaseException | str = ""
+    retry_policy: RetryPolicy | str | None = None
+    max_retries: int | None = None
+    metadata: Mapping[str, Any] | None = None
+    error_category: ErrorCategory | str | None = None
+    workflow: str | None = None
+
+
+class Capture:
+    """Builds and stores the records of one queue's failures (with its caches)."""
+
+    def __init__(self, dlq: DeadLetterQueue) -> None:
+        self._dlq = dlq
+        self._text_errors: dict[str, tuple[ErrorCategory, str]] = {}
+        self._first_plans: dict[int, _FirstPlan] = {}
+        self._open_seen = 0
+        self._open_asked_at: float | None = None
+
+    # -- building ----------------------------------------------------------------------
+
+    def build(
+        self,
+        task_id: str,
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None,
+        error: BaseException | str,
+        *,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        error_category: ErrorCategory | str | None = None,
+        workflow: str | None = None,
+        now: datetime | None = None,
+        context: tuple[dict[str, Any], str] | None = None,
+    ) -> FailedTask:
+        """The record a failure becomes, scheduled by its policy (nothing is stored).
+
+        ``now`` and ``context`` (the failure context and its JSON) default to fresh
+        ones; a batch passes its own.
+        """
+        dlq = self._dlq
+        if task_id.__class__ is not str or not task_id or len(task_id) > 512:
+            raise InvalidPayloadError(str(task_id), "task_id must be a string of 1-512 characters")
+        if max_retries is not None and not 0 <= max_retries <= 1000:
+            raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
+        task_copy, meta, payload_json = self._payload(task_id, task, metadata, context)
+        if now is None:
+            now = dlq.clock.now()
+        workflow = workflow or ""
+        hint: float | None = None
+        if isinstance(error, BaseException):
+            error_type = error_type_name(error)
+            message = exception_message(error) or error_type
+            category = ErrorCategory(error_category) if error_category else None
+            category = category or dlq.classifier.classify(error)
+            fingerprint = dlq.classifier.fingerprint(error)
+            trace = format_traceback(error)
+            hint = retry_after_hint(error)
+        else:
+            error_type = ""
+            message = error if error.__class__ is str else str(error)
+            known = self._text_errors.get(message)
+            if known is None:
+                if len(self._text_errors) >= _CACHE_LIMIT:
+                    self._text_errors.clear()
+                known = (dlq.classifier.classify(message), dlq.classifier.fingerprint(message))
+                self._text_errors[message] = known
+            category = ErrorCategory(error_category) if error_category else known[0]
+            fingerprint = known[1]
+            trace = None
+        params = dlq.policies.resolve(
+            workflow=workflow,
+            category=category,
+            policy=RetryPolicy(retry_policy) if retry_policy else None,
+            max_retries=max_retries,
+        )
+        if hint is None and params.jitter is Jitter.NONE:
+            # The first decision depends only on the params then: computed once each
+            # (params are cached by the policy book, so they are known by identity).
+            plan = self._first_plans.get(id(params))
+            if plan is None or plan[0] is not params:
+                plan = first_plan(params)
+                if len(self._first_plans) >= 256:
+                    self._first_plans.clear()
+                self._first_plans[id(params)] = plan
+            status = plan[1]
+            next_retry_at = None if plan[2] is None else now + plan[2]
+        else:
+            state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
+            schedule = lifecycle.schedule(decide(params, state, dlq.rng))
+            status, next_retry_at = schedule["status"], schedule["next_retry_at"]
+        return FailedTask.trusted(
+            {
+                "task_id": task_id,
+                "workflow": workflow,
+                "task": task_copy,
+                "repos": list(map(str, repos)) if repos else [],
+                "error": message,
+                "error_type": error_type,
+                "error_category": category,
+                "error_fingerprint": fingerprint,
+                "traceback": trace,
+                "last_error": message,
+                "last_error_type": error_type,
+                "attempts": [],
+                "retry_count": 0,
+                "max_retries": params.max_retries,
+                "total_attempts": 1,
+                "retry_policy": params.policy,
+                "next_retry_at": next_retry_at,
+                "status": status,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "metadata": meta,
+                "failed_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "completed_at": None,
+                "archived_at": None,
+            },
+            payload_json,
+        )
+
+    def _payload(
+        self,
+        task_id: str,
+        task: Any,
+        metadata: Mapping[str, Any] | None,
+        context: tuple[dict[str, Any], str] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any], tuple[str, str]]:
+        """Copies of ``task`` and ``metadata`` (the failure context added) and their
+        compact JSON, encoded once: the size check and the store both use it."""
+        if not isinstance(task, Mapping):
+            raise InvalidPayloadError(
+                task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
+            )
+        task = dict(task)
+        meta = dict(metadata) if metadata else {}
+        try:
+            task_json = encode_json(task)
+            user_json = encode_json(meta) if meta else ""
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
+        size = len(task_json) if task_json.isascii() else len(task_json.encode())
+        size += len(user_json) if user_json.isascii() else len(user_json.encode())
+        limit = self._dlq.max_payload_bytes
+        if size > limit:
+            raise PayloadTooLargeError(task_id, size, limit)
+        if context is None:
+            ctx, ctx_json = failure_context_json()
+        else:
+            ctx, ctx_json = context[0].copy(), context[1]
+        if "failure_context" in meta:  # ours replaces a caller's, last like in the JSON
+            del meta["failure_context"]
+            user_json = encode_json(meta) if meta else ""
+        meta["failure_context"] = ctx
+        if user_json:
+            meta_json = f'{user_json[:-1]},"failure_context":{ctx_json}}}'
+        else:
+            meta_json = f'{{"failure_context":{ctx_json}}}'
+        return task, meta, (task_json, meta_json)
+
+    # -- storing -----------------------------------------------------------------------
+
+    async def enqueue(self, record: FailedTask) -> FailedTask:
+        """Store one built record (see :meth:`DeadLetterQueue.enqueue`)."""
+        dlq = self._dlq
+        open_now = await self._open_estimate()
+        full = open_now >= dlq.max_size
+        duplicate = False
+
+        def enqueue_into(current: FailedTask | None) -> FailedTask:
+            nonlocal duplicate
+            duplicate = current is not None and current.is_open
+            if full and not duplicate:
+                raise QueueFullError(open_now, dlq.max_size)
+            return lifecycle.merge_failure(current, record)
+
+        task_id = record.task_id
+        tracer = dlq.telemetry.tracer()
+        if tracer is None:
+            stored = await dlq.store.mutate(task_id, enqueue_into)
+        else:
+            attributes = {
+                "dlq.task_id": task_id,
+                "dlq.workflow": record.workflow,
+                "dlq.category": record.error_category.value,
+                "dlq.backend": dlq.store.backend,
+            }
+            with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
+                stored = await dlq.traced_store.mutate(task_id, enqueue_into)
+                span.set_attribute("dlq.status", stored.status.value)
+        await self._stored(stored, duplicate=duplicate)
+        if stored.next_retry_at is not None and dlq._wakeup is not None:
+            dlq._wakeup()
+        return stored
+
+    async def enqueue_many(self, failures: Iterable[Failure]) -> list[FailedTask | DLQError]:
+        """Store a batch (see :meth:`DeadLetterQueue.enqueue_many`)."""
+        dlq = self._dlq
+        items = list(failures)
+        results: list[FailedTask | DLQError | None] = [None] * len(items)
+        now = dlq.clock.now()
+        context = failure_context_json()
+        records: list[tuple[int, FailedTask]] = []
+        for index, failure in enumerate(items):
+            if not isinstance(failure, Failure):
+                raise TypeError(
+                    f"enqueue_many takes Failure items; item {index} is {type(failure).__name__}"
+                )
+            try:
+                record = self.build(
+                    failure.task_id,
+                    failure.task,
+                    failure.repos,
+                    failure.error,
+                    retry_policy=failure.retry_policy,
+                    max_retries=failure.max_retries,
+                    metadata=failure.metadata,
+                    error_category=failure.error_category,
+                    workflow=failure.workflow,
+                    now=now,
+                    context=context,
+                )
+            except DLQError as exc:
+                results[index] = exc
+            except ValueError as exc:  # an unknown policy or category, max_retries range
+                results[index] = InvalidPayloadError(str(failure.task_id), str(exc))
+            else:
+                records.append((index, record))
+        if records:
+            await self._store_batch(records, results)
+        done: list[FailedTask | DLQError] = []
+        for result in results:
+            assert result is not None  # every slot is filled by now  # noqa: S101
+            done.append(result)
+        return done
+
+    async def _store_batch(
+        self,
+        records: list[tuple[int, FailedTask]],
+        results: list[FailedTask | DLQError | None],
+    ) -> None:
+        dlq = self._dlq
+        room = dlq.max_size - await self._open_estimate()
+        taken: set[int] = set()  # items counted as new against ``room``
+        duplicate: dict[int, bool] = {}
+
+        def into(index: int, record: FailedTask) -> Mutation:
+            def enqueue_into(current: FailedTask | None) -> FailedTask:
+                duplicate[index] = is_open = current is not None and current.is_open
+                if not is_open and index not in taken:
+                    if len(taken) >= room:
+                        raise QueueFullError(dlq.max_size - room + len(taken), dlq.max_size)
+                    taken.add(index)
+                return lifecycle.merge_failure(current, record)
+
+            return enqueue_into
+
+        items = [(record.task_id, into(index, record)) for index, record in records]
+        tracer = dlq.telemetry.tracer()
+        if tracer is None:
+            outcomes = await dlq.store.mutate_many(items)
+        else:
+            attributes = {"dlq.items": len(items), "dlq.backend": dlq.store.backend}
+            with tracer.start_as_current_span("dlq.enqueue_many", attributes=attributes):
+                outcomes = await dlq.traced_store.mutate_many(items)
+        wake = False
+        for (index, _), outcome in zip(records, outcomes, strict=True):
+            if isinstance(outcome, DLQError):
+                results[index] = outcome
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                results[index] = outcome
+                await self._stored(outcome, duplicate=duplicate.get(index, False))
+                wake = wake or outcome.next_retry_at is not None
+        if wake and dlq._wakeup is not None:
+            dlq._wakeup()
+
+    async def _stored(self, stored: FailedTask, *, duplicate: bool) -> None:
+        """Counters, metrics, hooks and the log line of one stored failure."""
+        dlq = self._dlq
+        # Decided by what was stored before, not by comparing timestamps: under a
+        # coarse (or fake) clock a duplicate has the same timestamps as the original.
+        if duplicate:
+            dlq.lifetime["deduplicated"] += 1
+        else:
+            dlq.lifetime["enqueued_total"] += 1
+            self._open_seen += 1
+            dlq.telemetry.count("enqueued", stored)
+            if stored.status is DeadLetterStatus.EXHAUSTED:
+                dlq.lifetime["exhausted"] += 1
+                dlq.telemetry.count("exhausted", stored)
+                await dlq.exhausted(stored)
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "dlq.enqueue %s (%s, %s)",
+                stored.task_id,
+                stored.error_category.value,
+                stored.status.value,
+                extra={
+                    "action": "dlq.enqueue",
+                    "task_id": stored.task_id,
+                    "workflow": stored.workflow,
+                    "error_category": stored.error_category.value,
+                    "status": stored.status.value,
+                },
+            )
+
+    async def _open_estimate(self) -> int:
+        """Open tasks, for the ``max_size`` check, without a count per enqueue.
+
+        Asking the store costs a round trip (and a refresh) on OpenSearch, so the
+        answer is reused for up to a second and raised by one for every task this
+        queue adds meanwhile — an over-estimate, never an under-estimate. Within
+        5% of ``max_size`` the store is asked every time, so the limit is exact
+        for this process (other processes' enqueues show at the next ask).
+        """
+        now = time.monotonic()
+        asked_at = self._open_asked_at
+        if (
+            asked_at is None
+            or now - asked_at >= 1.0
+            or self._open_seen >= 0.95 * self._dlq.max_size
+        ):
+            self._open_seen = await self._dlq.traced_store.open_count()
+            self._open_asked_at = now
+        return self._open_seen
+
+
+def first_plan(params: PolicyParams) -> _FirstPlan:
+    """What :func:`decide` says right after the first failure, without jitter or hint:
+    the status and how long until the first retry (None: no automatic retry).
+
+    Then it depends on ``params`` alone (no time has passed since the failure), so
+    the hot path of :meth:`DeadLetterQueue.enqueue` computes it once per params.
+    """
+    decision = decide(params, RetryState(retry_count=0, first_failed_at=EPOCH, now=EPOCH))
+    schedule = lifecycle.schedule_action(decision.action, EPOCH)
+    wait = None
+    if schedule["next_retry_at"] is not None and decision.delay is not None:
+        wait = timedelta(seconds=decision.delay)
+    return params, schedule["status"], wait
