@@ -225,7 +225,15 @@ class Capture:
     async def enqueue(self, record: FailedTask) -> FailedTask:
         """Store one built record (see :meth:`DeadLetterQueue.enqueue`)."""
         dlq = self._dlq
-        open_now = await self._open_estimate()
+        asked_at = self._open_asked_at
+        if (
+            asked_at is not None
+            and time.monotonic() - asked_at < 1.0
+            and self._open_seen < 0.95 * dlq.max_size
+        ):
+            open_now = self._open_seen  # the estimate is fresh (see _open_estimate)
+        else:
+            open_now = await self._open_estimate()
         full = open_now >= dlq.max_size
         duplicate = False
 
@@ -250,7 +258,8 @@ class Capture:
             with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
                 stored = await dlq.traced_store.mutate(task_id, enqueue_into)
                 span.set_attribute("dlq.status", stored.status.value)
-        await self._stored(stored, duplicate=duplicate)
+        if self._stored(stored, duplicate=duplicate):
+            await dlq.exhausted(stored)
         if stored.next_retry_at is not None and dlq._wakeup is not None:
             dlq._wakeup()
         return stored
@@ -333,14 +342,17 @@ class Capture:
                 raise outcome
             else:
                 results[index] = outcome
-                await self._stored(outcome, duplicate=duplicate.get(index, False))
+                if self._stored(outcome, duplicate=duplicate.get(index, False)):
+                    await dlq.exhausted(outcome)
                 wake = wake or outcome.next_retry_at is not None
         if wake and dlq._wakeup is not None:
             dlq._wakeup()
 
-    async def _stored(self, stored: FailedTask, *, duplicate: bool) -> None:
-        """Counters, metrics, hooks and the log line of one stored failure."""
+    def _stored(self, stored: FailedTask, *, duplicate: bool) -> bool:
+        """Counters, metrics and the log line of one stored failure; True when it ran
+        out of retries at once (the caller then runs the ``on_exhausted`` hooks)."""
         dlq = self._dlq
+        exhausted = False
         # Decided by what was stored before, not by comparing timestamps: under a
         # coarse (or fake) clock a duplicate has the same timestamps as the original.
         if duplicate:
@@ -352,7 +364,7 @@ class Capture:
             if stored.status is DeadLetterStatus.EXHAUSTED:
                 dlq.lifetime["exhausted"] += 1
                 dlq.telemetry.count("exhausted", stored)
-                await dlq.exhausted(stored)
+                exhausted = True
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "dlq.enqueue %s (%s, %s)",
@@ -367,6 +379,7 @@ class Capture:
                     "status": stored.status.value,
                 },
             )
+        return exhausted
 
     async def _open_estimate(self) -> int:
         """Open tasks, for the ``max_size`` check, without a count per enqueue.

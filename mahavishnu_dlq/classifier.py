@@ -491,22 +491,29 @@ _ISO_TIMESTAMP: Final = (
     r"(?:[t ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:z|[+-]\d{2}(?::?\d{2})?)?)?"
 )
 
-_MASKS: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
-    (re.compile(pattern, re.IGNORECASE), replacement)
-    for pattern, replacement in (
+#: (pattern, replacement, needles): a pattern is tried only when the message holds
+#: one of its needles (each can only match text containing one), which skips most
+#: of them for most messages; no needles: always tried.
+_MASKS: Final[tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...]] = tuple(
+    (re.compile(pattern, re.IGNORECASE), replacement, needles)
+    for pattern, replacement, needles in (
         # the query string and fragment of a URL
-        (r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"<>]*)[?#][^\s'\"<>]*", r"\1?<query>"),
-        (r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+", "<email>"),
-        (_ISO_TIMESTAMP, "<time>"),
-        (r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<uuid>"),
-        (r"(?<!\w)'[^'\n]*'(?!\w)", "<str>"),
-        (r'"[^"\n]*"', "<str>"),
-        (r"\b0x[0-9a-f]+\b", "<hex>"),
-        (r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", "<hex>"),
+        (r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"<>]*)[?#][^\s'\"<>]*", r"\1?<query>", ("://",)),
+        (r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+", "<email>", ("@",)),
+        (_ISO_TIMESTAMP, "<time>", ("-",)),
+        (
+            r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+            "<uuid>",
+            ("-",),
+        ),
+        (r"(?<!\w)'[^'\n]*'(?!\w)", "<str>", ("'",)),
+        (r'"[^"\n]*"', "<str>", ('"',)),
+        (r"\b0x[0-9a-f]+\b", "<hex>", ("0x", "0X")),
+        (r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", "<hex>", ()),
         # long tokens mixing letters and digits: base62 ids, ULIDs, API request ids
-        (r"\b(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{16,}\b", "<id>"),
-        (r"(?:(?<![\w.-])-)?\d+(?:[.,]\d+)*", "<num>"),
-        (r"\s+", " "),
+        (r"\b(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{16,}\b", "<id>", ()),
+        (r"(?:(?<![\w.-])-)?\d+(?:[.,]\d+)*", "<num>", ()),
+        (r"\s+", " ", ()),
     )
 )
 
@@ -524,7 +531,13 @@ def normalise_message(message: str) -> str:
 
 @lru_cache(maxsize=_CACHE_SIZE)
 def _normalise(message: str) -> str:
-    for regex, replacement in _MASKS:
+    for regex, replacement, needles in _MASKS:
+        if needles:
+            for needle in needles:
+                if needle in message:
+                    break
+            else:
+                continue  # cannot match: skip the scan
         message = regex.sub(replacement, message)
     return message.strip().lower()[:_NORMALISED_MAX]
 
