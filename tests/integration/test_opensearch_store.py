@@ -21,10 +21,11 @@ import pytest
 from opensearchpy import AsyncOpenSearch, RequestError
 from opensearchpy import ConnectionError as OpenSearchConnectionError
 
-from mahavishnu_dlq import DeadLetterQueue, lifecycle
+from mahavishnu_dlq import DeadLetterQueue, Failure, lifecycle
 from mahavishnu_dlq.errors import (
     ConfigurationError,
     DLQError,
+    InvalidPayloadError,
     StoreUnavailableError,
     TaskBusyError,
 )
@@ -212,6 +213,42 @@ async def test_concurrent_creates_are_group_committed(opensearch_url: str, index
         assert await store.count() == 100
         for task in tasks[::17]:
             assert await store.get(task.task_id) == task
+    finally:
+        await store.drop()
+        await store.close()
+        await raw.close()
+
+
+async def test_enqueue_many_goes_out_in_bulk_and_keeps_each_result(
+    opensearch_url: str, index_name: str
+) -> None:
+    raw = AsyncOpenSearch(hosts=[opensearch_url])
+    store = OpenSearchStore(hosts=[opensearch_url], index=index_name, client=raw)
+    await store.open()
+    sizes = count_bulks(raw)
+    dlq = DeadLetterQueue(store, max_size=1000)
+    try:
+        failures = [
+            Failure(f"b{i:03d}", {"i": i, "ü": "é"}, ["r"], "reset by peer", workflow="wf")
+            for i in range(200)
+        ]
+        failures.insert(50, Failure("bad", {"i": {1, 2}}))  # not JSON: refused alone
+        failures.append(Failure("b000", {"i": "again"}, None, "second failure"))
+        results = await dlq.enqueue_many(failures)
+        assert len(results) == 202
+        assert isinstance(results[50], InvalidPayloadError)
+        stored = [r for r in results if isinstance(r, FailedTask)]
+        assert [r.task_id for r in stored] == [f"b{i:03d}" for i in range(200)] + ["b000"]
+        assert sum(sizes) == 201  # 200 creates + the duplicate's conditional update
+        assert len(sizes) < 50, sizes  # far fewer requests than records
+        assert await store.count() == 200
+        again = await dlq.get_task("b000")
+        assert again is not None
+        assert again.task == {"i": "again"}  # applied after the first failure of b000
+        assert again.last_error == "second failure"
+        assert await dlq.get_task("b150") == stored[150]
+        assert await dlq.get_task("bad") is None
+        assert dlq.lifetime["deduplicated"] == 1
     finally:
         await store.drop()
         await store.close()
