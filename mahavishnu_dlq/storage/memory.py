@@ -335,10 +335,11 @@ class MemoryStore:
         if new.task_id != task_id:
             raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
         row = _row(new, old, handed)
-        if old is not None:
-            self._account(old, -1)
         self._rows[task_id] = row
-        self._account(row, +1)
+        if old is None:
+            self._account(row, +1)
+        else:
+            self._reaccount(old, row)
         if row.due is not None and (old is None or old.due != row.due):
             heapq.heappush(self._due, (row.due, task_id))
         if row.status is _PENDING and (
@@ -358,6 +359,27 @@ class MemoryStore:
         _count(self._by_status, row.status, sign)
         _count(self._by_category, row.error_category, sign)
         _count(self._by_policy, row.retry_policy, sign)
+        self._count_fingerprint(row, sign)
+
+    def _reaccount(self, old: _Row, row: _Row) -> None:
+        """``_account(old, -1)`` then ``_account(row, +1)``, touching only what changed
+        (a claim or a finish changes the status alone)."""
+        if old.status is not row.status:
+            _count(self._by_status, old.status, -1)
+            _count(self._by_status, row.status, +1)
+        if old.error_category is not row.error_category:
+            _count(self._by_category, old.error_category, -1)
+            _count(self._by_category, row.error_category, +1)
+        if old.retry_policy is not row.retry_policy:
+            _count(self._by_policy, old.retry_policy, -1)
+            _count(self._by_policy, row.retry_policy, +1)
+        if old.error_fingerprint != row.error_fingerprint or (
+            (old.status in OPEN_STATUSES) is not (row.status in OPEN_STATUSES)
+        ):
+            self._count_fingerprint(old, -1)
+            self._count_fingerprint(row, +1)
+
+    def _count_fingerprint(self, row: _Row, sign: int) -> None:
         fp = row.error_fingerprint
         if fp and row.status in OPEN_STATUSES:
             fingerprints = self._open_fingerprints
