@@ -104,6 +104,7 @@ class Capture:
         if max_retries is not None and not 0 <= max_retries <= 1000:
             raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
         task_copy, meta, payload_json = self._payload(task_id, task, metadata, context)
+        repo_list = _repos(task_id, repos)
         if now is None:
             now = dlq.clock.now()
         workflow = workflow or ""
@@ -154,7 +155,7 @@ class Capture:
                 "task_id": task_id,
                 "workflow": workflow,
                 "task": task_copy,
-                "repos": list(map(str, repos)) if repos else [],
+                "repos": repo_list,
                 "error": message,
                 "error_type": error_type,
                 "error_category": category,
@@ -193,6 +194,11 @@ class Capture:
         if not isinstance(task, Mapping):
             raise InvalidPayloadError(
                 task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidPayloadError(
+                task_id,
+                f"'metadata' must be a JSON object (a mapping), got {type(metadata).__name__}",
             )
         task = dict(task)
         meta = dict(metadata) if metadata else {}
@@ -400,6 +406,17 @@ class Capture:
             self._open_seen = await self._dlq.traced_store.open_count()
             self._open_asked_at = now
         return self._open_seen
+
+
+def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:
+    """The repository names as a new list (a lone string would be split into letters)."""
+    if not repos:
+        return []
+    if isinstance(repos, (str, bytes)) or not isinstance(repos, Iterable):
+        raise InvalidPayloadError(
+            task_id, f"'repos' must be a list of names, got {type(repos).__name__}"
+        )
+    return list(map(str, repos))
 
 
 def first_plan(params: PolicyParams) -> _FirstPlan:

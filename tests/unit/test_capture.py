@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, cast
@@ -281,6 +282,34 @@ async def test_bad_items_get_their_error_in_place_and_the_others_are_stored(
     stats = await dlq.get_statistics()
     assert stats["total_stored"] == 3
     assert stats["lifetime_stats"]["enqueued_total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metadata": [1, 2]}, "'metadata' must be a JSON object (a mapping), got list"),
+        ({"metadata": "note"}, "'metadata' must be a JSON object (a mapping), got str"),
+        ({"repos": "my-repo"}, "'repos' must be a list of names, got str"),
+        ({"repos": b"my-repo"}, "'repos' must be a list of names, got bytes"),
+        ({"repos": 5}, "'repos' must be a list of names, got int"),
+    ],
+)
+async def test_metadata_and_repos_of_the_wrong_shape_are_named(
+    dlq: DeadLetterQueue, options: dict[str, Any], message: str
+) -> None:
+    # a lone string used to become one repository per letter
+    with pytest.raises(InvalidPayloadError, match=re.escape(message)):
+        await dlq.enqueue("t", {}, error="x", **options)
+    [result] = await dlq.enqueue_many([Failure("t", {}, error="x", **options)])
+    assert isinstance(result, InvalidPayloadError)
+    assert message in str(result)
+    assert await stored_ids(dlq) == set()
+
+
+async def test_repos_may_be_any_iterable_of_names(dlq: DeadLetterQueue) -> None:
+    stored = await dlq.enqueue("t", {}, (name for name in ("a", "b")), "x")
+    assert stored.repos == ["a", "b"]
+    assert (await fetch(dlq, "t")).repos == ["a", "b"]
 
 
 async def test_a_non_failure_item_raises_type_error_naming_it_and_nothing_is_stored(
