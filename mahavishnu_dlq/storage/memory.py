@@ -47,6 +47,7 @@ K = TypeVar("K")
 _EMPTY_OBJECT = "{}"
 _PENDING = DeadLetterStatus.PENDING
 _RETRYING = DeadLetterStatus.RETRYING
+_PENDING_VALUE = _PENDING.value  # what a row holds (the same string object)
 
 
 _raw_decode = json.JSONDecoder().raw_decode
@@ -65,11 +66,24 @@ def _dumps(value: dict[str, Any]) -> str:
     return encode_json(value)
 
 
-class _Row(NamedTuple):
-    """One stored task, compact: a tuple in :class:`FailedTask` field order (then the
-    time it becomes claimable). Immutable values (strings, timestamps, attempts) are
+#: A stored row: an exact tuple laid out as :class:`_Columns`.
+_Row = tuple[Any, ...]
+
+
+class _Columns(NamedTuple):
+    """The layout of a stored row, compact: a tuple in :class:`FailedTask` field order
+    (then the time it becomes claimable). Immutable values (strings, timestamps, attempts) are
     shared with the records handed out; ``task`` and ``metadata`` are kept encoded,
-    ``repos`` and ``attempts`` as tuples, so no caller can change a stored row."""
+    ``repos`` and ``attempts`` as tuples, so no caller can change a stored row.
+
+    Status, category and policy are kept as their string values, not the enum
+    members: a tuple holding only strings, numbers, timestamps and None is not
+    tracked by Python's cyclic garbage collector, so a store of a million tasks
+    that were never retried adds nothing to a full collection (rows with attempts
+    hold Attempt objects and stay tracked). That is also why rows are exact tuples
+    indexed by position, not instances of this class: the collector untracks only
+    exact tuples. This class names the columns and lends its attributes to
+    :meth:`TaskFilter.matches` while a listing scans rows."""
 
     task_id: str
     workflow: str
@@ -77,7 +91,7 @@ class _Row(NamedTuple):
     repos: tuple[str, ...]
     error: str
     error_type: str
-    error_category: ErrorCategory
+    error_category: str  # enums as their values: see the class docstring
     error_fingerprint: str
     traceback: str | None
     last_error: str | None
@@ -86,9 +100,9 @@ class _Row(NamedTuple):
     retry_count: int
     max_retries: int
     total_attempts: int
-    retry_policy: RetryPolicy
+    retry_policy: str
     next_retry_at: datetime | None
-    status: DeadLetterStatus
+    status: str
     lease_owner: str | None
     lease_expires_at: datetime | None
     metadata: str
@@ -99,27 +113,51 @@ class _Row(NamedTuple):
     archived_at: datetime | None
     due: datetime | None
 
-    def to_task(self) -> FailedTask:
-        values: dict[str, Any] = dict(zip(_FIELDS, self[:-1], strict=True))  # field order
-        values["task"] = _loads(self.task)
-        values["repos"] = list(self.repos)
-        values["attempts"] = list(self.attempts)
-        values["metadata"] = _loads(self.metadata)
-        return FailedTask.trusted(values, (self.task, self.metadata))
-
-    def sort_key(self) -> tuple[int, str]:
-        """Listing order: newest failure first, then by id."""
-        return (-to_micros(self.failed_at), self.task_id)
-
 
 _FIELDS = tuple(FailedTask.model_fields)
-if _Row._fields[:-1] != _FIELDS:  # pragma: no cover - a field was added to one, not the other
+if _Columns._fields[:-1] != _FIELDS:  # pragma: no cover - a field was added to one, not the other
     raise RuntimeError("MemoryStore's row and FailedTask list different fields")
 _pick = operator.itemgetter(*_FIELDS)
-_TASK, _REPOS, _ATTEMPTS, _METADATA = (
-    _FIELDS.index(name) for name in ("task", "repos", "attempts", "metadata")
+_TASK, _REPOS, _ATTEMPTS, _METADATA, _STATUS_AT, _CATEGORY_AT, _POLICY_AT = (
+    _FIELDS.index(name)
+    for name in (
+        "task",
+        "repos",
+        "attempts",
+        "metadata",
+        "status",
+        "error_category",
+        "retry_policy",
+    )
 )
-_new_row = tuple.__new__
+_ID, _ERROR, _ERROR_TYPE, _FINGERPRINT, _FAILED_AT, _UPDATED_AT = (
+    _FIELDS.index(name)
+    for name in ("task_id", "error", "error_type", "error_fingerprint", "failed_at", "updated_at")
+)
+_DUE = len(_FIELDS)
+_STATUS = {status.value: status for status in DeadLetterStatus}
+_CATEGORY = {category.value: category for category in ErrorCategory}
+_POLICY = {policy.value: policy for policy in RetryPolicy}
+_OPEN = frozenset(status.value for status in OPEN_STATUSES)
+
+
+def _to_task(row: _Row) -> FailedTask:
+    """A fresh record of ``row`` (its own dicts and lists)."""
+    values: dict[str, Any] = dict(zip(_FIELDS, row[:_DUE], strict=True))  # field order
+    task, metadata = row[_TASK], row[_METADATA]
+    values["task"] = _loads(task)
+    values["repos"] = list(row[_REPOS])
+    values["attempts"] = list(row[_ATTEMPTS])
+    values["metadata"] = _loads(metadata)
+    values["status"] = _STATUS[row[_STATUS_AT]]
+    values["error_category"] = _CATEGORY[row[_CATEGORY_AT]]
+    values["retry_policy"] = _POLICY[row[_POLICY_AT]]
+    return FailedTask.trusted(values, (task, metadata))
+
+
+def _sort_key(row: _Row) -> tuple[int, str]:
+    """Listing order: newest failure first, then by id."""
+    return (-to_micros(row[_FAILED_AT]), row[_ID])
 
 
 def _count(counts: dict[K, int], key: K, sign: int) -> None:
@@ -142,24 +180,26 @@ def _row(t: FailedTask, previous: _Row | None, handed: FailedTask | None) -> _Ro
     else:
         h = handed.__dict__ if handed is not None else None
         if h is not None and previous is not None and v["task"] is h["task"]:
-            values[_TASK] = previous.task
+            values[_TASK] = previous[_TASK]
         else:
             values[_TASK] = _dumps(v["task"])
         if h is not None and previous is not None and v["metadata"] is h["metadata"]:
-            values[_METADATA] = previous.metadata
+            values[_METADATA] = previous[_METADATA]
         else:
             values[_METADATA] = _dumps(v["metadata"])
     values[_REPOS] = tuple(v["repos"])
     values[_ATTEMPTS] = tuple(v["attempts"])
     status = v["status"]
+    values[_STATUS_AT] = status.value
+    values[_CATEGORY_AT] = v["error_category"].value
+    values[_POLICY_AT] = v["retry_policy"].value
     if status is _PENDING:
         values.append(v["next_retry_at"])
     elif status is _RETRYING:
         values.append(v["lease_expires_at"])
     else:
         values.append(None)
-    row: _Row = _new_row(_Row, values)
-    return row
+    return tuple(values)
 
 
 class MemoryStore:
@@ -175,9 +215,9 @@ class MemoryStore:
         self._due: list[tuple[datetime, str]] = []
         self._pending_age: list[tuple[datetime, str]] = []
         # plain dicts (``get`` + store costs half of a Counter's ``+=``); no zero entries
-        self._by_status: dict[DeadLetterStatus, int] = {}
-        self._by_category: dict[ErrorCategory, int] = {}
-        self._by_policy: dict[RetryPolicy, int] = {}
+        self._by_status: dict[str, int] = {}  # keyed by the enums' values, as rows are
+        self._by_category: dict[str, int] = {}
+        self._by_policy: dict[str, int] = {}
         self._open_fingerprints: dict[str, int] = {}
         self._fingerprint_example: dict[str, tuple[str, str]] = {}
 
@@ -193,11 +233,11 @@ class MemoryStore:
 
     async def get(self, task_id: str) -> FailedTask | None:
         row = self._rows.get(task_id)
-        return None if row is None else row.to_task()
+        return None if row is None else _to_task(row)
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         row = self._rows.get(task_id)
-        current = None if row is None else row.to_task()
+        current = None if row is None else _to_task(row)
         new = fn(current)
         self._write(task_id, row, new, current)
         return new
@@ -209,7 +249,7 @@ class MemoryStore:
         rows = self._rows
         for task_id, fn in items:
             row = rows.get(task_id)
-            current = None if row is None else row.to_task()
+            current = None if row is None else _to_task(row)
             try:
                 new = fn(current)
                 self._write(task_id, row, new, current)
@@ -235,15 +275,15 @@ class MemoryStore:
         while heap and heap[0][0] <= now and len(claimed) < limit:
             entry = heapq.heappop(heap)
             row = self._rows.get(entry[1])
-            if row is None or row.due != entry[0]:
+            if row is None or row[_DUE] != entry[0]:
                 continue  # stale: the task changed or went away since this entry
-            current = row.to_task()
+            current = _to_task(row)
             try:
                 new = fn(current)
             except DLQError:
                 refused.append(entry)
                 continue
-            self._write(row.task_id, row, new, current)
+            self._write(row[_ID], row, new, current)
             claimed.append(new)
         for entry in refused:
             heapq.heappush(heap, entry)
@@ -254,7 +294,7 @@ class MemoryStore:
         while heap:
             key, task_id = heap[0]
             row = self._rows.get(task_id)
-            if row is not None and row.due == key:
+            if row is not None and row[_DUE] == key:
                 return key
             heapq.heappop(heap)
         return None
@@ -265,8 +305,9 @@ class MemoryStore:
         if flt is None:
             yield from self._rows.values()
             return
+        columns = _Columns._make
         for row in self._rows.values():
-            if flt.matches(row):
+            if flt.matches(columns(row)):
                 yield row
 
     async def query(
@@ -275,23 +316,23 @@ class MemoryStore:
         rows = self._select(flt)
         if cursor is not None:
             after = decode_cursor(cursor)
-            rows = (row for row in rows if row.sort_key() > after)
-        page = heapq.nsmallest(limit + 1, rows, key=_Row.sort_key)
+            rows = (row for row in rows if _sort_key(row) > after)
+        page = heapq.nsmallest(limit + 1, rows, key=_sort_key)
         more = len(page) > limit
         page = page[:limit]
-        next_cursor = encode_cursor(*page[-1].sort_key()) if more else None
-        return TaskPage((row.to_task() for row in page), next_cursor)
+        next_cursor = encode_cursor(*_sort_key(page[-1])) if more else None
+        return TaskPage((_to_task(row) for row in page), next_cursor)
 
     async def count(self, flt: TaskFilter | None = None) -> int:
         if flt is None:
             return len(self._rows)
         only_status = flt.model_dump(exclude_none=True).keys() <= {"status"}
         if only_status and flt.status is not None:
-            return sum(self._by_status.get(status, 0) for status in set(flt.status))
+            return sum(self._by_status.get(status.value, 0) for status in set(flt.status))
         return sum(1 for _ in self._select(flt))
 
     async def open_count(self) -> int:
-        return sum(self._by_status.get(status, 0) for status in OPEN_STATUSES)
+        return sum(self._by_status.get(status, 0) for status in _OPEN)
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         top = [
@@ -302,9 +343,9 @@ class MemoryStore:
         ]
         return StoreStatistics(
             total=len(self._rows),
-            by_status={status: self._by_status.get(status, 0) for status in DeadLetterStatus},
-            by_category={key.value: n for key, n in self._by_category.items() if n},
-            by_policy={key.value: n for key, n in self._by_policy.items() if n},
+            by_status={status: self._by_status.get(status.value, 0) for status in DeadLetterStatus},
+            by_category=dict(self._by_category),
+            by_policy=dict(self._by_policy),
             oldest_pending_failed_at=self._oldest_pending(),
             top_fingerprints=top,
         )
@@ -312,11 +353,11 @@ class MemoryStore:
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
     ) -> int:
-        wanted = set(statuses)
+        wanted = {DeadLetterStatus(status).value for status in statuses}
         doomed = [
             task_id
             for task_id, row in self._rows.items()
-            if row.status in wanted and (older_than is None or row.updated_at < older_than)
+            if row[_STATUS_AT] in wanted and (older_than is None or row[_UPDATED_AT] < older_than)
         ]
         for task_id in doomed:
             self._account(self._rows.pop(task_id), -1)
@@ -340,54 +381,60 @@ class MemoryStore:
             self._account(row, +1)
         else:
             self._reaccount(old, row)
-        if row.due is not None and (old is None or old.due != row.due):
-            heapq.heappush(self._due, (row.due, task_id))
-        if row.status is _PENDING and (
-            old is None or old.status is not _PENDING or old.failed_at != row.failed_at
+        due = row[_DUE]
+        if due is not None and (old is None or old[_DUE] != due):
+            heapq.heappush(self._due, (due, task_id))
+        if row[_STATUS_AT] is _PENDING_VALUE and (
+            old is None
+            or old[_STATUS_AT] is not _PENDING_VALUE
+            or old[_FAILED_AT] != row[_FAILED_AT]
         ):
-            heapq.heappush(self._pending_age, (row.failed_at, task_id))
+            heapq.heappush(self._pending_age, (row[_FAILED_AT], task_id))
         if len(self._due) > 2 * len(self._rows) + 1024:
-            self._due = [(r.due, r.task_id) for r in self._rows.values() if r.due is not None]
+            self._due = [(r[_DUE], r[_ID]) for r in self._rows.values() if r[_DUE] is not None]
             heapq.heapify(self._due)
         if len(self._pending_age) > 2 * len(self._rows) + 1024:
             self._pending_age = [
-                (r.failed_at, r.task_id) for r in self._rows.values() if r.status is _PENDING
+                (r[_FAILED_AT], r[_ID])
+                for r in self._rows.values()
+                if r[_STATUS_AT] is _PENDING_VALUE
             ]
             heapq.heapify(self._pending_age)
 
     def _account(self, row: _Row, sign: int) -> None:
-        _count(self._by_status, row.status, sign)
-        _count(self._by_category, row.error_category, sign)
-        _count(self._by_policy, row.retry_policy, sign)
+        _count(self._by_status, row[_STATUS_AT], sign)
+        _count(self._by_category, row[_CATEGORY_AT], sign)
+        _count(self._by_policy, row[_POLICY_AT], sign)
         self._count_fingerprint(row, sign)
 
     def _reaccount(self, old: _Row, row: _Row) -> None:
         """``_account(old, -1)`` then ``_account(row, +1)``, touching only what changed
         (a claim or a finish changes the status alone)."""
-        if old.status is not row.status:
-            _count(self._by_status, old.status, -1)
-            _count(self._by_status, row.status, +1)
-        if old.error_category is not row.error_category:
-            _count(self._by_category, old.error_category, -1)
-            _count(self._by_category, row.error_category, +1)
-        if old.retry_policy is not row.retry_policy:
-            _count(self._by_policy, old.retry_policy, -1)
-            _count(self._by_policy, row.retry_policy, +1)
-        if old.error_fingerprint != row.error_fingerprint or (
-            (old.status in OPEN_STATUSES) is not (row.status in OPEN_STATUSES)
+        old_status, status = old[_STATUS_AT], row[_STATUS_AT]
+        if old_status is not status:
+            _count(self._by_status, old_status, -1)
+            _count(self._by_status, status, +1)
+        if old[_CATEGORY_AT] is not row[_CATEGORY_AT]:
+            _count(self._by_category, old[_CATEGORY_AT], -1)
+            _count(self._by_category, row[_CATEGORY_AT], +1)
+        if old[_POLICY_AT] is not row[_POLICY_AT]:
+            _count(self._by_policy, old[_POLICY_AT], -1)
+            _count(self._by_policy, row[_POLICY_AT], +1)
+        if old[_FINGERPRINT] != row[_FINGERPRINT] or (
+            (old_status in _OPEN) is not (status in _OPEN)
         ):
             self._count_fingerprint(old, -1)
             self._count_fingerprint(row, +1)
 
     def _count_fingerprint(self, row: _Row, sign: int) -> None:
-        fp = row.error_fingerprint
-        if fp and row.status in OPEN_STATUSES:
+        fp = row[_FINGERPRINT]
+        if fp and row[_STATUS_AT] in _OPEN:
             fingerprints = self._open_fingerprints
             n = fingerprints.get(fp, 0) + sign
             if n > 0:
                 fingerprints[fp] = n
                 if n == 1 and sign > 0:
-                    self._fingerprint_example[fp] = (row.error_type, row.error[:200])
+                    self._fingerprint_example[fp] = (row[_ERROR_TYPE], row[_ERROR][:200])
             else:
                 fingerprints.pop(fp, None)
                 self._fingerprint_example.pop(fp, None)
@@ -397,7 +444,11 @@ class MemoryStore:
         while heap:
             failed_at, task_id = heap[0]
             row = self._rows.get(task_id)
-            if row is not None and row.status is _PENDING and row.failed_at == failed_at:
+            if (
+                row is not None
+                and row[_STATUS_AT] is _PENDING_VALUE
+                and row[_FAILED_AT] == failed_at
+            ):
                 return failed_at
             heapq.heappop(heap)
         return None
