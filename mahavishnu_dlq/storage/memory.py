@@ -143,7 +143,8 @@ _OPEN = frozenset(status.value for status in OPEN_STATUSES)
 
 def _to_task(row: _Row) -> FailedTask:
     """A fresh record of ``row`` (its own dicts and lists)."""
-    values: dict[str, Any] = dict(zip(_FIELDS, row[:_DUE], strict=True))  # field order
+    # field order; zip stops at the end of _FIELDS, before ``due``
+    values: dict[str, Any] = dict(zip(_FIELDS, row, strict=False))
     task, metadata = row[_TASK], row[_METADATA]
     values["task"] = _loads(task)
     values["repos"] = list(row[_REPOS])
@@ -190,9 +191,10 @@ def _row(t: FailedTask, previous: _Row | None, handed: FailedTask | None) -> _Ro
     values[_REPOS] = tuple(v["repos"])
     values[_ATTEMPTS] = tuple(v["attempts"])
     status = v["status"]
-    values[_STATUS_AT] = status.value
-    values[_CATEGORY_AT] = v["error_category"].value
-    values[_POLICY_AT] = v["retry_policy"].value
+    # ``_value_``: the member's value itself (``.value`` is a property, 3x slower)
+    values[_STATUS_AT] = status._value_
+    values[_CATEGORY_AT] = v["error_category"]._value_
+    values[_POLICY_AT] = v["retry_policy"]._value_
     if status is _PENDING:
         values.append(v["next_retry_at"])
     elif status is _RETRYING:
