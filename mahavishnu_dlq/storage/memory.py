@@ -1,6 +1,6 @@
 """The in-memory store: full semantics in one process, and the failover fallback.
 
-Records are kept as compact rows (named tuples; the mutable JSON parts —
+Records are kept as compact rows (plain tuples of atoms; the mutable JSON parts —
 ``task`` and ``metadata`` — as encoded strings; immutable values shared), so a
 stored task costs a few hundred bytes beyond its payload and nobody can change
 a stored record through an object they were handed: every read decodes a fresh
@@ -72,8 +72,8 @@ _Row = tuple[Any, ...]
 
 class _Columns(NamedTuple):
     """The layout of a stored row, compact: a tuple in :class:`FailedTask` field order
-    (then the time it becomes claimable). Immutable values (strings, timestamps, attempts) are
-    shared with the records handed out; ``task`` and ``metadata`` are kept encoded,
+    (then the time it becomes claimable). Immutable values (strings, timestamps,
+    attempts) are shared with the records handed out; ``task`` and ``metadata`` are kept encoded,
     ``repos`` and ``attempts`` as tuples, so no caller can change a stored row.
 
     Status, category and policy are kept as their string values, not the enum
