@@ -231,14 +231,8 @@ class Capture:
     async def enqueue(self, record: FailedTask) -> FailedTask:
         """Store one built record (see :meth:`DeadLetterQueue.enqueue`)."""
         dlq = self._dlq
-        asked_at = self._open_asked_at
-        if (
-            asked_at is not None
-            and time.monotonic() - asked_at < 1.0
-            and self._open_seen < 0.95 * dlq.max_size
-        ):
-            open_now = self._open_seen  # the estimate is fresh (see _open_estimate)
-        else:
+        open_now = self._fresh_open_count()  # no coroutine on the common path
+        if open_now is None:
             open_now = await self._open_estimate()
         full = open_now >= dlq.max_size
         duplicate = False
@@ -396,16 +390,25 @@ class Capture:
         5% of ``max_size`` the store is asked every time, so the limit is exact
         for this process (other processes' enqueues show at the next ask).
         """
-        now = time.monotonic()
+        fresh = self._fresh_open_count()
+        if fresh is not None:
+            return fresh
+        asked_at = time.monotonic()  # before the round trip: the answer is at least this old
+        self._open_seen = await self._dlq.traced_store.open_count()
+        self._open_asked_at = asked_at
+        return self._open_seen
+
+    def _fresh_open_count(self) -> int | None:
+        """The estimate while it may be reused (asked under a second ago, not within
+        5% of ``max_size``); None when the store must be asked."""
         asked_at = self._open_asked_at
         if (
-            asked_at is None
-            or now - asked_at >= 1.0
-            or self._open_seen >= 0.95 * self._dlq.max_size
+            asked_at is not None
+            and time.monotonic() - asked_at < 1.0
+            and self._open_seen < 0.95 * self._dlq.max_size
         ):
-            self._open_seen = await self._dlq.traced_store.open_count()
-            self._open_asked_at = now
-        return self._open_seen
+            return self._open_seen
+        return None
 
 
 def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:
