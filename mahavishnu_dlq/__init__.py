@@ -20,12 +20,15 @@ from mahavishnu_dlq.errors import (
     PayloadTooLargeError,
     QueueFullError,
     RetryAfter,
+    StoreOverloadedError,
     StoreUnavailableError,
     TaskBusyError,
     TaskNotFoundError,
+    UnreadableRecordError,
 )
 from mahavishnu_dlq.hooks import Hooks
 from mahavishnu_dlq.integration import DLQIntegration
+from mahavishnu_dlq.limits import Limits
 from mahavishnu_dlq.models import (
     Attempt,
     AttemptOutcome,
@@ -68,6 +71,7 @@ __all__ = [
     "Hooks",
     "InvalidPayloadError",
     "Jitter",
+    "Limits",
     "MemoryStore",
     "OpenSearchStore",
     "PayloadTooLargeError",
@@ -79,11 +83,13 @@ __all__ = [
     "RetryPolicy",
     "RetryProcessor",
     "Store",
+    "StoreOverloadedError",
     "StoreUnavailableError",
     "TaskBusyError",
     "TaskFilter",
     "TaskNotFoundError",
     "TaskPage",
+    "UnreadableRecordError",
     "__version__",
 ]
 

@@ -18,9 +18,11 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueFullError",
     "RetryAfter",
+    "StoreOverloadedError",
     "StoreUnavailableError",
     "TaskBusyError",
     "TaskNotFoundError",
+    "UnreadableRecordError",
 ]
 
 
@@ -67,9 +69,33 @@ class TaskBusyError(DLQError):
 class StoreUnavailableError(DLQError):
     """The storage backend is unavailable."""
 
+    _state = "unavailable"
+
     def __init__(self, backend: str, detail: str = "") -> None:
         self.backend = backend
-        super().__init__(f"{backend} store is unavailable" + (f": {detail}" if detail else ""))
+        super().__init__(f"{backend} store is {self._state}" + (f": {detail}" if detail else ""))
+
+
+class StoreOverloadedError(StoreUnavailableError):
+    """The storage backend is up but refuses work for now (back-pressure, HTTP 429).
+
+    Raised only after the store's own retries with backoff ran out. A failover
+    store serves the call from its fallback but does not count it toward opening
+    its circuit: an overloaded node is alive.
+    """
+
+    _state = "overloaded (back-pressure)"
+
+
+class UnreadableRecordError(DLQError, LookupError):
+    """A record is stored under this id but cannot be read."""
+
+    def __init__(self, task_id: str, reason: str, source: str | None = None) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        #: the stored form as the store holds it (JSON text), for an operator to inspect
+        self.source = source
+        super().__init__(f"task {task_id!r} is stored but cannot be read: {reason}")
 
 
 class ConfigurationError(DLQError, ValueError):
@@ -83,13 +109,23 @@ class ConfigurationError(DLQError, ValueError):
 class PayloadTooLargeError(DLQError, ValueError):
     """The task payload is too large to store."""
 
-    def __init__(self, task_id: str, size: int, limit: int) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        size: int,
+        limit: int,
+        *,
+        setting: str = "max_payload_bytes",
+        what: str = "payload",
+    ) -> None:
         self.task_id = task_id
         self.size = size
         self.limit = limit
+        #: the setting that sets ``limit``
+        self.setting = setting
         super().__init__(
-            f"task {task_id!r} is too large to store: {size} bytes of JSON, "
-            f"the limit (max_payload_bytes) is {limit}"
+            f"task {task_id!r} is too large to store: its {what} is {size} bytes of JSON, "
+            f"the limit ({setting}) is {limit}"
         )
 
 

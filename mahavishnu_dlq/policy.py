@@ -85,10 +85,19 @@ class PolicyParams:
     exponential_cap: float = 3600.0  #: the longest computed delay, LINEAR included
     jitter: Jitter = Jitter.NONE
     deadline: float | None = None  #: give up this long after the first failure
+    #: IMMEDIATE: the first retry is due at once, every later one at least this late,
+    #: so a task that keeps failing cannot spend its retries in milliseconds
+    immediate_min_delay: float = 1.0
 
     def __post_init__(self) -> None:
         _check_retries(self.max_retries)
-        for name in ("linear_step", "exponential_base", "exponential_cap", "deadline"):
+        for name in (
+            "linear_step",
+            "exponential_base",
+            "exponential_cap",
+            "deadline",
+            "immediate_min_delay",
+        ):
             _check_seconds(name, getattr(self, name))
         if self.exponential_base > self.exponential_cap:
             raise ValueError(
@@ -126,14 +135,16 @@ class RetryDecision:
 def base_delay(params: PolicyParams, retry_count: int) -> float:
     """The un-jittered delay (seconds) before retry number ``retry_count + 1``.
 
-    IMMEDIATE is 0; LINEAR and EXPONENTIAL are capped by ``exponential_cap``, so
-    any ``retry_count`` is safe. NEVER has no delay and raises ``ValueError``.
+    IMMEDIATE is 0 for the first retry and ``immediate_min_delay`` after that (the
+    cap bounds it too);
+    LINEAR and EXPONENTIAL are capped by ``exponential_cap``, so any
+    ``retry_count`` is safe. NEVER has no delay and raises ``ValueError``.
     """
     cap = params.exponential_cap
     if params.policy is RetryPolicy.NEVER:
         raise ValueError("the NEVER policy has no retry delay")
     if params.policy is RetryPolicy.IMMEDIATE:
-        return 0.0
+        return 0.0 if retry_count == 0 else min(params.immediate_min_delay, cap)
     if params.policy is RetryPolicy.LINEAR:
         try:
             return min(params.linear_step * (retry_count + 1), cap)
@@ -189,6 +200,8 @@ def decide(
     else:
         computed = base_delay(params, state.retry_count)
         delay = apply_jitter(computed, params.jitter, _RNG if rng is None else rng)
+        if params.policy is RetryPolicy.IMMEDIATE and state.retry_count:
+            delay = max(delay, computed)  # the floor holds under jitter
         reason = "scheduled"
     next_retry_at = state.now + timedelta(seconds=delay)
     if deadline_at is not None and next_retry_at > deadline_at:

@@ -416,6 +416,7 @@ class DeadLetterQueue:
             "degraded": bool(getattr(self.store, "degraded", False)),
             "failover": getattr(self.store, "health", None),
             "total_stored": stats.total,
+            "unreadable": stats.unreadable,
             "oldest_pending_age_seconds": (
                 None if oldest is None else max(0.0, (now - oldest).total_seconds())
             ),

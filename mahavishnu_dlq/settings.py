@@ -47,6 +47,7 @@ from pydantic_settings.sources import ConfigFileSourceType
 from .alerts import AlertRule, AlertRuleSettings, unique_rule_names
 from .classifier import ClassifierRule, ErrorClassifier
 from .errors import ConfigurationError
+from .limits import Limits
 from .models import ErrorCategory, RetryPolicy
 from .policy import MAX_SECONDS, Jitter, PolicyBook, PolicyOverride, PolicyParams
 
@@ -157,6 +158,12 @@ class PolicySettings(_Group):
         default=3600, gt=0, le=7 * _DAY, description="the longest computed delay"
     )
     jitter: Jitter = Field(default=Jitter.NONE, description="none, full or equal")
+    immediate_min_delay_seconds: float = Field(
+        default=1,
+        ge=0,
+        le=3600,
+        description="IMMEDIATE: the first retry is at once, later ones at least this late",
+    )
     deadline_seconds: float | None = Field(
         default=None,
         gt=0,
@@ -262,6 +269,19 @@ class OpenSearchSettings(_Group):
     )
     refresh: Literal["false", "wait_for", "true"] = Field(
         default="false", description="refresh after writes (tests: wait_for)"
+    )
+    bulk_max_bytes: int = Field(
+        default=8_388_608,
+        ge=65_536,
+        le=104_857_600,
+        description="largest bulk request (below the node's http.max_content_length); "
+        "a bigger record is refused",
+    )
+    backpressure_seconds: float = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="how long writes the node refuses with HTTP 429 are retried, with backoff",
     )
 
     @field_validator("hosts")
@@ -385,7 +405,16 @@ class DLQSettings(BaseSettings):
         default=1_048_576,
         ge=1024,
         le=67_108_864,
-        description="largest JSON size of a task's input plus metadata",
+        description="largest UTF-8 JSON size of a task's input, metadata and repos together",
+    )
+    max_payload_depth: int = Field(
+        default=100, ge=1, le=200, description="deepest nesting of a task's input or metadata"
+    )
+    max_error_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=67_108_864,
+        description="error, last_error and traceback are each cut to this many bytes",
     )
     attempts_kept: int = Field(
         default=20, ge=1, le=1000, description="attempt history entries kept per task"
@@ -472,6 +501,7 @@ class DLQSettings(BaseSettings):
             exponential_cap=policies.exponential_cap_seconds,
             jitter=policies.jitter,
             deadline=policies.deadline_seconds,
+            immediate_min_delay=policies.immediate_min_delay_seconds,
         )
         return PolicyBook(
             default,
@@ -493,6 +523,14 @@ class DLQSettings(BaseSettings):
                 for workflow, workflow_settings in policies.by_workflow.items()
                 for category, override in workflow_settings.categories.items()
             },
+        )
+
+    def limits(self) -> Limits:
+        """The :class:`~mahavishnu_dlq.limits.Limits` these settings describe."""
+        return Limits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_payload_depth=self.max_payload_depth,
+            max_error_bytes=self.max_error_bytes,
         )
 
     def error_classifier(self) -> ErrorClassifier:

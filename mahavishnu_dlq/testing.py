@@ -6,6 +6,8 @@
 - :func:`make_task`: a valid :class:`FailedTask` with overridable fields.
 - :class:`FlakyHandler`: a retry handler that fails a given number of times,
   then succeeds, recording every call.
+- :func:`drain_over_time`: run a processor until nothing falls due within a
+  horizon, moving a :class:`FakeClock` to each next due time.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from mahavishnu_dlq.models import FailedTask
 
-__all__ = ["FakeClock", "FlakyHandler", "make_task"]
+if TYPE_CHECKING:
+    from mahavishnu_dlq.processor import RetryProcessor
+
+__all__ = ["FakeClock", "FlakyHandler", "drain_over_time", "make_task"]
 
 _DEFAULT_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -93,3 +98,27 @@ class FlakyHandler:
         if len(self.calls) <= self.failures:
             raise self.make_error()
         return self.result
+
+
+async def drain_over_time(
+    processor: RetryProcessor, clock: FakeClock, *, horizon: float = 86400.0
+) -> int:
+    """Retry everything that falls due within ``horizon`` seconds from now.
+
+    :meth:`RetryProcessor.drain` stops when nothing is due *now*; this moves
+    ``clock`` to the next due time and drains again, until the next due time is
+    beyond the horizon, nothing is scheduled, or what is due is not taken here.
+    Returns the attempts made.
+    """
+    until = clock.now() + timedelta(seconds=horizon)
+    total = 0
+    while True:
+        made = await processor.drain()
+        total += made
+        due = await processor.dlq.traced_store.next_due_at()
+        if due is None or due > until:
+            return total
+        if due > clock.now():
+            clock.set(due)
+        elif not made:  # due, but nothing here takes it (no handler, or busy)
+            return total

@@ -55,6 +55,8 @@ class StoreStatistics:
     by_policy: dict[str, int]
     oldest_pending_failed_at: datetime | None
     top_fingerprints: list[FingerprintCount] = field(default_factory=list)
+    #: stored records that cannot be read (skipped by every read; see the user guide)
+    unreadable: int = 0
 
     @property
     def open_count(self) -> int:

@@ -64,6 +64,7 @@ STATS_KEYS = {
     "degraded",
     "failover",
     "total_stored",
+    "unreadable",
     "oldest_pending_age_seconds",
     "top_fingerprints",
 }

@@ -88,11 +88,29 @@ def test_exponential_defaults_double_up_to_an_hour() -> None:
 
 def test_immediate_is_due_now() -> None:
     params = PolicyParams(policy=RetryPolicy.IMMEDIATE)
-    assert base_delay(params, 5) == 0.0
+    assert base_delay(params, 0) == 0.0
     decision = decide(params, state(elapsed=90))
     assert decision == RetryDecision(
         RetryAction.RETRY, T0 + timedelta(seconds=90), 0.0, "scheduled"
     )
+
+
+def test_immediate_retries_after_the_first_wait_for_the_floor() -> None:
+    params = PolicyParams(policy=RetryPolicy.IMMEDIATE, max_retries=10)
+    assert [base_delay(params, n) for n in range(4)] == [0.0, 1.0, 1.0, 1.0]
+    later = decide(params, state(retry_count=2, elapsed=5))
+    assert later.delay == 1.0
+    assert later.next_retry_at == T0 + timedelta(seconds=6)
+    quicker = PolicyParams(policy=RetryPolicy.IMMEDIATE, max_retries=10, immediate_min_delay=0.25)
+    assert decide(quicker, state(retry_count=1)).delay == 0.25
+
+
+@given(seed=st.integers(0, 2**32 - 1), jitter=st.sampled_from(list(Jitter)))
+def test_immediate_floor_holds_under_jitter(seed: int, jitter: Jitter) -> None:
+    params = PolicyParams(policy=RetryPolicy.IMMEDIATE, max_retries=10, jitter=jitter)
+    decision = decide(params, state(retry_count=3), random.Random(seed))
+    assert decision.delay is not None
+    assert decision.delay >= min(params.immediate_min_delay, params.exponential_cap)
 
 
 def test_first_exponential_retry_is_scheduled_in_a_minute() -> None:
@@ -248,7 +266,7 @@ def test_module_rng_is_used_only_when_none_is_given(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("retry_count", [10**3, 10**6, 10**100, 10**400])
 def test_huge_retry_count_does_not_overflow(policy: RetryPolicy, retry_count: int) -> None:
     params = PolicyParams(policy=policy, max_retries=10**401)
-    expected = 0.0 if policy is RetryPolicy.IMMEDIATE else 3600.0
+    expected = 1.0 if policy is RetryPolicy.IMMEDIATE else 3600.0  # the floor after the first
     assert base_delay(params, retry_count) == expected
     assert decide(params, state(retry_count)).delay == expected
 

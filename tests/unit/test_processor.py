@@ -22,11 +22,12 @@ import pytest
 
 from mahavishnu_dlq import RetryAfter
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
+from mahavishnu_dlq.policy import PolicyBook, PolicyParams
 from mahavishnu_dlq.processor import RetryProcessor, run_attempt
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage import MemoryStore
 from mahavishnu_dlq.storage.base import Mutation
-from mahavishnu_dlq.testing import FakeClock, FlakyHandler, make_task
+from mahavishnu_dlq.testing import FakeClock, FlakyHandler, drain_over_time, make_task
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +113,11 @@ async def stored(dlq: DeadLetterQueue, task_id: str) -> FailedTask:
     task = await dlq.get_task(task_id)
     assert task is not None, f"{task_id} is not stored"
     return task
+
+
+def dlq_clock(dlq: DeadLetterQueue) -> FakeClock:
+    assert isinstance(dlq.clock, FakeClock)
+    return dlq.clock
 
 
 def history(task: FailedTask) -> list[tuple[str, AttemptOutcome]]:
@@ -218,7 +224,9 @@ async def test_drain_retries_until_nothing_is_due(dlq: DeadLetterQueue) -> None:
     await add(dlq, "later", workflow="doomed", policy="exponential")
     processor = RetryProcessor(dlq)
 
-    assert await processor.drain() == 3 + 2
+    assert await processor.drain() == 2  # the first retries are immediate …
+    assert await processor.drain() == 0  # … a second one waits for the floor (1 s)
+    assert await drain_over_time(processor, dlq_clock(dlq), horizon=30) == 3
     f = await stored(dlq, "f")
     assert f.status is COMPLETED
     assert [a.outcome for a in f.attempts] == [
@@ -237,7 +245,9 @@ async def test_drain_retries_until_nothing_is_due(dlq: DeadLetterQueue) -> None:
     assert dlq.lifetime["exhausted"] == 1
 
 
-async def test_drain_stops_after_max_cycles(dlq: DeadLetterQueue) -> None:
+async def test_drain_stops_after_max_cycles(store: WatchedStore, clock: FakeClock) -> None:
+    no_floor = PolicyBook(PolicyParams(immediate_min_delay=0))  # every retry due at once
+    dlq = DeadLetterQueue(store, clock=clock, worker_id="main", policies=no_floor)
     dlq.register_handler("wf", FlakyHandler(failures=100))
     await add(dlq, "t", max_retries=10)
     processor = RetryProcessor(dlq)
@@ -362,7 +372,7 @@ async def test_attempt_timeout_reschedules_then_exhausts(dlq: DeadLetterQueue) -
         assert await processor.run_once() == 1
     first = await stored(dlq, "t")
     assert first.status is PENDING  # rescheduled: one retry left
-    assert first.next_retry_at == dlq.clock.now()
+    assert first.next_retry_at == dlq.clock.now() + timedelta(seconds=1)  # the floor
     last = first.attempts[-1]
     assert last.outcome is AttemptOutcome.TIMEOUT
     assert last.error == "attempt timed out after 0.05s"
@@ -370,6 +380,7 @@ async def test_attempt_timeout_reschedules_then_exhausts(dlq: DeadLetterQueue) -
     assert first.last_error is not None
     assert "timed out" in first.last_error
 
+    dlq_clock(dlq).advance(1)
     with anyio.fail_after(5):
         assert await processor.run_once() == 1
     second = await stored(dlq, "t")
