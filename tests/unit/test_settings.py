@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import mahavishnu_dlq.settings as package
 from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.errors import ConfigurationError
 from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
@@ -131,6 +132,28 @@ def test_example_yaml_commented_examples_are_valid(tmp_path: Path) -> None:
     settings = DLQSettings.from_yaml(write(tmp_path, text))
     assert settings.policies.by_workflow["nightly-report"].categories
     assert len(settings.classifier.rules) == 3
+
+
+def test_the_settings_package_keeps_its_public_names() -> None:
+    assert package.__all__ == [
+        "CONFIG_ENV_VAR",
+        "ENV_PREFIX",
+        "ClassifierRuleSettings",
+        "ClassifierSettings",
+        "DLQSettings",
+        "FailoverSettings",
+        "OpenSearchSettings",
+        "PolicyOverrideSettings",
+        "PolicySettings",
+        "ProcessorSettings",
+        "WorkflowPolicySettings",
+    ]
+    missing = [name for name in package.__all__ if not hasattr(package, name)]
+    assert missing == []
+    assert (package.ENV_PREFIX, package.CONFIG_ENV_VAR) == (
+        "MAHAVISHNU_DLQ_",
+        "MAHAVISHNU_DLQ_CONFIG",
+    )
 
 
 # --- sources and precedence -----------------------------------------------------------
@@ -495,10 +518,12 @@ def test_password_is_never_in_error_messages(
     assert "123456789" not in str(error.__cause__)
 
 
-def test_redacted_is_json_and_masks_credentials_in_host_urls() -> None:
+def test_redacted_is_json_and_credentials_leave_host_urls() -> None:
     settings = DLQSettings(opensearch={"hosts": [f"https://admin:{HIDDEN}@node:9200"]})
     redacted = settings.redacted()
-    assert redacted["opensearch"]["hosts"] == [f"https://{MASK}@node:9200"]
+    assert redacted["opensearch"]["hosts"] == ["https://node:9200"]
+    assert redacted["opensearch"]["username"] == "admin"
+    assert redacted["opensearch"]["password"] == MASK
     assert json.loads(json.dumps(redacted))["max_size"] == 10000
     assert redacted["default_retry_policy"] == "exponential"
     assert HIDDEN not in str(config_error(opensearch={"hosts": [f"https://a:{HIDDEN}@n", ""]}))

@@ -1,0 +1,56 @@
+"""DLQSettings: the only place environment variables and YAML files are read.
+
+Values come from, highest precedence first: keyword arguments, environment
+variables ``MAHAVISHNU_DLQ_*`` (nested groups with ``__``, e.g.
+``MAHAVISHNU_DLQ_PROCESSOR__CONCURRENCY=4``), a YAML file
+(:meth:`DLQSettings.from_yaml`, or the file named by ``MAHAVISHNU_DLQ_CONFIG``),
+then the defaults. :meth:`DLQSettings.load` is the entry point for hosts and the
+CLI: every problem becomes one line of a
+:class:`~mahavishnu_dlq.errors.ConfigurationError` naming the field, the bad
+value, what is allowed and where the value came from. The core never reads
+settings itself: :meth:`DLQSettings.policy_book` and
+:meth:`DLQSettings.error_classifier` build the objects it takes.
+
+Hostile input is refused with a ConfigurationError, never a traceback: a YAML
+file that is too big, too deep, expands too far through aliases or repeats a
+key; an environment variable too long or nested too deep; credentials in a host
+URL are moved to ``opensearch.username``/``password`` so that nothing shows them.
+
+The package, one module per concept:
+
+- :mod:`.model`: :class:`DLQSettings`, one build, the bridges to the core;
+- :mod:`.groups`: the nested groups (``processor``, ``policies`` …);
+- :mod:`.hosts`: OpenSearch host entries and the credentials they carry;
+- :mod:`.sources`: environment, YAML file, keyword arguments, and their bounds;
+- :mod:`.yamlfile`: the hardened YAML loader of settings files;
+- :mod:`.problems`: validation errors as one readable ConfigurationError.
+"""
+
+from __future__ import annotations
+
+from .groups import (
+    ClassifierRuleSettings,
+    ClassifierSettings,
+    FailoverSettings,
+    OpenSearchSettings,
+    PolicyOverrideSettings,
+    PolicySettings,
+    ProcessorSettings,
+    WorkflowPolicySettings,
+)
+from .model import DLQSettings
+from .sources import CONFIG_ENV_VAR, ENV_PREFIX
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "ENV_PREFIX",
+    "ClassifierRuleSettings",
+    "ClassifierSettings",
+    "DLQSettings",
+    "FailoverSettings",
+    "OpenSearchSettings",
+    "PolicyOverrideSettings",
+    "PolicySettings",
+    "ProcessorSettings",
+    "WorkflowPolicySettings",
+]

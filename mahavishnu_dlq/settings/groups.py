@@ -1,0 +1,293 @@
+"""The settings groups: one pydantic model per nested block of the settings.
+
+``processor``, ``policies`` (with its per-category and per-workflow overrides),
+``classifier``, ``opensearch`` and ``failover``; the alert rules are
+:class:`~mahavishnu_dlq.alerts.AlertRuleSettings`. Each field carries its range
+and a description (the validation messages and the documented example file say
+both). A group refuses unknown keys and never shows its input in pydantic's own
+messages; :mod:`~mahavishnu_dlq.settings.problems` writes the messages users see.
+``opensearch.hosts`` entries are checked and freed of their credentials by
+:mod:`~mahavishnu_dlq.settings.hosts`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
+from mahavishnu_dlq.policy import MAX_SECONDS, Jitter, PolicyOverride
+
+from .hosts import check_host, take_credentials
+from .problems import number
+
+__all__ = [
+    "ClassifierRuleSettings",
+    "ClassifierSettings",
+    "FailoverSettings",
+    "OpenSearchSettings",
+    "PolicyOverrideSettings",
+    "PolicySettings",
+    "ProcessorSettings",
+    "WorkflowPolicySettings",
+]
+
+_DAY = 86400.0
+_INDEX_FORBIDDEN = frozenset('\\/*?"<>| ,#:')
+
+
+class _Group(BaseModel):
+    """A nested settings group: unknown keys are errors, inputs never shown in errors."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class ProcessorSettings(_Group):
+    """The background retry processor."""
+
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="tasks retried at the same time"
+    )
+    attempt_timeout_seconds: float = Field(
+        default=300, ge=0.1, le=_DAY, description="one retry attempt is cancelled after this"
+    )
+    lease_seconds: float = Field(
+        default=600,
+        ge=1,
+        le=_DAY,
+        description="how long a claimed task stays reserved for its worker (crash recovery)",
+    )
+    batch_size: int = Field(
+        default=100, ge=1, le=10000, description="due tasks claimed per processor cycle"
+    )
+    worker_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="name of this worker in leases and attempts; host:pid:random when unset",
+    )
+
+
+class PolicyOverrideSettings(_Group):
+    """Partial retry policy: unset fields inherit from the less specific level."""
+
+    policy: RetryPolicy | None = Field(default=None, description="retry policy")
+    max_retries: int | None = Field(default=None, ge=0, le=10, description="automatic retries")
+    deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="give up this long after the first failure",
+    )
+    jitter: Jitter | None = Field(default=None, description="randomisation of the delay")
+
+    def to_override(self) -> PolicyOverride:
+        """The :class:`~mahavishnu_dlq.policy.PolicyOverride` these settings describe."""
+        return PolicyOverride(
+            policy=self.policy,
+            max_retries=self.max_retries,
+            deadline=self.deadline_seconds,
+            jitter=self.jitter,
+        )
+
+
+class WorkflowPolicySettings(PolicyOverrideSettings):
+    """Policy override of one workflow, optionally refined per error category."""
+
+    categories: dict[ErrorCategory, PolicyOverrideSettings] = Field(
+        default_factory=dict,
+        description="overrides for this workflow's failures of one error category",
+    )
+
+
+class PolicySettings(_Group):
+    """Retry policy parameters and their per-category / per-workflow overrides."""
+
+    linear_step_seconds: float = Field(
+        default=300, gt=0, le=_DAY, description="LINEAR: delay grows by this each retry"
+    )
+    exponential_base_seconds: float = Field(
+        default=60, gt=0, le=_DAY, description="EXPONENTIAL: delay of the first retry"
+    )
+    exponential_cap_seconds: float = Field(
+        default=3600, gt=0, le=7 * _DAY, description="the longest computed delay"
+    )
+    jitter: Jitter = Field(default=Jitter.NONE, description="none, full or equal")
+    immediate_min_delay_seconds: float = Field(
+        default=1,
+        ge=0,
+        le=3600,
+        description="IMMEDIATE: the first retry is at once, later ones at least this late",
+    )
+    deadline_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="give up this long after the first failure (none: no deadline)",
+    )
+    category_policies: dict[ErrorCategory, RetryPolicy] = Field(
+        default_factory=dict,
+        description="retry policy per error category, over the built-in mapping",
+    )
+    by_category: dict[ErrorCategory, PolicyOverrideSettings] = Field(
+        default_factory=dict, description="overrides per error category"
+    )
+    by_workflow: dict[str, WorkflowPolicySettings] = Field(
+        default_factory=dict, description="overrides per workflow name (most specific wins)"
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> PolicySettings:
+        if self.exponential_cap_seconds < self.exponential_base_seconds:
+            raise ValueError(
+                f"exponential_cap_seconds ({number(self.exponential_cap_seconds)}) must be "
+                f">= exponential_base_seconds ({number(self.exponential_base_seconds)})"
+            )
+        return self
+
+    @field_validator("by_workflow")
+    @classmethod
+    def _workflow_names(
+        cls, value: dict[str, WorkflowPolicySettings]
+    ) -> dict[str, WorkflowPolicySettings]:
+        for name in value:
+            if not name.strip():
+                raise ValueError("workflow names in by_workflow must not be empty")
+        return value
+
+
+class ClassifierRuleSettings(_Group):
+    """One explicit classification rule: exception type and/or message regex -> category."""
+
+    category: ErrorCategory = Field(description="the category a matching failure gets")
+    exception_type: str | None = Field(
+        default=None,
+        min_length=1,
+        description="exception class name, plain (TimeoutError) or dotted (httpx.ReadTimeout)",
+    )
+    pattern: str | None = Field(
+        default=None, min_length=1, description="regular expression searched in the message"
+    )
+
+    @field_validator("exception_type")
+    @classmethod
+    def _dotted_name(cls, value: str | None) -> str | None:
+        if value is not None and not all(part.isidentifier() for part in value.split(".")):
+            raise ValueError(f"exception_type {value!r} is not a (dotted) class name")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {value!r} is not a valid regular expression: {exc}"
+                ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> ClassifierRuleSettings:
+        if self.exception_type is None and self.pattern is None:
+            raise ValueError("a classifier rule needs an exception_type, a pattern or both")
+        return self
+
+
+class ClassifierSettings(_Group):
+    """How failures are sorted into error categories."""
+
+    use_keywords: bool = Field(
+        default=True, description="fall back to message keywords (timeout, rate limit …)"
+    )
+    rules: list[ClassifierRuleSettings] = Field(
+        default_factory=list, description="explicit rules, checked first, in order"
+    )
+
+
+class OpenSearchSettings(_Group):
+    """Connection to OpenSearch (store ``opensearch`` or ``failover``)."""
+
+    hosts: list[Annotated[str, AfterValidator(check_host)]] = Field(
+        default_factory=lambda: ["http://127.0.0.1:9200"],
+        min_length=1,
+        description="node URLs; credentials in them move to username and password",
+    )
+    username: str | None = Field(default=None, description="basic-auth user")
+    password: SecretStr | None = Field(default=None, description="basic-auth password")
+    verify_certs: bool = Field(default=True, description="verify TLS certificates")
+    ca_certs: str | None = Field(default=None, description="CA bundle file for TLS")
+    timeout_seconds: float = Field(default=10, ge=0.1, le=300, description="per-request timeout")
+    index: str = Field(
+        default="mahavishnu-dlq-tasks", min_length=1, max_length=255, description="index name"
+    )
+    refresh: Literal["false", "wait_for", "true"] = Field(
+        default="false", description="refresh after writes (tests: wait_for)"
+    )
+    bulk_max_bytes: int = Field(
+        default=8_388_608,
+        ge=65_536,
+        le=104_857_600,
+        description="largest bulk request (below the node's http.max_content_length); "
+        "a bigger record is refused",
+    )
+    backpressure_seconds: float = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="how long writes the node refuses with HTTP 429 are retried, with backoff",
+    )
+
+    @model_validator(mode="after")
+    def _credentials_out_of_hosts(self) -> OpenSearchSettings:
+        secret = None if self.password is None else self.password.get_secret_value()
+        hosts, username, password = take_credentials(self.hosts, self.username, secret)
+        if hosts != self.hosts:
+            self.hosts = hosts
+            self.username = username
+            self.password = None if password is None else SecretStr(password)
+        return self
+
+    @field_validator("index")
+    @classmethod
+    def _index_name(cls, value: str) -> str:
+        problem = None
+        if value != value.lower():
+            problem = "must be lowercase"
+        elif value in {".", ".."}:
+            problem = "must not be '.' or '..'"
+        elif value[0] in "-_+":
+            problem = "must not start with '-', '_' or '+'"
+        elif bad := sorted(_INDEX_FORBIDDEN.intersection(value)):
+            problem = "must not contain " + " ".join(repr(char) for char in bad)
+        if problem:
+            raise ValueError(f"index name {value!r} {problem}")
+        return value
+
+
+class FailoverSettings(_Group):
+    """The failover store: OpenSearch first, a fallback while it is down."""
+
+    fallback: Literal["memory", "none"] = Field(
+        default="memory", description="where writes go while OpenSearch is down"
+    )
+    failure_threshold: int = Field(
+        default=3, ge=1, le=100, description="consecutive failures that open the circuit"
+    )
+    probe_interval_seconds: float = Field(
+        default=5, ge=0.1, le=3600, description="how often recovery is probed"
+    )
+    store_timeout_seconds: float = Field(
+        default=5, ge=0.05, le=300, description="an OpenSearch call slower than this fails over"
+    )
