@@ -74,7 +74,7 @@ async def guarded_call(
     call succeeded. A cancellation of the caller still propagates.
     """
     # Imported here: the processor may import this module (through alerts).
-    from mahavishnu_dlq.processor import call_handler  # noqa: PLC0415
+    from mahavishnu_dlq.attempt import call_handler  # noqa: PLC0415
 
     name = callable_name(fn)
     fields = {"action": action, role: name, **extra}

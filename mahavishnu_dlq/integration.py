@@ -26,13 +26,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from mahavishnu_dlq.attempt import call_handler, is_async
 from mahavishnu_dlq.models import (
     DLQIntegrationStrategy,
     ErrorCategory,
     FailedTask,
     RetryPolicy,
 )
-from mahavishnu_dlq.processor import _is_async, call_handler
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
@@ -52,23 +52,38 @@ _SELECTIVE = frozenset({ErrorCategory.TRANSIENT, ErrorCategory.NETWORK, ErrorCat
 
 
 def _note(exc: BaseException, text: str) -> None:
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
-        add_note(text)
-    else:  # Python 3.10
-        notes = getattr(exc, "__notes__", None)
+    """Add a note to ``exc``, best effort: an exception whose ``__notes__`` is not a
+    list, or whose attribute access raises, is re-raised without it."""
+    try:
+        add_note = getattr(exc, "add_note", None)
+        if add_note is not None:
+            add_note(text)
+            return
+        notes = getattr(exc, "__notes__", None)  # Python 3.10
         if notes is None:
             notes = []
             exc.__notes__ = notes  # type: ignore[attr-defined]
         notes.append(text)
+    except Exception:  # noqa: BLE001 - the caller's exception matters, not our note
+        _log.debug("dlq: could not add a note to %s", type(exc).__name__)
 
 
 def _mark(exc: BaseException, task_id: str | None, error: BaseException | None) -> None:
+    """Set ``dlq_task_id`` and ``dlq_error`` on ``exc``, best effort (``__slots__``, a
+    raising ``__setattr__``: the note still tells)."""
     try:
         exc.dlq_task_id = task_id  # type: ignore[attr-defined]
         exc.dlq_error = error  # type: ignore[attr-defined]
-    except AttributeError:  # exceptions with __slots__: the note still tells
-        pass
+    except Exception:  # noqa: BLE001 - the caller's exception matters, not our marks
+        _log.debug("dlq: could not mark %s with its task id", type(exc).__name__)
+
+
+def _stored_as(exc: BaseException) -> Any:
+    """``exc.dlq_task_id`` if an inner wrapper stored it already (None when unreadable)."""
+    try:
+        return getattr(exc, "dlq_task_id", None)
+    except Exception:  # noqa: BLE001 - a raising __getattr__ / __getattribute__
+        return None
 
 
 async def capture_failure(
@@ -91,7 +106,7 @@ async def capture_failure(
     if not dlq.enabled:  # the DLQ is switched off: the failure just propagates
         _mark(exc, None, None)
         return None
-    if getattr(exc, "dlq_task_id", None) is not None:  # stored by an inner wrapper already
+    if _stored_as(exc) is not None:  # stored by an inner wrapper already
         return None
     tid = task_id or uuid.uuid4().hex
     try:
@@ -150,8 +165,8 @@ async def execute_with_dlq(
                     dlq, fn, task, repos, task_id, workflow, retry_policy, max_retries, metadata
                 )
             except BaseException as exc:
-                stored_as = getattr(exc, "dlq_task_id", None)
-                if stored_as is not None:
+                stored_as = _stored_as(exc)
+                if isinstance(stored_as, str):
                     span.set_attribute("dlq.task_id", stored_as)
                 raise
     return await _execute(
@@ -172,7 +187,7 @@ async def _execute(
 ) -> R:
     repo_list = list(repos) if repos is not None else []
     try:
-        if _is_async(fn):
+        if is_async(fn):
             return await fn(task, repo_list)  # type: ignore[no-any-return,misc]
         return await call_handler(fn, task, repo_list)  # type: ignore[no-any-return]
     except Exception as exc:
