@@ -29,6 +29,16 @@ from mahavishnu_dlq.errors import (
     PayloadTooLargeError,
     QueueFullError,
 )
+from mahavishnu_dlq.limits import (
+    MAX_TYPE_CHARS,
+    bound_text,
+    check_id,
+    check_name,
+    check_tree,
+    clean_text,
+    find_invalid_text,
+    shown,
+)
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     ErrorCategory,
@@ -99,27 +109,27 @@ class Capture:
         ones; a batch passes its own.
         """
         dlq = self._dlq
-        if task_id.__class__ is not str or not task_id or len(task_id) > 512:
-            raise InvalidPayloadError(str(task_id), "task_id must be a string of 1-512 characters")
+        limits = dlq.limits
+        task_id = check_id(task_id)
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int)
+        ):
+            raise TypeError(f"max_retries must be an int, got {type(max_retries).__name__}")
         if max_retries is not None and not 0 <= max_retries <= 1000:
             raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
-        task_copy, meta, payload_json = self._payload(task_id, task, metadata, context)
+        workflow = check_name(task_id, "workflow", workflow or "")
         repo_list = _repos(task_id, repos)
+        task_copy, meta, payload_json = self._payload(task_id, task, metadata, context, repo_list)
         if now is None:
             now = dlq.clock.now()
-        workflow = workflow or ""
         hint: float | None = None
         if isinstance(error, BaseException):
-            error_type = error_type_name(error)
-            message = exception_message(error) or error_type
-            category = ErrorCategory(error_category) if error_category else None
-            category = category or dlq.classifier.classify(error)
-            fingerprint = dlq.classifier.fingerprint(error)
-            trace = format_traceback(error)
-            hint = retry_after_hint(error)
+            error_type, message, category, fingerprint, trace, hint = self._read_exception(
+                error, error_category
+            )
         else:
             error_type = ""
-            message = error if error.__class__ is str else str(error)
+            message = error if error.__class__ is str else _text_of(error)
             known = self._text_errors.get(message)
             if known is None:
                 if len(self._text_errors) >= _CACHE_LIMIT:
@@ -129,6 +139,10 @@ class Capture:
             category = ErrorCategory(error_category) if error_category else known[0]
             fingerprint = known[1]
             trace = None
+        limit = limits.max_error_bytes
+        message = bound_text(message, limit)
+        if trace is not None:
+            trace = bound_text(trace, limit)
         params = dlq.policies.resolve(
             workflow=workflow,
             category=category,
@@ -182,15 +196,44 @@ class Capture:
             payload_json,
         )
 
+    def _read_exception(
+        self, error: BaseException, error_category: ErrorCategory | str | None
+    ) -> tuple[str, str, ErrorCategory, str, str | None, float | None]:
+        """(error type, message, category, fingerprint, traceback, delay hint) of ``error``.
+
+        An exception is whatever the workflow raised: one whose attributes, ``str``
+        or ``__getattribute__`` raise is still captured, with what can be read."""
+        dlq = self._dlq
+        given = ErrorCategory(error_category) if error_category else None
+        error_type = error_type_name(error)[:MAX_TYPE_CHARS]
+        try:
+            message = exception_message(error) or error_type
+            category = given or dlq.classifier.classify(error)
+            fingerprint = dlq.classifier.fingerprint(error)
+            trace = format_traceback(error)
+            hint = retry_after_hint(error)
+        except Exception as exc:  # noqa: BLE001 - a hostile exception is a failure to keep
+            _log.debug("dlq.enqueue: the exception could not be fully read: %r", type(exc))
+            message = f"<{error_type}: the exception could not be read ({type(exc).__name__})>"
+            category = given or ErrorCategory.PERMANENT
+            fingerprint = dlq.classifier.fingerprint(message, error_type=error_type)
+            return error_type, message, category, fingerprint, None, None
+        return error_type, message, category, fingerprint, trace, hint
+
     def _payload(
         self,
         task_id: str,
         task: Any,
         metadata: Mapping[str, Any] | None,
         context: tuple[dict[str, Any], str] | None,
+        repos: list[str],
     ) -> tuple[dict[str, Any], dict[str, Any], tuple[str, str]]:
         """Copies of ``task`` and ``metadata`` (the failure context added) and their
-        compact JSON, encoded once: the size check and the store both use it."""
+        compact JSON, encoded once: the checks and the store both use it.
+
+        Checked (:mod:`mahavishnu_dlq.limits`): both are JSON objects with string keys,
+        nested at most ``max_payload_depth`` levels, holding valid Unicode only, and
+        with ``repos`` at most ``max_payload_bytes`` of UTF-8 JSON."""
         if not isinstance(task, Mapping):
             raise InvalidPayloadError(
                 task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
@@ -200,18 +243,30 @@ class Capture:
                 task_id,
                 f"'metadata' must be a JSON object (a mapping), got {type(metadata).__name__}",
             )
-        task = dict(task)
-        meta = dict(metadata) if metadata else {}
+        try:
+            task = dict(task)
+            meta = dict(metadata) if metadata else {}
+        except Exception as exc:
+            raise InvalidPayloadError(
+                task_id, f"task/metadata could not be read: {type(exc).__name__}: {exc}"
+            ) from exc
+        limits = self._dlq.limits
+        check_tree(task_id, "task", task, limits.max_payload_depth)
+        if meta:
+            check_tree(task_id, "metadata", meta, limits.max_payload_depth)
         try:
             task_json = encode_json(task)
             user_json = encode_json(meta) if meta else ""
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
-        size = len(task_json) if task_json.isascii() else len(task_json.encode())
-        size += len(user_json) if user_json.isascii() else len(user_json.encode())
-        limit = self._dlq.max_payload_bytes
+        size = _utf8_size(task_id, "task", task, task_json) + _utf8_size(
+            task_id, "metadata", meta, user_json
+        )
+        if repos:
+            size += len(encode_json(repos).encode())  # each name is valid Unicode already
+        limit = limits.max_payload_bytes
         if size > limit:
-            raise PayloadTooLargeError(task_id, size, limit)
+            raise PayloadTooLargeError(task_id, size, limit, what="input, metadata and repos")
         if context is None:
             ctx, ctx_json = failure_context_json()
         else:
@@ -293,8 +348,11 @@ class Capture:
                 )
             except DLQError as exc:
                 results[index] = exc
-            except ValueError as exc:  # an unknown policy or category, max_retries range
-                results[index] = InvalidPayloadError(str(failure.task_id), str(exc))
+            except (ValueError, TypeError) as exc:  # an unknown policy or category, a
+                # max_retries out of range, an id that is not a string: this item only
+                task_id = failure.task_id
+                name = clean_text(task_id) if isinstance(task_id, str) else shown(task_id)
+                results[index] = InvalidPayloadError(name, str(exc))
             else:
                 records.append((index, record))
         if records:
@@ -412,14 +470,43 @@ class Capture:
 
 
 def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:
-    """The repository names as a new list (a lone string would be split into letters)."""
-    if not repos:
+    """The repository names as a new list of valid Unicode strings (a lone string would
+    be split into letters; other values are taken by their ``str``)."""
+    if repos is None:
         return []
     if isinstance(repos, (str, bytes)) or not isinstance(repos, Iterable):
         raise InvalidPayloadError(
             task_id, f"'repos' must be a list of names, got {type(repos).__name__}"
         )
-    return list(map(str, repos))
+    try:
+        names = [name if name.__class__ is str else _text_of(name) for name in repos]
+    except Exception as exc:
+        raise InvalidPayloadError(
+            task_id, f"'repos' could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    for index, name in enumerate(names):
+        if not name.isascii():
+            check_name(task_id, f"repos[{index}]", name, max_chars=len(name))
+    return names
+
+
+def _text_of(value: object) -> str:
+    """``str(value)`` as a plain string."""
+    text = str(value)
+    return text if text.__class__ is str else str.__str__(text)
+
+
+def _utf8_size(task_id: str, field: str, value: Any, text: str) -> int:
+    """The UTF-8 size of ``text`` (the JSON of ``value``); ``InvalidPayloadError`` naming
+    where a lone surrogate sits, which UTF-8 cannot encode."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise find_invalid_text(task_id, field, value) or InvalidPayloadError(
+            task_id, f"{field} is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 def first_plan(params: PolicyParams) -> _FirstPlan:

@@ -46,6 +46,7 @@ __all__ = [
     "find_invalid_text",
     "is_valid_unicode",
     "require_str",
+    "shown",
 ]
 
 #: Longest task id (characters).
@@ -108,7 +109,8 @@ def is_valid_unicode(text: str) -> bool:
     return True
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """A short, safe ``repr`` of ``value`` for messages (a hostile ``__repr__`` cannot break it)."""
     try:
         return _short.repr(value)
     except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real problem
@@ -121,7 +123,7 @@ def check_id(task_id: object) -> str:
     text = require_str(task_id, "task_id")
     if not text or len(text) > MAX_ID_CHARS:
         raise InvalidPayloadError(
-            clean_text(text[:100]), f"task_id must be a string of 1-{MAX_ID_CHARS} characters"
+            clean_text(text), f"task_id must be a string of 1-{MAX_ID_CHARS} characters"
         )
     if not is_valid_unicode(text):
         raise InvalidPayloadError(
@@ -149,7 +151,7 @@ def check_name(task_id: str, field: str, value: object, max_chars: int = MAX_NAM
 
 
 def _where(field: str, path: tuple[object, ...]) -> str:
-    text = field + "".join(f"[{_shown(part)}]" for part in path)
+    text = field + "".join(f"[{shown(part)}]" for part in path)
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -177,7 +179,7 @@ def check_tree(task_id: str, field: str, value: Any, max_depth: int) -> None:
                     raise InvalidPayloadError(
                         task_id,
                         f"{field} has a key that is not a string at {_where(field, path)}: "
-                        f"{_shown(key)} ({type(key).__name__}); JSON keys are strings, and "
+                        f"{shown(key)} ({type(key).__name__}); JSON keys are strings, and "
                         "1 and '1' would collide",
                     )
                 if isinstance(item, _CONTAINERS):

@@ -19,6 +19,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mahavishnu_dlq.limits import is_valid_unicode
+
 M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
@@ -333,6 +335,15 @@ class TaskFilter(BaseModel):
     def _one_or_many(cls, value: Any) -> tuple[Any, ...] | None:
         return _as_tuple(value)
 
+    @field_validator("workflow", "text", "fingerprint")
+    @classmethod
+    def _valid_text(cls, value: Any) -> Any:
+        texts = value if isinstance(value, tuple) else (value,)
+        for text in texts:
+            if isinstance(text, str) and not is_valid_unicode(text):
+                raise ValueError(f"{text!r} is not valid Unicode (a lone surrogate)")
+        return value
+
     @field_validator("since", "until", "updated_before")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
@@ -388,15 +399,35 @@ def encode_cursor(sort_key: int, task_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: Longest cursor :func:`decode_cursor` reads: the cursor of the longest id (512
+#: astral characters, each 12 characters of ASCII JSON) is 8,226 characters.
+MAX_CURSOR_CHARS = 10_000
+_SORT_KEY_LIMIT = 2**63 - 1  # a sort key is a long (microseconds) to OpenSearch
+
+
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Inverse of :func:`encode_cursor`; ``ValueError`` names a malformed cursor."""
+    """Inverse of :func:`encode_cursor`; ``ValueError`` names a malformed cursor.
+
+    A cursor comes from outside (a command line, a URL), so it is checked before it
+    is decoded: ASCII, at most :data:`MAX_CURSOR_CHARS` characters, and JSON of an
+    integer sort key (64-bit) and a string; deep nesting is refused, not recursed.
+    """
+    shown = repr(cursor) if len(cursor) <= 80 else f"{cursor[:60]!r}… ({len(cursor)} chars)"
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError(f"malformed cursor {shown}: longer than {MAX_CURSOR_CHARS} characters")
+    if not cursor.isascii():
+        raise ValueError(f"malformed cursor {shown}: a cursor is ASCII")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key, task_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"malformed cursor {cursor!r}") from exc
-    if not isinstance(key, int) or not isinstance(task_id, str):
-        raise ValueError(f"malformed cursor {cursor!r}")  # noqa: TRY004 - one error for any bad cursor
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(f"malformed cursor {shown}") from exc
+    if (
+        type(key) is not int
+        or not isinstance(task_id, str)
+        or not -_SORT_KEY_LIMIT <= key <= _SORT_KEY_LIMIT
+    ):
+        raise ValueError(f"malformed cursor {shown}")
     return key, task_id
 
 

@@ -1,11 +1,13 @@
 """DeadLetterQueue: the public face of the library and the only caller of the store.
 
 It turns a failure into a record (classified, fingerprinted, scheduled by its
-policy), enforces the limits (``max_size``, payload size), applies the state
-machine of :mod:`mahavishnu_dlq.lifecycle` through :meth:`Store.mutate`, keeps
-the lifetime counters, and owns the background :class:`RetryProcessor`.
-Wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) lives in
-:mod:`mahavishnu_dlq.integration`; the methods here delegate to it.
+policy; :mod:`mahavishnu_dlq.capture`), enforces the limits (``max_size`` and
+:class:`~mahavishnu_dlq.limits.Limits`), applies the state machine of
+:mod:`mahavishnu_dlq.lifecycle` through :meth:`Store.mutate`, keeps the lifetime
+counters, and owns the background :class:`RetryProcessor`. Operator actions
+(retry now, replay, archive, purge) live in :mod:`mahavishnu_dlq.operations` and
+wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) in
+:mod:`mahavishnu_dlq.integration`; the methods here delegate to them.
 """
 
 from __future__ import annotations
@@ -15,26 +17,24 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
 
-from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.alerts import Alert, AlertCallback, AlertEvaluator, AlertRule
 from mahavishnu_dlq.capture import Capture, Failure
 from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.clock import Clock, SystemClock
-from mahavishnu_dlq.errors import ConfigurationError, DLQError, TaskBusyError, TaskNotFoundError
+from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks
 from mahavishnu_dlq.integration import execute_with_dlq, guard, workflow_decorator
+from mahavishnu_dlq.limits import Limits, require_str
 from mahavishnu_dlq.models import (
-    DeadLetterStatus,
     ErrorCategory,
     FailedTask,
     ReplayItem,
@@ -42,12 +42,20 @@ from mahavishnu_dlq.models import (
     RetryPolicy,
     TaskFilter,
     TaskPage,
+    decode_cursor,
 )
-from mahavishnu_dlq.policy import (
-    PolicyBook,
+from mahavishnu_dlq.operations import (
+    Operations,
+    StatusArg,
+    make_filter,
+    purge_filter,
+    replay_filter,
+    statuses,
 )
-from mahavishnu_dlq.processor import RetryProcessor, run_attempt
+from mahavishnu_dlq.policy import PolicyBook
+from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage.base import Store
+from mahavishnu_dlq.storage.build import store_from_settings
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.telemetry import Telemetry, TracedStore
@@ -75,21 +83,6 @@ _LIFETIME_KEYS = (
     "deferred",
     "lost",
 )
-_REPLAYABLE = (DeadLetterStatus.PENDING, DeadLetterStatus.EXHAUSTED, DeadLetterStatus.RETRYING)
-_PURGEABLE_DEFAULT = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
-
-
-def _statuses(
-    value: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None,
-) -> tuple[DeadLetterStatus, ...] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, (str, DeadLetterStatus)) else list(value)
-    try:
-        return tuple(DeadLetterStatus(item) for item in items)
-    except ValueError:
-        allowed = ", ".join(s.value for s in DeadLetterStatus)
-        raise ValueError(f"unknown status in {items!r}; allowed: {allowed}") from None
 
 
 class DeadLetterQueue:
@@ -111,7 +104,8 @@ class DeadLetterQueue:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         worker_id: str | None = None,
-        max_payload_bytes: int = 1_048_576,
+        max_payload_bytes: int | None = None,
+        limits: Limits | None = None,
         attempts_kept: int = 20,
         lease_seconds: float = 600.0,
         attempt_timeout_seconds: float = 300.0,
@@ -142,7 +136,15 @@ class DeadLetterQueue:
         self.alerts = AlertEvaluator(alert_rules, clock=self.clock)
         self.rng = rng or random.Random()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.max_payload_bytes = max_payload_bytes
+        limits = limits or Limits()
+        if max_payload_bytes is not None:  # the original keyword, kept
+            limits = Limits(
+                max_payload_bytes=max_payload_bytes,
+                max_payload_depth=limits.max_payload_depth,
+                max_error_bytes=limits.max_error_bytes,
+            )
+        #: what the queue takes and keeps (payload size and depth, error text size)
+        self.limits = limits
         self.attempts_kept = attempts_kept
         self.lease_seconds = lease_seconds
         self.attempt_timeout_seconds = attempt_timeout_seconds
@@ -159,6 +161,12 @@ class DeadLetterQueue:
         self._opened = False
         self._wakeup: Callable[[], None] | None = None
         self._capture = Capture(self)
+        self._operations = Operations(self)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest UTF-8 JSON size of a task's input, metadata and repos together."""
+        return self.limits.max_payload_bytes
 
     # -- construction and lifecycle ------------------------------------------------
 
@@ -166,7 +174,7 @@ class DeadLetterQueue:
     def from_settings(cls, settings: DLQSettings, *, store: Store | None = None) -> DeadLetterQueue:
         """Build a queue, its store, classifier and policies from :class:`DLQSettings`."""
         if store is None:
-            store = _store_from_settings(settings)
+            store = store_from_settings(settings)
         return cls(
             store,
             max_size=settings.max_size,
@@ -174,7 +182,7 @@ class DeadLetterQueue:
             settings=settings,
             policies=settings.policy_book(),
             worker_id=settings.processor.worker_id,
-            max_payload_bytes=settings.max_payload_bytes,
+            limits=settings.limits(),
             attempts_kept=settings.attempts_kept,
             lease_seconds=settings.processor.lease_seconds,
             attempt_timeout_seconds=settings.processor.attempt_timeout_seconds,
@@ -366,12 +374,14 @@ class DeadLetterQueue:
     # -- reading ---------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> FailedTask | None:
-        """The stored record, or None."""
-        return await self.traced_store.get(task_id)
+        """The stored record, or None. Raises :class:`UnreadableRecordError` when a
+        record is stored under ``task_id`` but cannot be read (its ``source`` shows it),
+        and ``TypeError`` when ``task_id`` is not a string."""
+        return await self.traced_store.get(require_str(task_id, "task_id"))
 
     async def list_tasks(
         self,
-        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+        status: StatusArg = None,
         limit: int = 100,
         *,
         error_category: ErrorCategory | str | Iterable[ErrorCategory | str] | None = None,
@@ -382,11 +392,20 @@ class DeadLetterQueue:
         fingerprint: str | None = None,
         cursor: str | None = None,
     ) -> TaskPage[FailedTask]:
-        """Tasks newest failure first; ``.cursor`` on the result fetches the next page."""
+        """Tasks newest failure first; ``.cursor`` on the result fetches the next page.
+
+        Records that cannot be read are skipped (see ``unreadable`` in
+        :meth:`get_statistics`). A bad argument raises ``ValueError`` or
+        ``TypeError`` naming it.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {type(limit).__name__}")
         if not 1 <= limit <= 10000:
             raise ValueError(f"limit must be between 1 and 10000, got {limit}")
-        flt = TaskFilter(
-            status=_statuses(status),
+        if cursor is not None:
+            decode_cursor(require_str(cursor, "cursor"))  # a malformed one: ValueError here
+        flt = make_filter(
+            status=statuses(status),
             error_category=error_category,
             workflow=workflow,
             since=since,
@@ -397,133 +416,27 @@ class DeadLetterQueue:
         return await self.traced_store.query(flt, limit=limit, cursor=cursor)
 
     async def get_statistics(self) -> dict[str, Any]:
-        """Counts, lifetime counters and health, with the original Mahavishnu keys."""
-        stats = await self.traced_store.statistics()
-        now = self.clock.now()
-        size = stats.open_count
-        oldest = stats.oldest_pending_failed_at
-        result = {
-            "queue_size": size,
-            "max_size": self.max_size,
-            "utilization_percent": round(100.0 * size / self.max_size, 2),
-            "status_breakdown": {s.value: stats.by_status.get(s, 0) for s in DeadLetterStatus},
-            "error_categories": {c.value: stats.by_category.get(c.value, 0) for c in ErrorCategory},
-            "retry_policies": {p.value: stats.by_policy.get(p.value, 0) for p in RetryPolicy},
-            "lifetime_stats": dict(self.lifetime),
-            "is_processor_running": self.is_processor_running,
-            "retry_interval_seconds": self.retry_interval_seconds,
-            "backend": self.store.backend,
-            "degraded": bool(getattr(self.store, "degraded", False)),
-            "failover": getattr(self.store, "health", None),
-            "total_stored": stats.total,
-            "unreadable": stats.unreadable,
-            "oldest_pending_age_seconds": (
-                None if oldest is None else max(0.0, (now - oldest).total_seconds())
-            ),
-            "top_fingerprints": [
-                {
-                    "fingerprint": fp.fingerprint,
-                    "count": fp.count,
-                    "error_type": fp.error_type,
-                    "example_error": fp.example_error,
-                }
-                for fp in stats.top_fingerprints
-            ],
-        }
-        self.telemetry.snapshot = result  # what the depth and age gauges report
-        return result
+        """Counts, lifetime counters and health, with the original Mahavishnu keys (plus
+        ``backend``, ``degraded``, ``failover``, ``total_stored``, ``unreadable``,
+        ``oldest_pending_age_seconds`` and ``top_fingerprints``)."""
+        return await self._operations.statistics()
 
-    # -- operator actions ----------------------------------------------------------------
+    # -- operator actions (see mahavishnu_dlq.operations) ------------------------------
 
     async def retry_task(self, task_id: str) -> dict[str, Any]:
         """Retry one task now through its handler, claiming it like the processor does.
 
         Returns ``{"success", "task_id", "result" | "error", "message"}``. Raises
-        :class:`TaskNotFoundError` for an unknown id and :class:`TaskBusyError`
-        while the task is being retried elsewhere. A failure counts toward
-        exhaustion exactly like an automatic retry.
+        :class:`TaskNotFoundError` for an unknown id, :class:`TaskBusyError` while
+        the task is being retried elsewhere, :class:`UnreadableRecordError` when its
+        stored record cannot be read. A failure counts toward exhaustion exactly like
+        an automatic retry.
         """
-        current = await self.traced_store.get(task_id)
-        if current is None:
-            raise TaskNotFoundError(task_id)
-        if current.status in (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED):
-            return {
-                "success": False,
-                "task_id": task_id,
-                "error": "not retryable",
-                "message": f"task {task_id} is {current.status.value}; there is nothing to retry",
-            }
-        if self.handler_for(current.workflow) is None:
-            return {
-                "success": False,
-                "task_id": task_id,
-                "error": "no handler",
-                "message": f"no handler registered for workflow {current.workflow!r} "
-                "and no default callback",
-            }
-        owner = f"{self.worker_id}/manual"
-        claimed = await self.traced_store.mutate(
-            task_id, partial(self._claim_manual, task_id=task_id, owner=owner)
-        )
-        self.lifetime["manually_retried"] += 1
-        outcome = await run_attempt(self, claimed, owner=owner)
-        if outcome.status is DeadLetterStatus.EXHAUSTED and outcome.record is not None:
-            await self.hooks.exhausted(outcome.record)
-        _info(
-            "dlq.manual_retry",
-            "dlq.manual_retry %s: %s -> %s",
-            task_id,
-            outcome.outcome.value,
-            outcome.status.value,
-            task_id=task_id,
-            outcome=outcome.outcome.value,
-            status=outcome.status.value,
-        )
-        if outcome.success:
-            return {
-                "success": True,
-                "task_id": task_id,
-                "result": outcome.result,
-                "message": f"task {task_id} succeeded on retry {claimed.retry_count}",
-            }
-        return {
-            "success": False,
-            "task_id": task_id,
-            "error": outcome.error,
-            "message": f"retry {claimed.retry_count} of task {task_id} failed; "
-            f"task is now {outcome.status.value}",
-        }
-
-    def _claim_manual(self, current: FailedTask | None, *, task_id: str, owner: str) -> FailedTask:
-        if current is None:
-            raise TaskNotFoundError(task_id)
-        return lifecycle.claim(
-            current,
-            now=self.clock.now(),
-            owner=owner,
-            lease_seconds=self.lease_seconds,
-            trigger="manual",
-            attempts_kept=self.attempts_kept,
-        )
+        return await self._operations.retry_task(task_id)
 
     async def archive_task(self, task_id: str) -> bool:
         """Set a task aside for audit. False when no such task exists."""
-
-        def archive(current: FailedTask | None) -> FailedTask:
-            if current is None:
-                raise TaskNotFoundError(task_id)
-            return lifecycle.archive(current, now=self.clock.now())
-
-        try:
-            before = await self.traced_store.get(task_id)
-            await self.traced_store.mutate(task_id, archive)
-        except TaskNotFoundError:
-            return False
-        if before is not None and before.status is not DeadLetterStatus.ARCHIVED:
-            self.lifetime["archived"] += 1
-            self.telemetry.count("archived", before)
-            _info("dlq.archive", "dlq.archive %s", task_id, task_id=task_id)
-        return True
+        return await self._operations.archive_task(task_id)
 
     async def replay(
         self,
@@ -541,103 +454,28 @@ class DeadLetterQueue:
         tasks are selected (:meth:`replay_filter`). ``dry_run`` lists what would be
         replayed and touches nothing; ``rate_per_second`` paces the changes;
         ``limit`` caps how many; ``on_item`` is called after each task (progress).
-        An exhausted task gets one more retry.
+        An exhausted task gets one more retry. Records that cannot be read are
+        skipped (and counted by :meth:`get_statistics` as ``unreadable``).
         """
-        if rate_per_second is not None and rate_per_second <= 0:
-            raise ValueError(f"rate_per_second must be > 0, got {rate_per_second}")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        flt = self.replay_filter(filter)
-        report = ReplayReport(dry_run=dry_run)
-        # Paced by the injected clock (not the event loop's): item k starts k/rate
-        # seconds after the first, so n items take (n-1)/rate seconds.
-        pace = rate_per_second is not None and not dry_run
-        started = self.clock.now()
-        async for task in self._iterate(flt, limit):
-            if pace and report.matched and rate_per_second is not None:
-                start_at = started + timedelta(seconds=report.matched / rate_per_second)
-                wait = (start_at - self.clock.now()).total_seconds()
-                if wait > 0:
-                    await self.clock.sleep(wait)
-            report.matched += 1
-            item = await self._replay_one(task, dry_run=dry_run, run=run)
-            report.items.append(item)
-            if on_item is not None:
-                on_item(item)
-            if item.outcome in ("replayed", "would_replay"):
-                report.replayed += 1
-            elif item.outcome == "succeeded":
-                report.replayed += 1
-                report.succeeded += 1
-            elif item.outcome == "failed":
-                report.failed += 1
-            else:
-                report.skipped += 1
-        if report.replayed and not dry_run and self._wakeup is not None:
-            self._wakeup()
-        _info(
-            "dlq.replay",
-            "dlq.replay %d matched, %d replayed, %d failed, %d skipped%s",
-            report.matched,
-            report.replayed,
-            report.failed,
-            report.skipped,
-            " (dry run)" if dry_run else "",
-            matched=report.matched,
-            replayed=report.replayed,
+        return await self._operations.replay(
+            filter,
             dry_run=dry_run,
+            rate_per_second=rate_per_second,
+            limit=limit,
+            run=run,
+            on_item=on_item,
         )
-        return report
 
     @staticmethod
     def replay_filter(filter: TaskFilter | None = None) -> TaskFilter:
         """What :meth:`replay` selects: ``filter``, by default pending/exhausted/retrying."""
-        flt = filter or TaskFilter()
-        if flt.status is None:
-            flt = flt.model_copy(update={"status": _REPLAYABLE})
-        return flt
-
-    async def _iterate(self, flt: TaskFilter, limit: int | None) -> AsyncIterator[FailedTask]:
-        seen = 0
-        cursor: str | None = None
-        while limit is None or seen < limit:
-            size = 500 if limit is None else min(500, limit - seen)
-            page = await self.traced_store.query(flt, limit=size, cursor=cursor)
-            for task in page:
-                yield task
-                seen += 1
-            if page.cursor is None:
-                return
-            cursor = page.cursor
-
-    async def _replay_one(self, task: FailedTask, *, dry_run: bool, run: bool) -> ReplayItem:
-        now = self.clock.now()
-        try:
-            if dry_run:
-                lifecycle.make_due(task, now=now)
-                return ReplayItem(task_id=task.task_id, outcome="would_replay")
-            if run:
-                result = await self.retry_task(task.task_id)
-                outcome = "succeeded" if result["success"] else "failed"
-                return ReplayItem(
-                    task_id=task.task_id, outcome=outcome, detail=str(result.get("error") or "")
-                )
-
-            def due(current: FailedTask | None) -> FailedTask:
-                if current is None:
-                    raise TaskNotFoundError(task.task_id)
-                return lifecycle.make_due(current, now=now)
-
-            await self.traced_store.mutate(task.task_id, due)
-            return ReplayItem(task_id=task.task_id, outcome="replayed")
-        except (TaskBusyError, TaskNotFoundError) as exc:
-            return ReplayItem(task_id=task.task_id, outcome="skipped", detail=str(exc))
+        return replay_filter(filter)
 
     async def purge(
         self,
         *,
         older_than: timedelta | datetime | None = None,
-        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+        status: StatusArg = None,
         dry_run: bool = False,
     ) -> int:
         """Delete records (completed and archived unless ``status`` says otherwise).
@@ -646,33 +484,13 @@ class DeadLetterQueue:
         updated before it go. Returns how many were deleted, or with ``dry_run``
         how many match now (nothing is deleted).
         """
-        flt = self.purge_filter(older_than=older_than, status=status)
-        if dry_run:
-            return await self.traced_store.count(flt)
-        count = await self.traced_store.purge(
-            older_than=flt.updated_before, statuses=flt.status or ()
-        )
-        self.lifetime["purged"] += count
-        self.telemetry.purged(count)
-        _info("dlq.purge", "dlq.purge %d records", count, count=count)
-        return count
+        return await self._operations.purge(older_than=older_than, status=status, dry_run=dry_run)
 
     def purge_filter(
-        self,
-        *,
-        older_than: timedelta | datetime | None = None,
-        status: DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None = None,
+        self, *, older_than: timedelta | datetime | None = None, status: StatusArg = None
     ) -> TaskFilter:
         """The records :meth:`purge` with these arguments deletes, as a filter."""
-        statuses = _statuses(status) or _PURGEABLE_DEFAULT
-        cutoff: datetime | None
-        if isinstance(older_than, timedelta):
-            if older_than < timedelta(0):
-                raise ValueError(f"older_than must not be negative, got {older_than}")
-            cutoff = self.clock.now() - older_than
-        else:
-            cutoff = older_than
-        return TaskFilter(status=statuses, updated_before=cutoff)
+        return purge_filter(self.clock.now(), older_than, status)
 
     async def count_tasks(self, filter: TaskFilter | None = None) -> int:
         """How many stored records match ``filter`` (all when None)."""
@@ -680,11 +498,7 @@ class DeadLetterQueue:
 
     async def clear_all(self) -> int:
         """Delete every record. Returns how many were deleted."""
-        count = await self.traced_store.clear()
-        self.lifetime["purged"] += count
-        self.telemetry.purged(count)
-        _info("dlq.clear", "dlq.clear %d records", count, count=count)
-        return count
+        return await self._operations.clear_all()
 
     # -- the processor ---------------------------------------------------------------------
 
@@ -814,28 +628,3 @@ class DeadLetterQueue:
             max_retries=max_retries,
             metadata=metadata,
         )
-
-
-def _info(action: str, message: str, *args: Any, **extra: Any) -> None:
-    """An INFO line with a stable ``action`` and structured extras (ids and counts, never
-    task input or metadata)."""
-    if _log.isEnabledFor(logging.INFO):
-        _log.info(message, *args, extra={"action": action, **extra})
-
-
-def _store_from_settings(settings: DLQSettings) -> Store:
-    if settings.store == "memory":
-        return MemoryStore()
-    from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
-
-    search = OpenSearchStore.from_settings(settings.opensearch)
-    if settings.store == "opensearch":
-        return search
-    failover = settings.failover
-    return FailoverStore(
-        search,
-        fail_closed=failover.fallback == "none",
-        failure_threshold=failover.failure_threshold,
-        probe_interval=failover.probe_interval_seconds,
-        timeout=failover.store_timeout_seconds,
-    )

@@ -507,10 +507,22 @@ async def test_a_huge_payload_is_refused_and_nothing_is_stored(clock: FakeClock)
     assert (await dlq.get_statistics())["lifetime_stats"]["enqueued_total"] == 1
 
 
-@pytest.mark.parametrize("task_id", ["", "a" * 513, None, 17])
-async def test_bad_task_ids_are_refused(dlq: DeadLetterQueue, task_id: object) -> None:
+@pytest.mark.parametrize("task_id", ["", "a" * 513])
+async def test_bad_task_ids_are_refused(dlq: DeadLetterQueue, task_id: str) -> None:
     with pytest.raises(InvalidPayloadError, match="1-512 characters"):
+        await dlq.enqueue(task_id, {}, error="boom")
+    assert await ids(dlq) == []
+
+
+@pytest.mark.parametrize("task_id", [None, 17, b"bytes", ["a"]])
+async def test_ids_that_are_not_strings_are_a_type_error(
+    dlq: DeadLetterQueue, task_id: object
+) -> None:
+    with pytest.raises(TypeError, match="task_id must be a string"):
         await dlq.enqueue(cast(Any, task_id), {}, error="boom")
+    for read in (dlq.get_task, dlq.retry_task, dlq.archive_task):
+        with pytest.raises(TypeError, match="task_id must be a string"):
+            await read(cast(Any, task_id))
     assert await ids(dlq) == []
 
 
