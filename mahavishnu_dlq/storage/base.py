@@ -12,22 +12,50 @@ mutations, so every backend gets the same state machine for free.
 own (its failure is handed back in its place); :func:`mutate_each` builds it from
 ``mutate`` for stores whose mutations are remote calls.
 
+Unreadable records: a store may hold a record it cannot decode (written by a
+newer version, by hand, or before input was checked). Every read skips such a
+record instead of failing — :meth:`Store.query`, :meth:`Store.claim_due` and
+:meth:`Store.statistics` (which counts them as ``unreadable``) — except a read of
+that very id, :meth:`Store.get` or :meth:`Store.mutate`, which raises
+:class:`~mahavishnu_dlq.errors.UnreadableRecordError` carrying the stored form.
+:class:`UnreadableRecords` does the bookkeeping for a store: it decodes, logs
+each undecodable id once per process, and remembers a bounded set of them.
+
+:class:`KeyedLock` orders the mutations of one id inside a process, so that
+only other processes' writes can race a compare-and-set.
+
 The contract is pinned down by ``tests/contract/``, which runs against every
 backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import logging
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import anyio
 
+from mahavishnu_dlq.errors import UnreadableRecordError
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 
-__all__ = ["FingerprintCount", "Mutation", "Store", "StoreStatistics", "mutate_each"]
+__all__ = [
+    "FingerprintCount",
+    "KeyedLock",
+    "Mutation",
+    "Store",
+    "StoreStatistics",
+    "UnreadableRecords",
+    "mutate_each",
+    "report_unreadable",
+]
+
+_log = logging.getLogger("mahavishnu_dlq.storage")
+_REPORTED_KEPT = 100_000  # ids reported unreadable, remembered to log each once
 
 #: Computes a record's successor from the current record (None when absent).
 #: It must be pure: under contention a store may call it more than once. It
@@ -191,3 +219,132 @@ async def mutate_each(
         for task_id, indexes in by_id.items():
             group.start_soon(apply, task_id, indexes)
     return cast("list[FailedTask | Exception]", results)  # every slot is filled by now
+
+
+class KeyedLock:
+    """One FIFO lock per key, made when contended and gone when free.
+
+    ``async with lock.hold(key):`` runs the block alone for ``key``; others wait
+    their turn in arrival order. An uncontended ``hold`` costs two dict operations.
+    """
+
+    def __init__(self) -> None:
+        self._busy: dict[str, deque[anyio.Event]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        waiters = self._busy.get(key)
+        if waiters is None:
+            self._busy[key] = deque()
+        else:
+            turn = anyio.Event()
+            waiters.append(turn)
+            try:
+                await turn.wait()
+            except BaseException:
+                if turn.is_set():  # handed the lock just as we were cancelled: pass it on
+                    self._release(key)
+                else:
+                    waiters.remove(turn)
+                raise
+        try:
+            yield
+        finally:
+            self._release(key)
+
+    def _release(self, key: str) -> None:
+        waiters = self._busy[key]
+        if waiters:
+            waiters.popleft().set()  # the next in line holds it now
+        else:
+            del self._busy[key]
+
+    def __len__(self) -> int:
+        """Keys held right now."""
+        return len(self._busy)
+
+
+_reported: dict[tuple[str, str], None] = {}
+
+
+def report_unreadable(where: str, task_id: str, reason: str) -> None:
+    """Log (WARNING, action ``dlq.unreadable``) that the record ``task_id`` in ``where``
+    (a backend and its index or file) cannot be read — once per process and id."""
+    key = (where, task_id)
+    if key in _reported:
+        return
+    if len(_reported) >= _REPORTED_KEPT:
+        _reported.clear()
+    _reported[key] = None
+    shown = task_id.encode("utf-8", "backslashreplace").decode("utf-8")
+    _log.warning(
+        "dlq.unreadable: record %r in %s cannot be read and is skipped: %s",
+        shown,
+        where,
+        reason,
+        extra={"action": "dlq.unreadable", "task_id": shown, "reason": reason},
+    )
+
+
+class UnreadableRecords:
+    """A store's view of the records it cannot decode.
+
+    ``decode(source)`` turns a stored form into a record or raises ``ValueError``
+    (pydantic's ``ValidationError``), ``TypeError`` or ``KeyError``; ``reason``
+    says why in one line; ``raw`` shows a stored form as text. Undecodable records
+    are remembered by key (a bounded, most recent set: claims can leave them out)
+    and reported once per process by :func:`report_unreadable`.
+    """
+
+    def __init__(
+        self,
+        where: str,
+        decode: Callable[[Any], FailedTask],
+        *,
+        reason: Callable[[BaseException], str] = lambda exc: f"{type(exc).__name__}: {exc}",
+        raw: Callable[[Any], str] = repr,
+        kept: int = 1000,
+    ) -> None:
+        self.where = where
+        self._decode = decode
+        self._reason = reason
+        self._raw = raw
+        self._kept = kept
+        self._known: OrderedDict[str, str] = OrderedDict()  # key -> why
+
+    def read(self, key: str, source: Any) -> FailedTask | None:
+        """The record in ``source``; None (noted, reported) when it cannot be decoded."""
+        try:
+            return self._decode(source)
+        except (ValueError, TypeError, KeyError) as exc:
+            self._note(key, source, self._reason(exc))
+            return None
+
+    def read_or_raise(self, task_id: str, key: str, source: Any) -> FailedTask:
+        """The record in ``source``, or :class:`UnreadableRecordError` showing it."""
+        try:
+            return self._decode(source)
+        except (ValueError, TypeError, KeyError) as exc:
+            why = self._reason(exc)
+            self._note(key, source, why)
+            raise UnreadableRecordError(task_id, why, self._raw(source)) from exc
+
+    def _note(self, key: str, source: Any, why: str) -> None:
+        self._known[key] = why
+        self._known.move_to_end(key)
+        if len(self._known) > self._kept:
+            self._known.popitem(last=False)
+        task_id = source.get("task_id") if isinstance(source, dict) else None
+        report_unreadable(self.where, task_id if isinstance(task_id, str) else key, why)
+
+    @property
+    def keys(self) -> Collection[str]:
+        """Keys of the records found undecodable (the most recent ``kept``)."""
+        return self._known.keys()
+
+    def forget(self, key: str | None = None) -> None:
+        """Forget ``key`` (deleted), or every key when None (cleared)."""
+        if key is None:
+            self._known.clear()
+        else:
+            self._known.pop(key, None)

@@ -39,6 +39,17 @@ Visibility
     many changes await re-sync, when it last failed over and recovered; the queue's
     statistics include it. A warning is logged once per transition, not per call.
 
+Back-pressure
+    A primary that answers "overloaded" (HTTP 429 beyond its own retries,
+    :class:`~mahavishnu_dlq.errors.StoreOverloadedError`), or that is slow while it
+    pushes back, is alive: the call is served by the fallback (journaled) but does
+    not count toward opening the circuit.
+
+Nothing stops the re-sync or the probe: a change the primary cannot take (its
+record there cannot be read, say) is set aside — kept in the fallback, reported
+once, counted as ``unsynced`` in :attr:`FailoverStore.health` — and the rest goes
+on; the probe logs an unexpected error and tries again at the next interval.
+
 What is at risk: the journal and the fallback live in this process. If the process
 dies during an outage, changes not yet re-synced are gone — ``fallback=None``
 avoids that by refusing them instead (the caller keeps the failure).
@@ -56,7 +67,13 @@ from typing import Any, TypeVar
 import anyio
 
 from mahavishnu_dlq.clock import Clock, SystemClock
-from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
+from mahavishnu_dlq.errors import (
+    ConfigurationError,
+    StoreOverloadedError,
+    StoreUnavailableError,
+    TaskBusyError,
+    UnreadableRecordError,
+)
 from mahavishnu_dlq.models import Attempt, DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -131,6 +148,7 @@ class FailoverStore:
         self._open = False  # the circuit: True while calls go straight to the fallback
         self._journal: dict[str, int] = {}  # id -> change number, changed in the fallback
         self._deleted: dict[str, datetime] = {}  # id -> when, deleted in the fallback
+        self._unsynced: dict[str, str] = {}  # id -> why the primary refused its re-sync
         self._change = 0
         self._seen: OrderedDict[str, FailedTask] = OrderedDict()
         self._wake = anyio.Event()
@@ -173,6 +191,7 @@ class FailoverStore:
             "degraded_since": self.degraded_since,
             "last_resync_changes": None if self.last_resync is None else self.last_resync[0],
             "last_resync_seconds": None if self.last_resync is None else self.last_resync[1],
+            "unsynced": len(self._unsynced),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -209,12 +228,27 @@ class FailoverStore:
 
     # -- routing -----------------------------------------------------------------------
 
+    def _pushing_back(self, exc: BaseException) -> bool:
+        """True when ``exc`` says the primary is alive but overloaded (HTTP 429): its own
+        error, or a timeout while it has pushed back within the last timeout."""
+        if isinstance(exc, StoreOverloadedError):
+            return True
+        since = getattr(self.primary, "backpressure_at", None)
+        return (
+            isinstance(exc, TimeoutError)
+            and isinstance(since, float)
+            and time.monotonic() - since < 2 * self.timeout
+        )
+
     def _trip(self, exc: BaseException, *, at_start: bool = False) -> None:
-        self._failures += 1
         if isinstance(exc, TimeoutError):
             self.last_error = f"no answer within {self.timeout:g} s"
         else:
             self.last_error = f"{type(exc).__name__}: {exc}"
+        if self._pushing_back(exc) and not at_start:
+            self.last_error += " (back-pressure: the circuit stays closed)"
+            return
+        self._failures += 1
         if not self._open and (at_start or self._failures >= self.failure_threshold):
             self._open = True
             self.failed_over_at = self.clock.now()
@@ -262,7 +296,9 @@ class FailoverStore:
     def _on_fallback(self, task_id: str | None = None) -> bool:
         if self._open:
             return True
-        return task_id is not None and (task_id in self._journal or task_id in self._deleted)
+        return task_id is not None and (
+            task_id in self._journal or task_id in self._deleted or task_id in self._unsynced
+        )
 
     def _remember(self, task: FailedTask | None) -> FailedTask | None:
         if task is not None:
@@ -440,6 +476,7 @@ class FailoverStore:
             count += await self.fallback.clear()
         self._journal.clear()
         self._deleted.clear()
+        self._unsynced.clear()
         self._seen.clear()
         return count
 
@@ -455,7 +492,16 @@ class FailoverStore:
                 self._wake = anyio.Event()
                 await self._wake.wait()
             await anyio.sleep(self.probe_interval)  # real time: tests call probe() themselves
-            await self.probe()
+            try:
+                await self.probe()
+            except Exception as exc:  # noqa: BLE001 - the probe runs in the host's task group
+                _log.warning(
+                    "dlq.failover: the probe failed (%s: %s); trying again in %g s",
+                    type(exc).__name__,
+                    exc,
+                    self.probe_interval,
+                    extra={"action": "dlq.failover", "outcome": "probe_failed"},
+                )
 
     async def probe(self) -> bool:
         """Check the primary now and re-sync if it answers; True when fully recovered."""
@@ -509,19 +555,37 @@ class FailoverStore:
         limiter = anyio.Semaphore(_RESYNC_CONCURRENCY)
         failures: list[BaseException] = []
 
-        async def guarded(step: Awaitable[None]) -> None:
+        async def guarded(task_id: str, step: Awaitable[None]) -> None:
             async with limiter:
                 try:
                     await step
                 except (StoreUnavailableError, TimeoutError) as exc:
-                    failures.append(exc)
+                    failures.append(exc)  # the primary is down again: stop, keep the journal
+                except Exception as exc:  # noqa: BLE001 - this change only: set it aside
+                    self._set_aside(task_id, exc)
 
         async with anyio.create_task_group() as group:
             for task_id, change in writes:
-                group.start_soon(guarded, self._resync_one(task_id, change))
+                group.start_soon(guarded, task_id, self._resync_one(task_id, change))
             for task_id, when in deletions:
-                group.start_soon(guarded, self._resync_delete(task_id, when))
+                group.start_soon(guarded, task_id, self._resync_delete(task_id, when))
         return failures[0] if failures else None
+
+    def _set_aside(self, task_id: str, exc: BaseException) -> None:
+        """A change the primary refuses (its record there cannot be read, …): kept in the
+        fallback (calls about the id stay there), reported once, no longer re-synced."""
+        why = f"{type(exc).__name__}: {exc}"
+        self._unsynced[task_id] = why
+        self._journal.pop(task_id, None)
+        self._deleted.pop(task_id, None)
+        _log.error(
+            "dlq.failover: the change of task %r cannot be re-synced to %s (%s); it stays in "
+            "the fallback of this process",
+            task_id,
+            self.primary.backend,
+            why,
+            extra={"action": "dlq.failover", "task_id": task_id, "outcome": "unsynced"},
+        )
 
     async def _resync_one(self, task_id: str, change: int) -> None:
         assert self.fallback is not None  # noqa: S101
@@ -538,8 +602,12 @@ class FailoverStore:
 
     async def _resync_delete(self, task_id: str, when: datetime) -> None:
         with anyio.fail_after(self.timeout):
-            stored = await self.primary.get(task_id)
-            if stored is not None and stored.updated_at <= when:
+            try:
+                stored = await self.primary.get(task_id)
+            except UnreadableRecordError:  # unreadable there: the deletion stands
                 await self.primary.delete(task_id)
+            else:
+                if stored is not None and stored.updated_at <= when:
+                    await self.primary.delete(task_id)
         if self._deleted.get(task_id) == when:
             del self._deleted[task_id]

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import DLQError
+from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
     Attempt,
@@ -234,10 +235,14 @@ class MemoryStore:
     # -- single records --------------------------------------------------------
 
     async def get(self, task_id: str) -> FailedTask | None:
+        if task_id.__class__ is not str:
+            task_id = require_str(task_id, "task_id")
         row = self._rows.get(task_id)
         return None if row is None else _to_task(row)
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
+        if task_id.__class__ is not str:
+            task_id = require_str(task_id, "task_id")
         row = self._rows.get(task_id)
         current = None if row is None else _to_task(row)
         new = fn(current)
@@ -262,7 +267,7 @@ class MemoryStore:
         return results
 
     async def delete(self, task_id: str) -> bool:
-        row = self._rows.pop(task_id, None)
+        row = self._rows.pop(require_str(task_id, "task_id"), None)
         if row is None:
             return False
         self._account(row, -1)

@@ -1,30 +1,19 @@
 """OpenSearchStore: the Store contract on one OpenSearch index, with core APIs only.
 
-Mapping
+Mapping and ids
     :meth:`OpenSearchStore.open` puts a composable index template matching the
-    index name exactly and creates the index, both with an explicit strict mapping
-    (``dynamic: strict``; see :mod:`~mahavishnu_dlq.storage.opensearch_query`):
-    keywords for ids, status, category, policy, fingerprint, workflow and worker;
-    the error texts as keywords too (up to 8191 characters) so the
-    case-insensitive substring filter is a ``regexp`` query (with explicit case
-    classes: ``case_insensitive`` only folds ASCII); ``task``,
-    ``metadata`` and ``attempts`` stored but not indexed; the timestamps as
-    ``date`` plus ``long`` microsecond fields for exact sorting and ranges. An
-    existing index with a conflicting field is refused with a
-    :class:`~mahavishnu_dlq.errors.ConfigurationError`; one that lacks fields
-    (an older mapping version, kept in ``_meta``) is upgraded in place.
-
-Ids
-    Task ids may be any string, so the document ``_id`` is the SHA-256 hex digest
-    of the task id; the id itself is the ``task_id`` field. Records are
-    ``FailedTask.model_dump(mode="json")`` and validated back: they round-trip
-    exactly, microseconds and nested JSON included.
+    index name exactly and creates the index, both with the strict mapping of
+    :mod:`~mahavishnu_dlq.storage.opensearch_query` (which also describes the
+    document layout). An index with a conflicting field is refused
+    (``ConfigurationError``); one that lacks fields (an older mapping version,
+    kept in ``_meta``) is upgraded in place. The document ``_id`` is the SHA-256
+    hex digest of the task id, so any id string is safe.
 
 Compare-and-set
     :meth:`~OpenSearchStore.mutate` first tries an optimistic ``create`` of
     ``fn(None)`` (most enqueues are of new ids: this skips a read). When the
-    record exists — or ``fn`` refuses a missing record — it reads the document in realtime (with its
-    ``_seq_no``/``_primary_term``), computes the successor, and writes it only if
+    record exists — or ``fn`` refuses a missing record — it reads the document in
+    realtime (with its ``_seq_no``/``_primary_term``), computes the successor, and writes it only if
     nobody wrote in between (``if_seq_no``/``if_primary_term``, or ``create`` when
     there was no document). A 409 means another writer won: re-read, call the
     (pure) function again, up to ``conflict_retries`` times, then
@@ -32,12 +21,23 @@ Compare-and-set
     ``write_id``, so a 409 that answers the transport's retry of a write that had
     in fact been applied is recognised as our own success.
 
-Group commit
-    Writes go through ``_bulk``: while bulk requests are in flight (at most
-    ``max_in_flight``), the writes of other tasks queue up and are sent together
-    in the next one; each caller still awaits the result of its own item. The
-    store remembers the version of its own last write per document (bounded), so
-    a claim's finish needs no read.
+Writes
+    Every write goes through ``_bulk`` in bounded, group-committed requests, and a
+    node's HTTP 429 is back-pressure, retried with backoff (see
+    :mod:`~mahavishnu_dlq.storage.opensearch_write`). The store remembers the
+    version of its own last write per document (bounded), so a claim's finish
+    needs no read. Mutations of one id inside this process are applied one after
+    the other (a per-id lock), so 200 concurrent enqueues of one id are 200 merges
+    and no conflict; the compare-and-set retry is left for other processes' writes.
+
+Unreadable documents
+    A document this version cannot decode (invalid Unicode, an unknown status or
+    policy written by a newer version, a missing or wrong-typed field) never stops
+    a read: listings and claims skip it, statistics count it as ``unreadable``
+    (documents with unknown values, and those this process found undecodable),
+    each id is logged once (``dlq.unreadable``), and a read of that very id
+    (``get``, ``mutate``) raises :class:`~mahavishnu_dlq.errors.UnreadableRecordError`
+    with the stored source.
 
 Claims
     :meth:`~OpenSearchStore.claim_due` searches ``due_us <= now`` (``due_us`` is
@@ -60,39 +60,22 @@ Visibility (the trade-off)
     refreshes when this store wrote since its last refresh, so what a short-lived
     process (a CLI command) changed is searchable the moment it exits.
 
-Errors
-    Connection failures, timeouts, 429 and 5xx answers, and authentication or
-    authorization failures become :class:`~mahavishnu_dlq.errors.StoreUnavailableError`
-    (the client's exception as ``__cause__``); a request the index refuses (HTTP
-    400, e.g. a mapping conflict) a :class:`~mahavishnu_dlq.errors.ConfigurationError`.
-    The password never appears in messages or reprs.
-
-opensearch-py's ``AsyncOpenSearch`` runs on asyncio only: every method refuses
-to run under trio with a :class:`~mahavishnu_dlq.errors.ConfigurationError`.
+Errors and the client: :mod:`~mahavishnu_dlq.storage.opensearch_client`
+(asyncio only; the password never appears in messages or reprs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import re
-import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Collection, Sequence
+from contextlib import suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
-from opensearchpy import (
-    AsyncOpenSearch,
-    ConnectionTimeout,
-    NotFoundError,
-    RequestError,
-    TransportError,
-)
-from opensearchpy import ConnectionError as OpenSearchConnectionError
+from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError
 from pydantic import SecretStr
 
 from mahavishnu_dlq.clock import from_micros, to_micros
@@ -102,6 +85,7 @@ from mahavishnu_dlq.errors import (
     StoreUnavailableError,
     TaskBusyError,
 )
+from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     FailedTask,
@@ -109,10 +93,17 @@ from mahavishnu_dlq.models import (
     TaskPage,
     decode_cursor,
     encode_cursor,
-    encode_json,
 )
 from mahavishnu_dlq.storage import opensearch_query as q
-from mahavishnu_dlq.storage.base import Mutation, StoreStatistics, mutate_each
+from mahavishnu_dlq.storage.base import (
+    KeyedLock,
+    Mutation,
+    StoreStatistics,
+    UnreadableRecords,
+    mutate_each,
+)
+from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Doc, Entry, Item
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import OpenSearchSettings
@@ -122,138 +113,19 @@ __all__ = ["OpenSearchStore"]
 _log = logging.getLogger(__name__)
 
 Refresh = Literal["false", "wait_for", "true"]
-_Item = dict[str, Any]
 
-
-class _Doc(NamedTuple):
-    """A document as written: its JSON text (:func:`q.document_json`) and write id."""
-
-    text: str
-    write_id: str
-
-
-#: One bulk item: the action line and the document (None for deletes).
-_Entry = tuple[dict[str, Any], _Doc | None]
-
-_BACKEND = "opensearch"
-_MASK = "**********"
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_PAGE = 10_000  # index.max_result_window
 _OK = frozenset({200, 201})
-_BULK_FILTER = (
-    "items.*.status,items.*.error.type,items.*.error.reason,items.*._seq_no,items.*._primary_term"
-)
 _KNOWN_LIMIT = 4096  # documents whose last write (ours) we remember, for reads we can skip
-_TRIO_HINT = (
-    "OpenSearchStore runs on asyncio (opensearch-py's AsyncOpenSearch); under trio use "
-    "the memory store, or run the queue on asyncio (anyio.run(..., backend='asyncio') "
-    "or BlockingDLQ(..., backend='asyncio'))"
-)
+_UNREADABLE_KEPT = 1000  # undecodable document ids remembered (claims skip them)
 
 
-def _async_library() -> str:
+def _raw(source: Any) -> str:
+    """A stored source as JSON text, for an operator to read."""
     try:
-        import sniffio  # noqa: PLC0415 - optional: it comes with trio, the other loop
-    except ImportError:  # pragma: no cover - without trio installed only asyncio runs
-        return "asyncio"
-    try:
-        return sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return "unknown"
-
-
-def _require_asyncio() -> None:
-    if _async_library() != "asyncio":
-        raise ConfigurationError(_TRIO_HINT, field="store")
-
-
-def _error_info(info: Any) -> tuple[str, str]:
-    """(type, reason) of an OpenSearch error body or bulk item error."""
-    error = info.get("error", info) if isinstance(info, dict) else info
-    if isinstance(error, dict):
-        causes = error.get("root_cause") or [error]
-        cause = causes[0] if isinstance(causes[0], dict) else error
-        return str(cause.get("type", "")), str(cause.get("reason", ""))
-    return "", "" if error is None else str(error)
-
-
-class _GroupCommit:
-    """Sends queued bulk items together: at most ``max_in_flight`` requests at a
-    time, the next batch gathering meanwhile; each submitter awaits the results of
-    its own items. A few requests in flight keep a node's write threads busy while
-    the next batch forms; one request (one translog fsync) per batch is what makes
-    writes cheap."""
-
-    def __init__(
-        self,
-        send: Callable[[str], Awaitable[list[_Item]]],
-        max_items: int,
-        max_in_flight: int = 4,
-    ) -> None:
-        self._send = send
-        self._max_items = max_items
-        self._max_in_flight = max(1, max_in_flight)
-        self._queue: list[tuple[list[_Entry], asyncio.Future[list[_Item]]]] = []
-        self._workers: set[asyncio.Task[None]] = set()
-
-    async def submit(self, entries: list[_Entry]) -> list[_Item]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[_Item]] = loop.create_future()
-        self._queue.append((entries, future))
-        if len(self._workers) < self._max_in_flight:
-            worker = loop.create_task(self._drain())
-            self._workers.add(worker)
-        return await future
-
-    async def flush(self) -> None:
-        """Wait until everything submitted so far has been sent."""
-        while self._workers:
-            await asyncio.wait(set(self._workers))
-
-    def _take(self) -> list[tuple[list[_Entry], asyncio.Future[list[_Item]]]]:
-        count = items = 0
-        for entries, _ in self._queue:
-            if count and items + len(entries) > self._max_items:
-                break
-            count += 1
-            items += len(entries)
-        batch = self._queue[:count]
-        del self._queue[:count]
-        return batch
-
-    async def _drain(self) -> None:
-        me = asyncio.current_task()
-        try:
-            while self._queue:
-                batch = self._take()
-                lines: list[str] = []  # NDJSON, encoded here: the client sends it as is
-                for entries, _ in batch:
-                    for action, doc in entries:
-                        lines.append(encode_json(action))
-                        if doc is not None:
-                            lines.append(doc.text)
-                lines.append("")
-                try:
-                    items = await self._send("\n".join(lines))
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting submitter
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                except BaseException:
-                    for _, future in batch + self._queue:
-                        future.cancel()
-                    self._queue.clear()
-                    raise
-                start = 0
-                for entries, future in batch:
-                    if not future.done():
-                        future.set_result(items[start : start + len(entries)])
-                    start += len(entries)
-        finally:
-            # leave the set in the same step as the loop ends: a submit that comes
-            # next must see the free slot and start a worker, or its items would wait
-            self._workers.discard(me)
+        return json.dumps(source, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(source)
 
 
 class OpenSearchStore:
@@ -276,6 +148,8 @@ class OpenSearchStore:
         conflict_retries: int = 20,
         batch_size: int = 1000,
         max_in_flight: int = 4,
+        bulk_max_bytes: int = 8_388_608,
+        backpressure_seconds: float = 30.0,
     ) -> None:
         """``client``, when given, is used instead of one built from the connection
         arguments, and is left open by :meth:`close` (its owner closes it)."""
@@ -284,40 +158,56 @@ class OpenSearchStore:
                 f"refresh must be one of: false, wait_for, true; got {refresh!r}",
                 field="opensearch.refresh",
             )
-        self._hosts = [hosts] if isinstance(hosts, str) else list(hosts)
-        self._timeout = timeout
+        self._conn = Connection(
+            hosts,
+            index=index,
+            username=username,
+            password=password,
+            verify_certs=verify_certs,
+            ca_certs=ca_certs,
+            timeout=timeout,
+            client=client,
+        )
+        self._client = self._conn.client
+        self._translated = self._conn.translated
+        self._item_error = self._conn.item_error
         self._index = index
         self._template = f"mahavishnu-dlq-{index}"
         self._refresh = refresh
         self._conflict_retries = max(1, conflict_retries)
         self._batch_size = max(1, min(batch_size, _MAX_PAGE))
-        secret = password.get_secret_value() if isinstance(password, SecretStr) else password
-        self._secret = secret or ""
-        self._owns_client = client is None
-        if client is None:
-            auth = None if username is None else (username, self._secret)
-            client = AsyncOpenSearch(
-                hosts=self._hosts,
-                http_auth=auth,
-                verify_certs=verify_certs,
-                ca_certs=ca_certs,
-                timeout=timeout,
-                maxsize=64,  # concurrent attempts each read their record: do not queue on 10
-            )
-        self._client = client
-        self._commit = _GroupCommit(
-            self._send_bulk, max_items=self._batch_size, max_in_flight=max_in_flight
+        self._writer = BulkWriter(
+            self._client,
+            index,
+            refresh=refresh,
+            translated=self._translated,
+            max_items=self._batch_size,
+            max_bytes=bulk_max_bytes,
+            max_in_flight=max_in_flight,
+            backpressure_seconds=backpressure_seconds,
         )
-        self._writes = 0  # acknowledged writes not yet known to be searchable …
-        self._refreshed = 0  # … up to this count they are
+        self._refreshed = 0  # bulk requests known to be searchable (see _ensure_visible)
         self._refresh_lock = asyncio.Lock()
         # doc id -> (document, (seq_no, primary_term)) of our own last write: a mutation
         # of a record this process just wrote (a claim, then its finish) starts from it
         # instead of a read; the write is conditional, so a stale entry costs a 409 and
         # a read, never a lost update.
-        self._known: OrderedDict[str, tuple[_Doc, tuple[int, int]]] = OrderedDict()
-        # write ids: unique per write (this store's random prefix and a counter)
-        self._write_ids = map(f"{uuid.uuid4().hex[:16]}-{{}}".format, itertools.count())
+        self._known: OrderedDict[str, tuple[Doc, tuple[int, int]]] = OrderedDict()
+        self._ids = KeyedLock()  # one mutation of an id at a time in this process
+        # documents a read here found undecodable (claims skip them)
+        self._unreadable = UnreadableRecords(
+            f"opensearch index {index!r}",
+            q.from_document,
+            reason=q.unreadable_reason,
+            raw=_raw,
+            kept=_UNREADABLE_KEPT,
+        )
+
+    @property
+    def backpressure_at(self) -> float | None:
+        """``time.monotonic()`` of the node's last HTTP 429, or None: a failover store
+        does not count a slow answer as a failure while the node pushes back."""
+        return self._writer.backpressure_at
 
     @classmethod
     def from_settings(cls, s: OpenSearchSettings) -> OpenSearchStore:
@@ -331,29 +221,29 @@ class OpenSearchStore:
             ca_certs=s.ca_certs,
             timeout=s.timeout_seconds,
             refresh=s.refresh,
+            bulk_max_bytes=s.bulk_max_bytes,
+            backpressure_seconds=s.backpressure_seconds,
         )
 
     def __repr__(self) -> str:
-        hosts = [_USERINFO.sub(_MASK + "@", host) for host in self._hosts]
-        return f"OpenSearchStore(hosts={hosts!r}, index={self._index!r})"
+        return f"OpenSearchStore(hosts={self._conn.shown_hosts()!r}, index={self._index!r})"
 
     @property
     def location(self) -> str:
         """The hosts (credentials masked) and index, as error messages name them."""
-        hosts = ", ".join(_USERINFO.sub(_MASK + "@", host) for host in self._hosts)
-        return f"{hosts} (index {self._index!r})"
+        return self._conn.location
 
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        _require_asyncio()
+        require_asyncio()
         indices = self._client.indices
         with self._translated("open"):
             await indices.put_index_template(name=self._template, body=q.template_body(self._index))
             try:
                 await indices.create(index=self._index, body=q.index_body())
             except RequestError as exc:
-                if _error_info(exc.info)[0] != "resource_already_exists_exception":
+                if error_info(exc.info)[0] != "resource_already_exists_exception":
                     raise
             found = await indices.get_mapping(index=self._index)
             for name, entry in found.items():
@@ -369,20 +259,19 @@ class OpenSearchStore:
                     await indices.put_mapping(index=name, body=q.update_body())
 
     async def close(self) -> None:
-        _require_asyncio()
-        await self._commit.flush()
+        require_asyncio()
+        await self._writer.flush()
         try:
             await self._ensure_visible()
         except StoreUnavailableError as exc:  # the writes are durable; only a refresh is late
             _log.debug("dlq.store.close: refresh skipped: %s", exc)
-        if self._owns_client:
-            with self._translated("close"):
-                await self._client.close()
+        await self._conn.close()
 
     async def drop(self) -> None:
         """Delete the index and its template (tests, decommissioning). Not undoable."""
-        _require_asyncio()
+        require_asyncio()
         self._known.clear()
+        self._unreadable.forget()
         with self._translated("drop"):
             with suppress(NotFoundError):
                 await self._client.indices.delete(index=self._index)
@@ -392,13 +281,20 @@ class OpenSearchStore:
     # -- single records --------------------------------------------------------
 
     async def get(self, task_id: str) -> FailedTask | None:
-        _require_asyncio()
-        source, _ = await self._read(q.doc_id(task_id))
-        return None if source is None else q.from_document(source)
+        require_asyncio()
+        task_id = require_str(task_id, "task_id")
+        doc_id = q.doc_id(task_id)
+        source, _ = await self._read(doc_id)
+        return self._current(task_id, doc_id, source)
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
-        _require_asyncio()
+        require_asyncio()
+        task_id = require_str(task_id, "task_id")
         doc_id = q.doc_id(task_id)
+        async with self._ids.hold(doc_id):
+            return await self._mutate(task_id, doc_id, fn)
+
+    async def _mutate(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask:
         known = self._known.pop(doc_id, None)
         if known is None:
             created = await self._create_if_absent(task_id, doc_id, fn)
@@ -409,24 +305,32 @@ class OpenSearchStore:
             source, version = json.loads(known[0].text), known[1]
         cached = known is not None
         for _ in range(self._conflict_retries):
+            current = (
+                None if source is None else self._unreadable.read_or_raise(task_id, doc_id, source)
+            )
             try:
-                new = fn(None if source is None else q.from_document(source))
+                new = fn(current)
             except Exception:
                 if not cached:
                     raise
                 cached = False  # judged on our last write: ask the index before refusing
                 source, version = await self._read(doc_id)
-                new = fn(None if source is None else q.from_document(source))
+                current = (
+                    None
+                    if source is None
+                    else self._unreadable.read_or_raise(task_id, doc_id, source)
+                )
+                new = fn(current)
             cached = False
             if new.task_id != task_id:
                 raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-            doc = self._document(new)
+            doc = self._writer.document(new)
             meta: dict[str, Any] = {"_id": doc_id}
             if version is None:
                 action = {"create": meta}
             else:
                 action = {"index": {**meta, "if_seq_no": version[0], "if_primary_term": version[1]}}
-            [item] = await self._write([(action, doc)], "mutate")
+            [item] = await self._writer.write([(action, doc)], "mutate")
             if item["status"] in _OK:
                 self._remember(doc_id, doc, item)
                 return new
@@ -439,12 +343,15 @@ class OpenSearchStore:
             task_id, reason=f"{self._conflict_retries} concurrent updates won the race; try again"
         )
 
+    def _current(self, task_id: str, doc_id: str, source: Any) -> FailedTask | None:
+        return None if source is None else self._unreadable.read_or_raise(task_id, doc_id, source)
+
     async def mutate_many(
         self, items: Sequence[tuple[str, Mutation]]
     ) -> list[FailedTask | Exception]:
         """Each item as :meth:`mutate`, concurrently per id: the group commit sends the
         writes of many ids together, in bulk requests."""
-        _require_asyncio()
+        require_asyncio()
         return await mutate_each(self, items)
 
     async def _create_if_absent(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask | None:
@@ -458,8 +365,8 @@ class OpenSearchStore:
             return None
         if new.task_id != task_id:
             raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-        doc = self._document(new)
-        [item] = await self._write([({"create": {"_id": doc_id}}, doc)], "mutate")
+        doc = self._writer.document(new)
+        [item] = await self._writer.write([({"create": {"_id": doc_id}}, doc)], "mutate")
         if item["status"] in _OK:
             self._remember(doc_id, doc, item)
             return new
@@ -470,11 +377,7 @@ class OpenSearchStore:
             return None
         raise self._item_error(item, "mutate")
 
-    def _document(self, task: FailedTask) -> _Doc:
-        write_id = next(self._write_ids)
-        return _Doc(q.document_json(task, write_id), write_id)
-
-    def _remember(self, doc_id: str, doc: _Doc, item: _Item) -> None:
+    def _remember(self, doc_id: str, doc: Doc, item: Item) -> None:
         if "_seq_no" not in item or "_primary_term" not in item:
             return
         self._known[doc_id] = (doc, (item["_seq_no"], item["_primary_term"]))
@@ -483,9 +386,11 @@ class OpenSearchStore:
             self._known.popitem(last=False)
 
     async def delete(self, task_id: str) -> bool:
-        _require_asyncio()
-        self._known.pop(q.doc_id(task_id), None)
-        [item] = await self._write([({"delete": {"_id": q.doc_id(task_id)}}, None)], "delete")
+        require_asyncio()
+        doc_id = q.doc_id(require_str(task_id, "task_id"))
+        self._known.pop(doc_id, None)
+        self._unreadable.forget(doc_id)
+        [item] = await self._writer.write([({"delete": {"_id": doc_id}}, None)], "delete")
         if item["status"] == 404:
             return False
         if item["status"] not in _OK:
@@ -495,13 +400,13 @@ class OpenSearchStore:
     # -- the processor's view ----------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
-        _require_asyncio()
+        require_asyncio()
         if limit <= 0:
             return []
         await self._ensure_visible()
         claimed: list[FailedTask] = []
-        body: dict[str, Any] = {
-            "query": q.due_query(to_micros(now)),
+        body: dict[str, Any] = {  # unreadable documents: never looked at again here
+            "query": q.due_query(to_micros(now), skip=self._unreadable.keys),
             "sort": q.DUE_SORT,
             "seq_no_primary_term": True,
             "track_total_hits": False,
@@ -519,25 +424,37 @@ class OpenSearchStore:
             body["search_after"] = hits[-1]["sort"]
         return claimed
 
-    async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
-        """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
-        planned: list[tuple[FailedTask, _Doc]] = []
-        entries: list[_Entry] = []
+    def _plan(
+        self, hits: list[dict[str, Any]], fn: Mutation
+    ) -> tuple[list[tuple[FailedTask, Doc]], list[Entry]]:
+        """``fn`` applied to each readable hit it accepts: the claimed records and the
+        conditional writes of them."""
+        planned: list[tuple[FailedTask, Doc]] = []
+        entries: list[Entry] = []
         for hit in hits:
-            current = q.from_document(hit["_source"])
+            current = self._unreadable.read(hit["_id"], hit["_source"])
+            if current is None:
+                continue  # unreadable: skipped (and counted)
             try:
                 new = fn(current)
+                if new.task_id != current.task_id:
+                    raise ValueError(
+                        f"a mutation of {current.task_id!r} returned task {new.task_id!r}"
+                    )
+                doc = self._writer.document(new)
             except DLQError:
-                continue  # refused: the task stays due
-            if new.task_id != current.task_id:
-                raise ValueError(f"a mutation of {current.task_id!r} returned task {new.task_id!r}")
-            doc = self._document(new)
+                continue  # refused (or too large to write): the task stays due
             condition = {"if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"]}
             entries.append(({"index": {"_id": hit["_id"], **condition}}, doc))
             planned.append((new, doc))
+        return planned, entries
+
+    async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
+        """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
+        planned, entries = self._plan(hits, fn)
         if not entries:
             return []
-        items = await self._write(entries, "claim_due")
+        items = await self._writer.write(entries, "claim_due")
         won: list[FailedTask | None] = [None] * len(planned)
         lost: list[int] = []
         failures: list[DLQError] = []
@@ -550,7 +467,7 @@ class OpenSearchStore:
             else:
                 failures.append(self._item_error(item, "claim_due"))
         if lost:
-            ours = await self._written([entries[i] for i in lost])
+            ours = await self._writer.written([entries[i] for i in lost], "get")
             for i, mine in zip(lost, ours, strict=True):
                 won[i] = planned[i][0] if mine else None
         result = [task for task in won if task is not None]
@@ -566,7 +483,7 @@ class OpenSearchStore:
         return result
 
     async def next_due_at(self) -> datetime | None:
-        _require_asyncio()
+        require_asyncio()
         await self._ensure_visible()
         body = {
             "query": {"exists": {"field": "due_us"}},
@@ -583,7 +500,7 @@ class OpenSearchStore:
     async def query(
         self, flt: TaskFilter, *, limit: int, cursor: str | None = None
     ) -> TaskPage[FailedTask]:
-        _require_asyncio()
+        require_asyncio()
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         body: dict[str, Any] = {
@@ -594,41 +511,59 @@ class OpenSearchStore:
         if cursor is not None:
             key, last_id = decode_cursor(cursor)
             body["search_after"] = [-key, last_id]
+        check = flt.matches if q.needs_post_filter(flt) else None
         await self._ensure_visible()
-        hits: list[dict[str, Any]] = []
-        while len(hits) <= limit:
-            body["size"] = min(limit + 1 - len(hits), _MAX_PAGE)
+        page: list[FailedTask] = []
+        last_sort: list[Any] | None = None
+        more = False
+        while not more:
+            body["size"] = min(limit + 1 - len(page), _MAX_PAGE)
             found = await self._search(body, "query")
-            hits.extend(found)
+            for hit in found:
+                task = self._unreadable.read(hit["_id"], hit["_source"])
+                if task is None or (check is not None and not check(task)):
+                    continue  # unreadable (skipped, counted), or not matching a long text
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(task)
+                last_sort = hit["sort"]
             if len(found) < body["size"]:
                 break
             body["search_after"] = found[-1]["sort"]
-        more = len(hits) > limit
-        hits = hits[:limit]
-        next_cursor = encode_cursor(-hits[-1]["sort"][0], hits[-1]["sort"][1]) if more else None
-        return TaskPage((q.from_document(hit["_source"]) for hit in hits), next_cursor)
+        next_cursor = None
+        if more and last_sort is not None:
+            next_cursor = encode_cursor(-last_sort[0], last_sort[1])
+        return TaskPage(page, next_cursor)
 
     async def count(self, flt: TaskFilter | None = None) -> int:
-        _require_asyncio()
+        require_asyncio()
+        if flt is not None and q.needs_post_filter(flt):  # a long text: check each match
+            total, cursor = 0, None
+            while True:
+                page = await self.query(flt, limit=_MAX_PAGE - 1, cursor=cursor)
+                total += len(page)
+                if page.cursor is None:
+                    return total
+                cursor = page.cursor
         return await self._count(q.filter_query(flt), "count")
 
     async def open_count(self) -> int:
-        _require_asyncio()
+        require_asyncio()
         return await self._count(q.OPEN_QUERY, "open_count")
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
-        _require_asyncio()
+        require_asyncio()
         await self._ensure_visible()
+        body = q.statistics_body(top_fingerprints, self._unreadable.keys)
         with self._translated("statistics"):
-            response = await self._client.search(
-                index=self._index, body=q.statistics_body(top_fingerprints)
-            )
+            response = await self._client.search(index=self._index, body=body)
         return q.read_statistics(response)
 
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
     ) -> int:
-        _require_asyncio()
+        require_asyncio()
         if not statuses:
             return 0
         # conditional deletes: a record changed since the search is re-judged, not purged
@@ -636,7 +571,8 @@ class OpenSearchStore:
         return await self._delete_matching(query, "purge", checked=True)
 
     async def clear(self) -> int:
-        _require_asyncio()
+        require_asyncio()
+        self._unreadable.forget()
         return await self._delete_matching({"match_all": {}}, "clear", checked=False)
 
     async def _delete_matching(self, query: dict[str, Any], action: str, *, checked: bool) -> int:
@@ -656,13 +592,13 @@ class OpenSearchStore:
             hits = await self._search(body, action)
             if not hits:
                 return deleted
-            entries: list[_Entry] = []
+            entries: list[Entry] = []
             for hit in hits:
                 meta = {"_id": hit["_id"]}
                 if checked:
                     meta.update(if_seq_no=hit["_seq_no"], if_primary_term=hit["_primary_term"])
                 entries.append(({"delete": meta}, None))
-            for item in await self._write(entries, action):
+            for item in await self._writer.write(entries, action):
                 if item["status"] in _OK:
                     deleted += 1
                 elif item["status"] not in (404, 409):  # gone already / changed meanwhile
@@ -682,19 +618,6 @@ class OpenSearchStore:
                 return None, None
         return found["_source"], (found["_seq_no"], found["_primary_term"])
 
-    async def _written(self, entries: list[_Entry]) -> list[bool]:
-        """Whether each (conditional) write answered 409 was in fact applied: a
-        transport retry of an applied write conflicts with itself."""
-        doc_ids = [next(iter(action.values()))["_id"] for action, _ in entries]
-        with self._translated("get"):
-            found = await self._client.mget(index=self._index, body={"ids": doc_ids})
-        return [
-            bool(stored.get("found"))
-            and doc is not None
-            and stored["_source"].get("write_id") == doc.write_id
-            for stored, (_, doc) in zip(found["docs"], entries, strict=True)
-        ]
-
     async def _search(self, body: dict[str, Any], action: str) -> list[dict[str, Any]]:
         with self._translated(action):
             response = await self._client.search(index=self._index, body=body)
@@ -707,67 +630,20 @@ class OpenSearchStore:
             response = await self._client.count(index=self._index, body={"query": query})
         return int(response["count"])
 
-    async def _write(self, entries: list[_Entry], action: str) -> list[_Item]:
-        """Send ``entries`` (in the next group commit); their bulk item results."""
-        try:
-            with self._translated(action):
-                return await self._commit.submit(entries)
-        finally:
-            if self._refresh == "false":
-                self._writes += 1  # even on error: the request may have been applied
-
-    async def _send_bulk(self, body: str) -> list[_Item]:
-        params = {"filter_path": _BULK_FILTER}
-        if self._refresh != "false":
-            params["refresh"] = self._refresh
-        response = await self._client.bulk(body=body, index=self._index, params=params)
-        return [next(iter(item.values())) for item in response["items"]]
+    def _written(self) -> int:
+        """Bulk requests sent that may not be searchable yet (none when writes refresh)."""
+        return self._writer.writes if self._refresh == "false" else 0
 
     async def _ensure_visible(self) -> None:
-        """Refresh the index if this store wrote since the last refresh."""
-        wanted = self._writes
+        """Refresh the index if this store wrote since the last refresh (a failed
+        request counts too: it may have been applied)."""
+        wanted = self._written()
         if self._refreshed >= wanted:
             return
         async with self._refresh_lock:
             if self._refreshed >= wanted:
                 return  # a refresh that started after our writes has finished meanwhile
-            covered = self._writes
+            covered = self._written()
             with self._translated("refresh"):
                 await self._client.indices.refresh(index=self._index)
             self._refreshed = max(self._refreshed, covered)
-
-    # -- errors --------------------------------------------------------------------
-
-    def _redact(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, _MASK)
-        return _USERINFO.sub(_MASK + "@", text)
-
-    def _failure(self, status: Any, kind: str, reason: str, action: str) -> DLQError:
-        answer = ": ".join(part for part in (kind, reason) if part) or "no error details"
-        detail = self._redact(f"{action} at {self.location}: HTTP {status} {answer}")
-        if status == 400:
-            return ConfigurationError(f"OpenSearch refused the request: {detail}")
-        return StoreUnavailableError(_BACKEND, detail)
-
-    def _item_error(self, item: _Item, action: str) -> DLQError:
-        return self._failure(item.get("status"), *_error_info(item.get("error")), action)
-
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        """Turn opensearch-py's exceptions into the library's (the original as cause)."""
-        try:
-            yield
-        except OpenSearchConnectionError as exc:  # includes timeouts and TLS failures
-            reason = exc.error or (
-                f"no answer within {self._timeout:g} s"
-                if isinstance(exc, ConnectionTimeout)
-                else ""
-            )
-            detail = f"{action} at {self.location}: {type(exc).__name__}: {reason or 'no details'}"
-            if str(exc.info) not in detail:
-                detail += f" ({exc.info})"
-            detail = self._redact(detail)
-            raise StoreUnavailableError(_BACKEND, detail) from exc
-        except TransportError as exc:
-            raise self._failure(exc.status_code, *_error_info(exc.info), action) from exc

@@ -5,6 +5,14 @@ its algorithms (compare-and-set, claims, group commit) and this module as the
 persisted format: the mapping, how a :class:`FailedTask` becomes a document and
 back, and how a :class:`TaskFilter` becomes a query.
 
+Mapping: ``dynamic: strict``; keywords for ids, status, category, policy,
+fingerprint, workflow and worker; the error texts as keywords too (up to 8191
+characters; longer values are stored but not searchable) so the case-insensitive
+substring filter is a ``regexp`` query with explicit case classes
+(``case_insensitive`` only folds ASCII), a long needle searched by its longest
+prefix that fits and checked with :meth:`TaskFilter.matches`; ``task``,
+``metadata`` and ``attempts`` stored but not indexed.
+
 Document layout: every field of :class:`FailedTask` in its JSON form
 (``model_dump(mode="json")``: ISO 8601 timestamps with microseconds, enum
 values as strings), plus three derived ``long`` fields in microseconds since
@@ -26,11 +34,15 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from mahavishnu_dlq.clock import from_micros, to_micros
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
     DeadLetterStatus,
+    ErrorCategory,
     FailedTask,
+    RetryPolicy,
     TaskFilter,
     encode_json,
 )
@@ -41,6 +53,7 @@ __all__ = [
     "DUE_SORT",
     "LISTING_SORT",
     "MAPPING_VERSION",
+    "MAX_PATTERN_CHARS",
     "OPEN_QUERY",
     "doc_id",
     "document_json",
@@ -49,12 +62,15 @@ __all__ = [
     "from_document",
     "index_body",
     "mapping_problems",
+    "needs_post_filter",
     "purge_query",
     "read_statistics",
     "statistics_body",
     "template_body",
     "text_pattern",
     "to_document",
+    "unreadable_query",
+    "unreadable_reason",
     "update_body",
 ]
 
@@ -274,9 +290,56 @@ def document_json(task: FailedTask, write_id: str) -> str:
 
 
 def from_document(source: Mapping[str, Any]) -> FailedTask:
-    """Inverse of :func:`to_document` (validated: the index may hold foreign writes)."""
+    """Inverse of :func:`to_document` (validated: the index may hold foreign writes).
+
+    Raises ``ValueError`` (pydantic's ``ValidationError`` among them) or ``TypeError``
+    for a document that is not a record this version can read; see
+    :func:`unreadable_reason`."""
+    if not isinstance(source, Mapping):
+        raise TypeError(f"the document is a {type(source).__name__}, not an object")
     fields = {key: value for key, value in source.items() if key not in DERIVED_FIELDS}
     return FailedTask.model_validate(fields)
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """One line saying why :func:`from_document` refused a document."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for error in exc.errors(include_url=False)[:3]:
+            where = ".".join(str(part) for part in error["loc"]) or "document"
+            problems.append(f"{where}: {error['msg']}")
+        more = exc.error_count() - len(problems)
+        return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+#: Fields a record cannot be read without (no default in :class:`FailedTask`).
+_REQUIRED = ("task_id", "failed_at", "created_at", "updated_at", "failed_at_us")
+
+
+def _readable_query() -> dict[str, Any]:
+    """Documents whose enum fields hold values this version knows and whose required
+    fields are there: the part of being readable a query can check. Invalid text or
+    a wrong shape inside a stored object is only seen when a document is read."""
+    return {
+        "bool": {
+            "filter": [
+                {"terms": {"status": sorted(s.value for s in DeadLetterStatus)}},
+                {"terms": {"error_category": sorted(c.value for c in ErrorCategory)}},
+                {"terms": {"retry_policy": sorted(p.value for p in RetryPolicy)}},
+                *({"exists": {"field": name}} for name in _REQUIRED),
+            ]
+        }
+    }
+
+
+def unreadable_query(known: Collection[str] = ()) -> dict[str, Any]:
+    """Documents that cannot be read: values this version does not know, or one of
+    ``known`` (document ids a read of this process found undecodable)."""
+    should: list[dict[str, Any]] = [{"bool": {"must_not": [_readable_query()]}}]
+    if known:
+        should.append({"ids": {"values": sorted(known)}})
+    return {"bool": {"should": should, "minimum_should_match": 1}}
 
 
 @functools.cache
@@ -320,6 +383,29 @@ def _char_pattern(char: str) -> str:
     return "(" + "|".join(options) + ")"
 
 
+#: Longest regular expression sent for the ``text`` filter: Lucene refuses patterns
+#: longer than the index's ``max_regex_length`` (1000 by default).
+MAX_PATTERN_CHARS = 900
+
+
+def _searchable(needle: str) -> tuple[str, bool]:
+    """The part of ``needle`` the query searches for, and whether it is all of it. A
+    needle whose pattern would be too long is searched by its longest prefix that
+    fits; the caller then checks each hit with :meth:`TaskFilter.matches`."""
+    length = 4  # the leading and trailing ".*"
+    for index, char in enumerate(needle):
+        length += len(_char_pattern(char))
+        if length > MAX_PATTERN_CHARS:
+            return needle[:index], False
+    return needle, True
+
+
+def needs_post_filter(flt: TaskFilter | None) -> bool:
+    """Whether :func:`filter_query` selects more than ``flt.matches`` (a long ``text``):
+    then every hit must be checked with :meth:`TaskFilter.matches`."""
+    return flt is not None and bool(flt.text) and not _searchable(flt.text or "")[1]
+
+
 def text_pattern(needle: str) -> str:
     """A Lucene regular expression for values containing ``needle`` under Unicode case
     folding, as :meth:`TaskFilter.matches` compares (``case_insensitive`` of
@@ -329,7 +415,8 @@ def text_pattern(needle: str) -> str:
 
 
 def filter_query(flt: TaskFilter | None) -> dict[str, Any]:
-    """The query selecting what ``flt.matches`` selects."""
+    """The query selecting what ``flt.matches`` selects — or, for a ``text`` too long
+    for one regular expression (:func:`needs_post_filter`), a superset of it."""
     if flt is None:
         return {"match_all": {}}
     clauses: list[dict[str, Any]] = []
@@ -350,8 +437,9 @@ def filter_query(flt: TaskFilter | None) -> dict[str, Any]:
         clauses.append({"range": {"updated_at_us": {"lt": to_micros(flt.updated_before)}}})
     if flt.fingerprint is not None:
         clauses.append({"term": {"error_fingerprint": flt.fingerprint}})
-    if flt.text:
-        pattern = text_pattern(flt.text)
+    searched = _searchable(flt.text)[0] if flt.text else ""
+    if searched:
+        pattern = text_pattern(searched)
         clauses.append(
             {
                 "bool": {
@@ -373,16 +461,18 @@ def purge_query(older_than: datetime | None, statuses: Collection[DeadLetterStat
     return filter_query(TaskFilter(status=tuple(statuses), updated_before=older_than))
 
 
-def statistics_body(top_fingerprints: int) -> dict[str, Any]:
+def statistics_body(top_fingerprints: int, unreadable: Collection[str] = ()) -> dict[str, Any]:
     """One size-0 search: terms aggregations per status, category and policy, the
-    oldest pending record, and the most frequent fingerprints among open records
-    (each with its oldest record's error as the example)."""
+    oldest pending record, the most frequent fingerprints among open records
+    (each with its oldest record's error as the example), and how many documents
+    cannot be read (``unreadable``: ids already found undecodable)."""
     oldest = {"top_hits": {"size": 1, "sort": [{"failed_at_us": "asc"}], "_source": False}}
     aggs: dict[str, Any] = {
         "status": {"terms": {"field": "status", "size": 100}},
         "category": {"terms": {"field": "error_category", "size": 100}},
         "policy": {"terms": {"field": "retry_policy", "size": 100}},
         "pending": {"filter": {"term": {"status": "pending"}}, "aggs": {"oldest": oldest}},
+        "unreadable": {"filter": unreadable_query(unreadable)},
     }
     if top_fingerprints > 0:
         example = {
@@ -419,9 +509,14 @@ def read_statistics(response: Mapping[str, Any]) -> StoreStatistics:
         by_policy=counts("policy"),
         oldest_pending_failed_at=from_micros(pending[0]["sort"][0]) if pending else None,
         top_fingerprints=top,
+        unreadable=found["unreadable"]["doc_count"] if "unreadable" in found else 0,
     )
 
 
-def due_query(now_us: int) -> dict[str, Any]:
-    """Tasks due at ``now_us``: pending past ``next_retry_at`` or retrying past their lease."""
-    return {"range": {"due_us": {"lte": now_us}}}
+def due_query(now_us: int, skip: Collection[str] = ()) -> dict[str, Any]:
+    """Tasks due at ``now_us``: pending past ``next_retry_at`` or retrying past their
+    lease; documents whose ids are in ``skip`` (known to be unreadable) left out."""
+    due = {"range": {"due_us": {"lte": now_us}}}
+    if not skip:
+        return due
+    return {"bool": {"filter": [due], "must_not": [{"ids": {"values": list(skip)}}]}}

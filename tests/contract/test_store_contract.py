@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import pytest
 
 from mahavishnu_dlq import lifecycle
@@ -262,6 +263,51 @@ async def test_any_task_id_string_is_stored_safely(store: Store, task_id: str) -
     assert await store.get(task_id) is None
 
 
+@pytest.mark.parametrize("task_id", [None, 17, b"a", ("a",)])
+async def test_ids_that_are_not_strings_are_a_type_error(store: Store, task_id: object) -> None:
+    bad = cast(Any, task_id)
+    with pytest.raises(TypeError, match="task_id must be a string"):
+        await store.get(bad)
+    with pytest.raises(TypeError, match="task_id must be a string"):
+        await store.mutate(bad, put(make_task(task_id="x")))
+    with pytest.raises(TypeError, match="task_id must be a string"):
+        await store.delete(bad)
+    assert await store.count() == 0
+
+
+async def test_concurrent_mutations_of_one_id_apply_one_after_the_other(store: Store) -> None:
+    """200 writers of one id in one process: every change applied, none refused."""
+
+    def add_key(n: int) -> Any:
+        def apply(current: FailedTask | None) -> FailedTask:
+            base = current if current is not None else make_task(task_id="same", metadata={})
+            return base.evolve(
+                metadata={**base.metadata, f"n{n}": n}, retry_count=base.retry_count + 1
+            )
+
+        return apply
+
+    outcomes: list[FailedTask | BaseException] = []
+
+    async def writer(n: int) -> None:
+        try:
+            outcomes.append(await store.mutate("same", add_key(n)))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for n in range(200):
+            group.start_soon(writer, n)
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    stored = await store.get("same")
+    assert stored is not None
+    assert stored.metadata == {f"n{n}": n for n in range(200)}
+    assert stored.retry_count == 200  # each writer saw its predecessor's result
+    assert sorted(o.retry_count for o in outcomes if isinstance(o, FailedTask)) == list(
+        range(1, 201)
+    )
+
+
 async def test_delete(store: Store) -> None:
     await seed(store, make_task(task_id="a"))
     assert await store.delete("a") is True
@@ -506,6 +552,28 @@ async def test_empty_statistics(store: Store) -> None:
     assert stats.open_count == 0
     assert stats.oldest_pending_failed_at is None
     assert stats.top_fingerprints == []
+    assert stats.unreadable == 0
+
+
+async def test_a_long_text_filter_selects_what_matches_selects(store: Store) -> None:
+    """A needle far longer than one regular expression may be (Lucene's default is
+    1000 characters) still selects exactly the records ``TaskFilter.matches`` does."""
+    needle = "ÄäSSx" * 120 + "connection refused" * 20  # 960 characters, cased and not
+    hit = make_task(task_id="hit", error=f"boom: {needle.upper()} at the end")
+    near = make_task(task_id="near", error=f"boom: {needle[:-1]}")  # one character short
+    other = make_task(task_id="other", error="connection refused")
+    in_last = make_task(task_id="last", error="elsewhere", last_error=f"now {needle.swapcase()}")
+    await seed(store, hit, near, other, in_last)
+    flt = TaskFilter(text=needle)
+    expected = sorted(t.task_id for t in (hit, near, other, in_last) if flt.matches(t))
+    assert expected == ["hit", "last"]
+    page = await store.query(flt, limit=10)
+    assert sorted(t.task_id for t in page) == expected
+    assert await store.count(flt) == len(expected)
+    first = await store.query(flt, limit=1)  # paging across the checked hits
+    assert first.cursor is not None
+    rest = await store.query(flt, limit=10, cursor=first.cursor)
+    assert sorted(t.task_id for t in [*first, *rest]) == expected
 
 
 async def test_purge_by_status_and_age(store: Store) -> None:

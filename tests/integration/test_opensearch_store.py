@@ -401,13 +401,18 @@ async def test_two_stores_never_claim_one_task_twice(
 # -- errors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("credentials", ["url", "arguments"])
+@pytest.mark.parametrize("credentials", ["url", "arguments", "hostile-url", "scheme-less"])
 async def test_an_unreachable_node_is_store_unavailable_without_the_password(
     credentials: str,
 ) -> None:
     secret = "s3cr3t-Pa55"  # noqa: S105 - a made-up password, to look for in messages
     if credentials == "url":
         store = OpenSearchStore(hosts=[f"http://user:{secret}@127.0.0.1:1"], index="unreachable")
+    elif credentials == "hostile-url":  # '@', ':', '/' and a space in the password
+        secret = "p@ss: w/rd@x"  # noqa: S105 - a made-up password
+        store = OpenSearchStore(hosts=[f"http://user:{secret}@127.0.0.1:1"], index="unreachable")
+    elif credentials == "scheme-less":
+        store = OpenSearchStore(hosts=[f"user:{secret}@127.0.0.1:1"], index="unreachable")
     else:
         store = OpenSearchStore(
             hosts=["http://127.0.0.1:1"], index="unreachable", username="user", password=secret
@@ -421,9 +426,11 @@ async def test_an_unreachable_node_is_store_unavailable_without_the_password(
             assert error.backend == "opensearch"
             assert "127.0.0.1:1 (index 'unreachable')" in str(error)  # where it tried
             assert isinstance(error.__cause__, OpenSearchConnectionError)
-            for text in (str(error), repr(error), repr(store)):
+            for text in (str(error), repr(error), repr(store), store.location):
                 assert secret not in text
                 assert "user:" not in text
+                for part in secret.split("@"):
+                    assert len(part) < 4 or part not in text  # no tail of it either
         assert "127.0.0.1:1" in repr(store)
     finally:
         await store.close()

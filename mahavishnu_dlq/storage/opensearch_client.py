@@ -1,0 +1,177 @@
+"""The OpenSearch store's connection: the client, and what its errors become.
+
+:class:`Connection` builds opensearch-py's ``AsyncOpenSearch`` from the hosts and
+credentials (or takes a client the caller owns) and turns the client's exceptions
+into the library's, the original kept as ``__cause__``:
+
+- connection failures, timeouts, TLS failures, 5xx answers, authentication and
+  authorization failures: :class:`~mahavishnu_dlq.errors.StoreUnavailableError`;
+- HTTP 429 (the node pushing back): :class:`~mahavishnu_dlq.errors.StoreOverloadedError`;
+- HTTP 400 (a request the index refuses, e.g. a mapping conflict) and 413 (a
+  request larger than the node takes): :class:`~mahavishnu_dlq.errors.ConfigurationError`.
+
+Messages name the action, the hosts and the index — never a password: credentials
+written into a host URL are taken out into the client's authentication when the
+connection is made (:func:`~mahavishnu_dlq.credentials.split_credentials`), and
+masked wherever they could still appear. opensearch-py's client runs on asyncio
+only; :func:`require_asyncio` refuses trio with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch, ConnectionTimeout, TransportError
+from opensearchpy import ConnectionError as OpenSearchConnectionError
+from pydantic import SecretStr
+
+from mahavishnu_dlq.credentials import mask_credentials, mask_userinfo, split_credentials
+from mahavishnu_dlq.errors import (
+    ConfigurationError,
+    DLQError,
+    StoreOverloadedError,
+    StoreUnavailableError,
+)
+
+__all__ = ["Connection", "error_info", "require_asyncio"]
+
+_BACKEND = "opensearch"
+_TRIO_HINT = (
+    "OpenSearchStore runs on asyncio (opensearch-py's AsyncOpenSearch); under trio use "
+    "the memory store, or run the queue on asyncio (anyio.run(..., backend='asyncio') "
+    "or BlockingDLQ(..., backend='asyncio'))"
+)
+
+
+def _async_library() -> str:
+    try:
+        import sniffio  # noqa: PLC0415 - optional: it comes with trio, the other loop
+    except ImportError:  # pragma: no cover - without trio installed only asyncio runs
+        return "asyncio"
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return "unknown"
+
+
+def require_asyncio() -> None:
+    """:class:`ConfigurationError` unless running on asyncio."""
+    if _async_library() != "asyncio":
+        raise ConfigurationError(_TRIO_HINT, field="store")
+
+
+def error_info(info: Any) -> tuple[str, str]:
+    """(type, reason) of an OpenSearch error body or bulk item error."""
+    error = info.get("error", info) if isinstance(info, dict) else info
+    if isinstance(error, dict):
+        causes = error.get("root_cause") or [error]
+        cause = causes[0] if isinstance(causes[0], dict) else error
+        return str(cause.get("type", "")), str(cause.get("reason", ""))
+    return "", "" if error is None else str(error)
+
+
+class Connection:
+    """The client of one store, and the translation of its errors (see the module)."""
+
+    def __init__(
+        self,
+        hosts: str | Sequence[str],
+        *,
+        index: str,
+        username: str | None = None,
+        password: str | SecretStr | None = None,
+        verify_certs: bool = True,
+        ca_certs: str | None = None,
+        timeout: float = 10.0,
+        client: AsyncOpenSearch | None = None,
+    ) -> None:
+        secret = password.get_secret_value() if isinstance(password, SecretStr) else password
+        self.hosts: list[str] = []
+        for host in [hosts] if isinstance(hosts, str) else list(hosts):
+            bare, user, given = split_credentials(host)
+            self.hosts.append(bare)
+            if user is None:
+                continue
+            if (username is not None and user != username) or (
+                secret is not None and given is not None and given != secret
+            ):
+                raise ConfigurationError(
+                    f"the credentials in host {mask_userinfo(host)!r} differ from "
+                    "username/password; give them once",
+                    field="opensearch.hosts",
+                )
+            username, secret = user, given if given is not None else secret
+        self.index = index
+        self.timeout = timeout
+        self._secret = secret or ""
+        #: whether :meth:`close` closes the client (not one the caller passed in)
+        self.owns_client = client is None
+        if client is None:
+            auth = None if username is None else (username, self._secret)
+            client = AsyncOpenSearch(
+                hosts=self.hosts,
+                http_auth=auth,
+                verify_certs=verify_certs,
+                ca_certs=ca_certs,
+                timeout=timeout,
+                maxsize=64,  # concurrent attempts each read their record: do not queue on 10
+            )
+        self.client = client
+
+    @property
+    def location(self) -> str:
+        """The hosts (credentials masked) and index, as error messages name them."""
+        hosts = ", ".join(self.shown_hosts())
+        return f"{hosts} (index {self.index!r})"
+
+    def shown_hosts(self) -> list[str]:
+        """The hosts (their credentials were taken out; masked again to be sure)."""
+        return [mask_userinfo(host) for host in self.hosts]
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password and any URL credentials masked."""
+        return mask_credentials(text, [self._secret] if self._secret else [])
+
+    def failure(self, status: Any, kind: str, reason: str, action: str) -> DLQError:
+        """The library's error for an HTTP ``status`` answered to ``action``."""
+        answer = ": ".join(part for part in (kind, reason) if part) or "no error details"
+        detail = self.redact(f"{action} at {self.location}: HTTP {status} {answer}")
+        if status == 400:
+            return ConfigurationError(f"OpenSearch refused the request: {detail}")
+        if status == 413:
+            return ConfigurationError(
+                f"OpenSearch refused a request as too large: {detail}; lower "
+                "opensearch.bulk_max_bytes below the node's http.max_content_length",
+                field="opensearch.bulk_max_bytes",
+            )
+        if status == 429:
+            return StoreOverloadedError(_BACKEND, detail)
+        return StoreUnavailableError(_BACKEND, detail)
+
+    def item_error(self, item: dict[str, Any], action: str) -> DLQError:
+        """The library's error for a bulk item that failed."""
+        return self.failure(item.get("status"), *error_info(item.get("error")), action)
+
+    @contextmanager
+    def translated(self, action: str) -> Iterator[None]:
+        """Turn opensearch-py's exceptions into the library's (the original as cause)."""
+        try:
+            yield
+        except OpenSearchConnectionError as exc:  # includes timeouts and TLS failures
+            reason = exc.error or (
+                f"no answer within {self.timeout:g} s" if isinstance(exc, ConnectionTimeout) else ""
+            )
+            detail = f"{action} at {self.location}: {type(exc).__name__}: {reason or 'no details'}"
+            if str(exc.info) not in detail:
+                detail += f" ({exc.info})"
+            raise StoreUnavailableError(_BACKEND, self.redact(detail)) from exc
+        except TransportError as exc:
+            raise self.failure(exc.status_code, *error_info(exc.info), action) from exc
+
+    async def close(self) -> None:
+        """Close the client if this connection made it."""
+        if self.owns_client:
+            with self.translated("close"):
+                await self.client.close()
