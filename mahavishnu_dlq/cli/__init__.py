@@ -6,7 +6,10 @@ options come before the command: ``--config FILE`` names the YAML settings
 defaults), ``--app MODULE:ATTR`` names the host's queue or handlers, and ``-v``
 raises the log level. The modules:
 
-- :mod:`.common`: global state, exit codes, option parsing, opening the queue;
+- :mod:`.common`: global state, exit codes, error lines, opening the queue;
+- :mod:`.arguments`: what an option's value may be (parsed and bounded);
+- :mod:`.terminal`: escaping what is printed, so stored text never reaches the
+  terminal raw;
 - :mod:`.render`: Rich renderables for statistics, tasks, lists and reports;
 - :mod:`.options`: the option types and filter the commands share;
 - :mod:`.browse`: status, list, show; :mod:`.actions`: retry, replay, archive, purge, clear;

@@ -6,7 +6,6 @@ then runs one async body on the opened queue. Destructive ones ask on stderr.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -17,15 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from mahavishnu_dlq.cli.common import (
-    EXIT_FAILED,
-    PROG,
-    emit_json,
-    parse_choices,
-    parse_duration,
-    parse_rate,
-    run,
-)
+from mahavishnu_dlq.cli.arguments import parse_choices, parse_duration, parse_rate, parse_task_id
+from mahavishnu_dlq.cli.common import EXIT_FAILED, PROG, emit_json, run
 from mahavishnu_dlq.cli.options import (
     FINISHED,
     AppOption,
@@ -48,7 +40,8 @@ from mahavishnu_dlq.cli.render import (
     render_replay,
     when,
 )
-from mahavishnu_dlq.errors import DLQError
+from mahavishnu_dlq.cli.terminal import escape_line, say, text_of
+from mahavishnu_dlq.errors import DLQError, UnreadableRecordError
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     FailedTask,
@@ -74,12 +67,16 @@ def retry(
     The task is claimed exactly as the processor claims it, so it never runs twice
     at once; a failure counts toward exhaustion. Exit status 1 when it fails.
     """
+    parse_task_id(task_id)
     state = state_of(ctx)
     spec = needs_app(state, app, "retry runs the task's handler")
 
     async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], FailedTask | None]:
-        result = await dlq.retry_task(task_id)
-        return result, await dlq.get_task(task_id)
+        result = await dlq.retry_task(task_id)  # UnreadableRecordError: one line, exit 1
+        try:
+            return result, await dlq.get_task(task_id)
+        except UnreadableRecordError:  # the result is what matters now
+            return result, None
 
     result, task = run(state, body, app=spec)
     if task is not None:
@@ -93,9 +90,9 @@ def retry(
     else:
         console = Console()
         mark, style = ("✓", "green") if result["success"] else ("✗", "red")
-        console.print(Text(f"{mark} {result['message']}", style=style))
+        console.print(Text(escape_line(f"{mark} {result['message']}"), style=style))
         if not result["success"] and result.get("error"):
-            console.print(Text(f"  error: {result['error']}"))
+            console.print(Text(escape_line(f"  error: {result['error']}")))
         if task is not None and task.next_retry_at is not None:
             console.print(Text(f"  next automatic retry: {when(task.next_retry_at)}"))
     if not result["success"]:
@@ -194,14 +191,16 @@ def archive(
     as_json: JsonOption = False,
 ) -> None:
     """Set tasks aside for audit (kept until purged). Exit status 1 if any id is unknown."""
+    for task_id in task_ids:
+        parse_task_id(task_id)
 
     async def body(dlq: DeadLetterQueue) -> dict[str, str]:
         outcome: dict[str, str] = {}
         for task_id in task_ids:
             try:
                 outcome[task_id] = "archived" if await dlq.archive_task(task_id) else "not found"
-            except DLQError as exc:  # e.g. busy: being retried right now
-                outcome[task_id] = str(exc)
+            except DLQError as exc:  # busy (being retried right now), unreadable …
+                outcome[task_id] = text_of(exc)
         return outcome
 
     outcome = run(state_of(ctx), body)
@@ -216,9 +215,9 @@ def archive(
     else:
         for task_id, why in outcome.items():
             if why == "archived":
-                sys.stdout.write(f"archived {task_id}\n")
+                say(f"archived {task_id}")
             else:
-                sys.stderr.write(f"{PROG}: {task_id}: {why}\n")
+                say(f"{PROG}: {task_id}: {why}", err=True)
     if failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -284,9 +283,9 @@ def purge(
     if as_json:
         emit_json(result)
     elif dry_run:
-        sys.stdout.write(f"would purge {result['matched']} task(s); nothing was deleted\n")
+        say(f"would purge {result['matched']} task(s); nothing was deleted")
     else:
-        sys.stdout.write(f"purged {result['purged']} task(s)\n")
+        say(f"purged {result['purged']} task(s)")
 
 
 def clear(ctx: typer.Context, yes: YesOption = False, as_json: JsonOption = False) -> None:
@@ -304,4 +303,4 @@ def clear(ctx: typer.Context, yes: YesOption = False, as_json: JsonOption = Fals
     if as_json:
         emit_json(result)
     else:
-        sys.stdout.write(f"cleared {result['purged']} task(s)\n")
+        say(f"cleared {result['purged']} task(s)")

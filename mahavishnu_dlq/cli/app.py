@@ -2,7 +2,10 @@
 
 :func:`main` runs the app in click's non-standalone mode so that *every* problem
 — a usage error, a bad option value, an aborted prompt — ends as one line on
-stderr with exit status 2 (usage) or 1 (aborted), never a traceback or a box.
+stderr with exit status 2 (usage) or 1 (aborted), never a traceback or a box. An
+error nothing else caught (a hostile ``--app`` object, a bug) is one line too,
+exit status 1; ``-vv`` logs its traceback. Log records are written by
+:class:`~.terminal.EscapingRichHandler`, so they are escaped like every other line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from mahavishnu_dlq import __version__
 from mahavishnu_dlq.cli import actions, browse, operate
@@ -26,8 +28,9 @@ from mahavishnu_dlq.cli.common import (
     EXIT_USAGE,
     PROG,
     CliState,
-    one_line,
+    error_line,
 )
+from mahavishnu_dlq.cli.terminal import EscapingRichHandler, text_of
 
 __all__ = ["build_app", "run_cli"]
 
@@ -80,7 +83,7 @@ def _root(
     """
     ctx.obj = CliState(config=config, verbose=verbose, app=app)
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    handler = EscapingRichHandler(console=Console(stderr=True), show_path=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     # the client logs every non-2xx answer (even an expected "index exists") as a warning
     logging.getLogger("opensearch").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
@@ -129,10 +132,15 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         where = ctx.command_path if ctx is not None else PROG
         hint = f" (see '{where} --help')" if ctx is not None else ""
-        sys.stderr.write(f"{where}: {one_line(exc.format_message())}{hint}\n")
+        sys.stderr.write(f"{where}: {error_line(exc.format_message())}{hint}\n")
         return EXIT_USAGE if ctx is not None else int(getattr(exc, "exit_code", EXIT_FAILED))
     except typer.Abort:
         sys.stderr.write(f"{PROG}: aborted\n")
+        return EXIT_FAILED
+    except Exception as exc:  # the last safety net: still one line, never a traceback
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        problem = error_line(f"{type(exc).__name__}: {text_of(exc)}")
+        sys.stderr.write(f"{PROG}: unexpected error: {problem} (-vv logs the traceback)\n")
         return EXIT_FAILED
     if code == EXIT_INTERRUPTED:  # click turned a KeyboardInterrupt into this status
         sys.stderr.write(f"{PROG}: interrupted\n")

@@ -1,14 +1,25 @@
-"""The reading commands: status, list, show (``--json`` shapes: docs/cli.md)."""
+"""The reading commands: status, list, show (``--json`` shapes: docs/cli.md).
+
+``show`` of a record the store holds but cannot decode (written by a newer version,
+or damaged) prints its stored form on stdout — escaped, indented if it is JSON —
+and why it cannot be read on stderr, exit status 1.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from mahavishnu_dlq.cli.arguments import parse_task_id
 from mahavishnu_dlq.cli.common import (
     EXIT_FAILED,
     emit_json,
@@ -29,10 +40,13 @@ from mahavishnu_dlq.cli.options import (
     task_json,
 )
 from mahavishnu_dlq.cli.render import (
+    render_source,
     render_statistics,
     render_task_detail,
     render_task_list,
 )
+from mahavishnu_dlq.cli.terminal import escape_line
+from mahavishnu_dlq.errors import UnreadableRecordError
 from mahavishnu_dlq.models import (
     FailedTask,
     decode_cursor,
@@ -119,7 +133,7 @@ def list_tasks(
     console.print(render_task_list(tasks, now, width=console.width))
     footer = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
     if next_cursor:
-        footer += f"; next page: add --cursor {next_cursor}"
+        footer += f"; next page: add --cursor {escape_line(next_cursor)}"
     console.print(Text(footer, style="bright_black"))
 
 
@@ -128,15 +142,62 @@ def show(
     task_id: Annotated[str, typer.Argument(metavar="TASK_ID", help="The task's id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Everything about one task: error and traceback, attempts, input and metadata."""
+    """Everything about one task: error and traceback, attempts, input and metadata.
 
-    async def body(dlq: DeadLetterQueue) -> tuple[FailedTask | None, datetime]:
-        return await dlq.get_task(task_id), dlq.clock.now()
+    A record stored but unreadable is printed as stored; exit status 1.
+    """
+    parse_task_id(task_id)
+
+    async def body(
+        dlq: DeadLetterQueue,
+    ) -> tuple[FailedTask | UnreadableRecordError | None, datetime]:
+        try:
+            with _reported_here():
+                return await dlq.get_task(task_id), dlq.clock.now()
+        except UnreadableRecordError as exc:
+            return exc, dlq.clock.now()
 
     task, now = run(state_of(ctx), body)
     if task is None:
         fail(f"no task with id {task_id!r} in the dead-letter queue", EXIT_FAILED)
+    if isinstance(task, UnreadableRecordError):
+        _show_unreadable(task, as_json=as_json)
     if as_json:
         emit_json(task_json(task))
     else:
         Console().print(render_task_detail(task, now))
+
+
+@contextmanager
+def _reported_here() -> Iterator[None]:
+    """``show`` reports an unreadable record itself, in its one line: the library's
+    ``dlq.unreadable`` warning would say it twice."""
+    logger = logging.getLogger("mahavishnu_dlq.storage")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return getattr(record, "action", None) != "dlq.unreadable"
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _show_unreadable(error: UnreadableRecordError, *, as_json: bool) -> NoReturn:
+    """The stored form on stdout, why it cannot be read on stderr; exit status 1."""
+    source = error.source
+    if as_json:
+        parsed: Any = source
+        if source is not None:
+            try:
+                parsed = json.loads(source)
+            except (ValueError, RecursionError):
+                parsed = source
+        emit_json(
+            {"task_id": error.task_id, "unreadable": True, "reason": error.reason, "source": parsed}
+        )
+    elif source is not None:
+        sys.stdout.write(render_source(source).rstrip("\n") + "\n")
+    where = "; its stored form is on stdout" if source is not None else ""
+    fail(f"{error}{where}", EXIT_FAILED)

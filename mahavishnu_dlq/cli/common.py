@@ -5,7 +5,10 @@ A command parses and checks its options here (a bad value is a
 async body with :func:`run`, which opens the queue — from ``--app`` or from the
 settings — and turns the library's errors into one line on stderr and an exit
 status: 1 for "not found" or a failed operation (an unreachable store included),
-2 for usage and configuration problems. No command prints a traceback.
+2 for usage and configuration problems. No command prints a traceback, and every
+line goes through :mod:`.terminal`, so no stored or given text reaches the terminal
+raw.
+The parsers of option values live in :mod:`.arguments` (re-exported here).
 """
 
 from __future__ import annotations
@@ -13,21 +16,25 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import json
 import os
-import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
 import typer
 
+from mahavishnu_dlq.cli.arguments import (
+    parse_choices,
+    parse_duration,
+    parse_moment,
+    parse_rate,
+    quoted,
+)
+from mahavishnu_dlq.cli.terminal import dumps, escape_line, text_of
 from mahavishnu_dlq.errors import (
     ConfigurationError,
     DLQError,
@@ -44,10 +51,12 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "MAX_ERROR_CHARS",
     "PROG",
     "CliError",
     "CliState",
     "emit_json",
+    "error_line",
     "fail",
     "one_line",
     "parse_choices",
@@ -60,9 +69,10 @@ __all__ = [
 PROG = "mahavishnu-dlq"
 APP_ENV_VAR = "MAHAVISHNU_DLQ_APP"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Longest error line (characters, after escaping).
+MAX_ERROR_CHARS = 4096
 
 T = TypeVar("T")
-E = TypeVar("E", bound=Enum)
 
 
 class CliError(Exception):
@@ -79,132 +89,67 @@ def one_line(message: str) -> str:
     return " ".join([head, "; ".join(line.removeprefix("- ") for line in rest)]).strip()
 
 
+def error_line(message: str) -> str:
+    """``message`` as one escaped line of at most :data:`MAX_ERROR_CHARS` (a message
+    quoting a 100,000-character argument is cut, saying how much)."""
+    line = escape_line(one_line(message))
+    if len(line) > MAX_ERROR_CHARS:
+        line = f"{line[:MAX_ERROR_CHARS]}… ({len(line) - MAX_ERROR_CHARS} more characters)"
+    return line
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Report ``message`` on one line of stderr and exit with ``code``."""
-    sys.stderr.write(f"{PROG}: {one_line(message)}\n")
+    """Report ``message`` on one line of stderr, escaped, and exit with ``code``."""
+    sys.stderr.write(f"{PROG}: {error_line(message)}\n")
     raise typer.Exit(code)
 
 
 def emit_json(data: Any) -> None:
-    """Print ``data`` as indented JSON on stdout (values JSON lacks become strings)."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    """Print ``data`` as indented JSON on stdout (values JSON lacks become strings).
 
-
-# -- parsing options --------------------------------------------------------------------
-
-_UNITS = {
-    "ms": 0.001,
-    "s": 1,
-    "sec": 1,
-    "m": 60,
-    "min": 60,
-    "h": 3600,
-    "d": 86400,
-    "w": 604800,
-}
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)", re.IGNORECASE)
-_DURATION_HELP = "a number and a unit (s, m, h, d, w), e.g. 90s, 15m, 12h, 30d or 1h30m"
-
-
-def parse_duration(text: str, *, option: str = "duration") -> timedelta:
-    """``30d``, ``12h``, ``1h30m``, ``90s`` … as a timedelta; BadParameter otherwise."""
-    seconds, position, stripped = 0.0, 0, text.strip()
-    while position < len(stripped):
-        match = _DURATION_PART.match(stripped, position)
-        if match is None:
-            break
-        seconds += float(match.group(1)) * _UNITS[match.group(2).lower()]
-        position = match.end()
-    if not stripped or position < len(stripped):
-        raise typer.BadParameter(
-            f"{text!r} is not a duration: use {_DURATION_HELP}", param_hint=option
-        )
-    return timedelta(seconds=seconds)
-
-
-def parse_moment(text: str, now: datetime, *, option: str) -> datetime:
-    """An ISO 8601 date/time (UTC unless it names a zone) or a duration meaning "ago"."""
-    stripped = text.strip()
-    if stripped[:1].isdigit() and ("-" in stripped[:5] or "T" in stripped):
-        try:
-            moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    try:
-        return now - parse_duration(stripped, option=option)
-    except typer.BadParameter:
-        raise typer.BadParameter(
-            f"{text!r} is neither a time (ISO 8601, e.g. 2026-11-26 or 2026-11-26T14:30:00Z)"
-            f" nor an age ({_DURATION_HELP})",
-            param_hint=option,
-        ) from None
-
-
-def parse_choices(values: Iterable[str] | None, enum: type[E], *, option: str) -> tuple[E, ...]:
-    """Repeated and/or comma-separated enum values; BadParameter naming the allowed ones."""
-    chosen: list[E] = []
-    for value in values or ():
-        for name in filter(None, (part.strip().lower() for part in value.split(","))):
-            try:
-                member = enum(name)
-            except ValueError:
-                allowed = ", ".join(str(m.value) for m in enum)
-                raise typer.BadParameter(
-                    f"unknown value {name!r}; allowed: {allowed}", param_hint=option
-                ) from None
-            if member not in chosen:
-                chosen.append(member)
-    return tuple(chosen)
-
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$", re.IGNORECASE)
-
-
-def parse_rate(text: str, *, option: str = "--rate") -> float:
-    """``10``, ``10/s``, ``600/min``, ``3600/h`` as tasks per second (> 0)."""
-    match = _RATE.match(text)
-    rate = 0.0
-    if match is not None:
-        rate = float(match.group(1)) / _UNITS[(match.group(2) or "s").lower()]
-    if rate <= 0:
-        raise typer.BadParameter(
-            f"{text!r} is not a rate: use a positive number per second, minute or hour,"
-            " e.g. 10/s, 600/min",
-            param_hint=option,
-        )
-    return rate
+    Exact JSON: what the terminal output escapes is written as JSON escapes
+    (``\\u001b``, ``\\udcff``), so a lone surrogate cannot stop the write."""
+    sys.stdout.write(dumps(data) + "\n")
 
 
 # -- --app: the user's queue or handlers --------------------------------------------------
+
+
+def _raised(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {text_of(exc)}"
 
 
 def import_target(spec: str) -> Any:
     """The object ``module:attribute`` names (the current directory is importable)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise CliError(f"--app must look like module:attribute, got {spec!r}", EXIT_USAGE)
+        raise CliError(f"--app must look like module:attribute, got {quoted(spec)}", EXIT_USAGE)
+    shown = spec if len(spec) <= 200 else spec[:200] + "…"
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise CliError(f"--app {spec}: no module named {exc.name!r}", EXIT_USAGE) from exc
-        raise CliError(f"--app {spec}: importing {module_name} failed: {exc}", EXIT_USAGE) from exc
-    except Exception as exc:
+            raise CliError(f"--app {shown}: no module named {exc.name!r}", EXIT_USAGE) from exc
         raise CliError(
-            f"--app {spec}: importing {module_name} failed: {type(exc).__name__}: {exc}",
-            EXIT_USAGE,
+            f"--app {shown}: importing {module_name} failed: {text_of(exc)}", EXIT_USAGE
+        ) from exc
+    except (Exception, SystemExit) as exc:  # a module may even call sys.exit()
+        raise CliError(
+            f"--app {shown}: importing {module_name} failed: {_raised(exc)}", EXIT_USAGE
         ) from exc
     for name in attribute.split("."):
         try:
             target = getattr(target, name)
         except AttributeError:
             raise CliError(
-                f"--app {spec}: {module_name} has no attribute {attribute!r}", EXIT_USAGE
+                f"--app {shown}: {module_name} has no attribute {attribute!r}", EXIT_USAGE
             ) from None
+        except Exception as exc:  # a property or __getattr__ that raises
+            raise CliError(
+                f"--app {shown}: getting {attribute} raised {_raised(exc)}", EXIT_USAGE
+            ) from exc
     return target
 
 
@@ -213,7 +158,7 @@ def _is_factory(target: Any) -> bool:
     repos; one taking ``*args`` is a handler too)."""
     try:
         signature = inspect.signature(target)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, or a hostile __signature__
         return False
     return all(
         p.default is not p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
@@ -221,41 +166,58 @@ def _is_factory(target: Any) -> bool:
     )
 
 
+def _classify(spec: str, target: Any) -> list[tuple[str, Any]] | None:
+    """A handler mapping's items, or None for one handler; CliError for anything else."""
+    try:
+        if isinstance(target, Mapping) and target:
+            items = list(target.items())
+        elif callable(target):
+            return None
+        else:
+            items = []
+    except Exception as exc:  # a hostile __len__, __iter__ or __class__
+        raise CliError(
+            f"--app {spec}: inspecting the {type(target).__name__} raised {_raised(exc)}",
+            EXIT_USAGE,
+        ) from exc
+    if not items:
+        raise CliError(
+            f"--app {spec} is a {type(target).__name__}; expected a DeadLetterQueue, a "
+            "function returning one, a mapping of workflow names to handlers, or a handler",
+            EXIT_USAGE,
+        )
+    for workflow, handler in items:
+        if not isinstance(workflow, str) or not callable(handler):
+            key = quoted(workflow) if isinstance(workflow, str) else f"a {type(workflow).__name__}"
+            raise CliError(
+                f"--app {spec}: a handler mapping needs workflow names mapped to "
+                f"callables; {key} maps to {type(handler).__name__}",
+                EXIT_USAGE,
+            )
+    return items
+
+
 async def resolve_app(
     spec: str, target: Any, settings: Callable[[], DLQSettings]
 ) -> DeadLetterQueue:
     """A queue from what ``--app`` named: a queue, a factory, handlers, or one handler."""
+    spec = spec if len(spec) <= 200 else spec[:200] + "…"
     if callable(target) and not isinstance(target, DeadLetterQueue) and _is_factory(target):
         try:
             target = target()
             if inspect.isawaitable(target):
                 target = await target
-        except Exception as exc:
-            raise CliError(
-                f"--app {spec}: the factory raised {type(exc).__name__}: {exc}", EXIT_USAGE
-            ) from exc
+        except (Exception, SystemExit) as exc:  # exit() is a factory too
+            raise CliError(f"--app {spec}: the factory raised {_raised(exc)}", EXIT_USAGE) from exc
     if isinstance(target, DeadLetterQueue):
         return target
-    if isinstance(target, Mapping) and target:
-        dlq = DeadLetterQueue.from_settings(settings())
-        for workflow, handler in target.items():
-            if not isinstance(workflow, str) or not callable(handler):
-                raise CliError(
-                    f"--app {spec}: a handler mapping needs workflow names mapped to "
-                    f"callables; {workflow!r} maps to {type(handler).__name__}",
-                    EXIT_USAGE,
-                )
-            dlq.register_handler(workflow, handler)
-        return dlq
-    if callable(target):
-        dlq = DeadLetterQueue.from_settings(settings())
+    items = _classify(spec, target)
+    dlq = DeadLetterQueue.from_settings(settings())
+    if items is None:
         dlq.default_callback = target
-        return dlq
-    raise CliError(
-        f"--app {spec} is a {type(target).__name__}; expected a DeadLetterQueue, a function "
-        "returning one, a mapping of workflow names to handlers, or a handler",
-        EXIT_USAGE,
-    )
+    for workflow, handler in items or ():
+        dlq.register_handler(workflow, handler)
+    return dlq
 
 
 # -- global state and running a command -----------------------------------------------------
@@ -276,7 +238,9 @@ class CliState:
             try:
                 self._settings = DLQSettings.load(self.config)
             except ConfigurationError as exc:
-                fail(str(exc))
+                fail(text_of(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes it raise
+                fail(f"cannot load the settings: {_raised(exc)}")
         return self._settings
 
     def app_spec(self, override: str | None = None) -> str | None:
@@ -342,10 +306,10 @@ def run(
     try:
         return anyio.run(main)
     except CliError as exc:
-        fail(str(exc), exc.code)
+        fail(text_of(exc), exc.code)
     except StoreUnavailableError as exc:
-        fail(f"{exc}", EXIT_FAILED)
+        fail(text_of(exc), EXIT_FAILED)
     except ConfigurationError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except (TaskNotFoundError, TaskBusyError, DLQError) as exc:
-        fail(str(exc), EXIT_FAILED)
+        fail(text_of(exc), EXIT_USAGE)
+    except (TaskNotFoundError, TaskBusyError, DLQError) as exc:  # UnreadableRecordError too
+        fail(text_of(exc), EXIT_FAILED)

@@ -32,6 +32,7 @@ from rich.text import Text
 from mahavishnu_dlq.cli.common import PROG, emit_json, fail, run
 from mahavishnu_dlq.cli.options import AppOption, JsonOption, state_of
 from mahavishnu_dlq.cli.render import STATUS_STYLE, render_statistics, render_task, titled_table
+from mahavishnu_dlq.cli.terminal import escape_block, escape_line, say, text_of
 from mahavishnu_dlq.demo import DemoResult, run_demo
 from mahavishnu_dlq.errors import ConfigurationError
 from mahavishnu_dlq.processor import RetryProcessor
@@ -61,7 +62,7 @@ async def _until_signalled(dlq: DeadLetterQueue, interval: float | None) -> None
         await dlq.start_retry_processor(check_interval_seconds=interval)
         async for signum in signals:
             name = signal.Signals(signum).name
-            sys.stderr.write(f"{PROG}: {name}: stopping; in-flight attempts go back to pending\n")
+            say(f"{PROG}: {name}: stopping; in-flight attempts go back to pending", err=True)
             break
     await dlq.stop_retry_processor()
 
@@ -78,6 +79,7 @@ def processor_run(
         typer.Option(
             metavar="SECONDS",
             min=0.01,
+            max=3600,
             help="Seconds between checks for due tasks (default: retry_interval_seconds).",
         ),
     ] = None,
@@ -108,10 +110,11 @@ def processor_run(
         if drain:
             attempts = await RetryProcessor(dlq, check_interval=interval).drain()
             return _summary(dlq, before, attempts)
-        sys.stderr.write(
+        say(
             f"{PROG}: processor {dlq.worker_id} on {dlq.store.backend}, concurrency "
             f"{dlq.concurrency}, checking every {interval or dlq.retry_interval_seconds:g} s;"
-            " Ctrl-C stops it\n"
+            " Ctrl-C stops it",
+            err=True,
         )
         await _until_signalled(dlq, interval)
         return _summary(dlq, before)
@@ -122,7 +125,7 @@ def processor_run(
     else:
         counts = ", ".join(f"{summary[key]} {key.replace('_', ' ')}" for key in _RESULT_KEYS)
         made = f"{summary['attempts']} attempts: " if "attempts" in summary else ""
-        sys.stdout.write(f"processor {summary['worker_id']} stopped; {made}{counts}\n")
+        say(f"processor {summary['worker_id']} stopped; {made}{counts}")
 
 
 # -- config show / validate -------------------------------------------------------------------
@@ -137,9 +140,18 @@ def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     named = state.config or os.environ.get(CONFIG_ENV_VAR)
     source = f"{named}, " if named else "no file, "
-    sys.stdout.write(f"# effective settings: {source}MAHAVISHNU_DLQ_* environment, defaults")
-    sys.stdout.write("; secrets masked\n")
-    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    say(f"# effective settings: {source}MAHAVISHNU_DLQ_* environment, defaults; secrets masked")
+    sys.stdout.write(_yaml(data))
+
+
+def _yaml(data: Any) -> str:
+    """``data`` as YAML; all ASCII, every character escaped in YAML's own way, when
+    it holds a character the terminal must not see (PyYAML writes bidi controls,
+    U+0085, U+2028 and U+2029 as they are)."""
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if escape_block(text) != text:
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
+    return text
 
 
 def config_validate(
@@ -149,14 +161,17 @@ def config_validate(
     """Check FILE (with the MAHAVISHNU_DLQ_* environment) as the library would load it."""
     try:
         settings = DLQSettings.from_yaml(file)
-    except ConfigurationError as exc:
+    except Exception as exc:  # noqa: BLE001 - ConfigurationError, or what a hostile file raises
+        error = text_of(exc)
+        if not isinstance(exc, ConfigurationError):
+            error = f"cannot load {file}: {type(exc).__name__}: {error}"
         if as_json:
-            emit_json({"file": str(file), "valid": False, "error": str(exc)})
-        fail(str(exc))
+            emit_json({"file": str(file), "valid": False, "error": error})
+        fail(error)
     if as_json:
         emit_json({"file": str(file), "valid": True, "store": settings.store})
     else:
-        sys.stdout.write(f"{file}: valid (store {settings.store}, max_size {settings.max_size})\n")
+        say(f"{file}: valid (store {settings.store}, max_size {settings.max_size})")
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -222,7 +237,8 @@ def _by_workflow(rows: Mapping[str, Mapping[str, int]]) -> Table:
         caption_justify="left",
     )
     for workflow, row in rows.items():
-        table.add_row(Text(workflow), *(Text(str(row[k]), STATUS_STYLE.get(k, "")) for k in keys))
+        cells = (Text(str(row[k]), STATUS_STYLE.get(k, "")) for k in keys)
+        table.add_row(Text(escape_line(workflow)), *cells)
     return table
 
 
@@ -275,7 +291,10 @@ def demo(
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(metavar="SECONDS", min=0.1, help="Longest wait for the retry phase.")
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0.1, max=3600, help="Longest wait for the retry phase."
+        ),
     ] = 50.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the statistics and examples as JSON.")

@@ -15,14 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from mahavishnu_dlq.cli.common import (
-    APP_ENV_VAR,
-    EXIT_FAILED,
-    CliState,
-    fail,
-    parse_choices,
-    parse_moment,
-)
+from mahavishnu_dlq.cli.arguments import parse_choices, parse_moment, parse_text
+from mahavishnu_dlq.cli.common import APP_ENV_VAR, EXIT_FAILED, CliState, fail
+from mahavishnu_dlq.cli.terminal import escape_line
+from mahavishnu_dlq.limits import MAX_NAME_CHARS
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     ErrorCategory,
@@ -144,20 +140,25 @@ def task_filter(
         return TaskFilter(
             status=parse_choices(status, DeadLetterStatus, option="--status") or None,
             error_category=parse_choices(category, ErrorCategory, option="--category") or None,
-            workflow=names(workflow),
+            workflow=names(workflow, option="--workflow"),
             since=None if since is None else parse_moment(since, now, option="--since"),
             until=None if until is None else parse_moment(until, now, option="--until"),
-            text=text or None,
-            fingerprint=fingerprint,
+            text=None if not text else parse_text(text, option="--text"),
+            fingerprint=(
+                None if fingerprint is None else parse_text(fingerprint, option="--fingerprint")
+            ),
         )
 
     build(datetime.now(timezone.utc))
     return build
 
 
-def names(values: list[str] | None) -> tuple[str, ...] | None:
-    """Repeated and/or comma-separated names, in order, without repeats."""
+def names(values: list[str] | None, *, option: str = "--workflow") -> tuple[str, ...] | None:
+    """Repeated and/or comma-separated names, in order, without repeats; each at most
+    512 characters of valid Unicode (BadParameter otherwise)."""
     names = [n.strip() for value in values or () for n in value.split(",") if n.strip()]
+    for name in names:
+        parse_text(name, option=option, max_chars=MAX_NAME_CHARS)
     return tuple(dict.fromkeys(names)) or None
 
 
@@ -168,9 +169,12 @@ def iso(value: datetime | None) -> str | None:
 
 def confirm(question: str) -> None:
     """Ask on stderr (stdout stays data); anything but yes ends the command (exit 1)."""
-    sys.stderr.write(f"{question} [y/N]: ")
+    sys.stderr.write(f"{escape_line(question)} [y/N]: ")
     sys.stderr.flush()
-    answer = sys.stdin.readline()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, UnicodeDecodeError, ValueError):  # unreadable input is no "yes"
+        answer = ""
     if not sys.stdin.isatty():
         sys.stderr.write("\n")  # the answer was not echoed: end the question's line
     if answer.strip().lower() not in ("y", "yes"):

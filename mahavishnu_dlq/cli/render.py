@@ -2,7 +2,9 @@
 
 Pure functions of their input (and ``now`` where a time is shown relative to it),
 shared by the commands, the demo and the tests. Times are shown in UTC, with a
-relative hint where it helps ("in 4 min", "3.0 h ago").
+relative hint where it helps ("in 4 min", "3.0 h ago"). Every text that comes from
+a record, the statistics or the user is escaped (:mod:`.terminal`): one line in a
+cell or a fact, a block for a traceback, JSON escapes in the JSON blocks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from mahavishnu_dlq.cli.terminal import dumps, escape_block, escape_json, escape_line
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, ReplayReport
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "plain_row",
     "relative",
     "render_replay",
+    "render_source",
     "render_statistics",
     "render_task",
     "render_task_detail",
@@ -94,8 +98,9 @@ def titled_table(title: str | None, *columns: str, **options: Any) -> Table:
 
 
 def plain_row(table: Table, *cells: str | RenderableType) -> None:
-    """Add a row whose strings are shown as they are (task data is never Rich markup)."""
-    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+    """Add a row whose strings are shown as they are (task data is never Rich markup),
+    each escaped as one line."""
+    table.add_row(*(Text(escape_line(cell)) if isinstance(cell, str) else cell for cell in cells))
 
 
 def _counts(
@@ -106,7 +111,7 @@ def _counts(
     )
     for name, count in counts.items():
         style = (styles or {}).get(name, "") if count else "bright_black"
-        table.add_row(Text(name, style=style), Text(str(count), style=style))
+        table.add_row(Text(escape_line(str(name)), style=style), Text(str(count), style=style))
     return table
 
 
@@ -146,6 +151,16 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
         f"{stats['queue_size']} / {stats['max_size']} ({stats['utilization_percent']}%)",
     )
     plain_row(queue, "stored", str(stats.get("total_stored", "-")))
+    unreadable = stats.get("unreadable") or 0
+    if unreadable:
+        plain_row(
+            queue,
+            "unreadable",
+            Text.assemble(
+                (str(unreadable), "bold red"),
+                (" stored but cannot be read: list, replay and the processor skip them", "red"),
+            ),
+        )
     plain_row(queue, "oldest pending", age(stats.get("oldest_pending_age_seconds")))
     plain_row(queue, "processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
     tables = [
@@ -162,8 +177,8 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
             fingerprints,
             str(fp["count"]),
             _short_type(str(fp["error_type"])),
-            fp["example_error"],
-            fp["fingerprint"],
+            str(fp["example_error"]),
+            str(fp["fingerprint"]),
         )
     if not stats.get("top_fingerprints"):
         plain_row(fingerprints, "0", "-", "no open tasks", "-")
@@ -175,7 +190,8 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
 
 def _next_retry(task: FailedTask, now: datetime | None = None) -> Text:
     if task.status is DeadLetterStatus.RETRYING:
-        return Text(f"none: being retried by {task.lease_owner or '?'}", style="cyan")
+        owner = escape_line(task.lease_owner or "?")
+        return Text(f"none: being retried by {owner}", style="cyan")
     if task.next_retry_at is not None:
         hint = "" if now is None else f" ({relative(task.next_retry_at, now)})"
         return Text(when(task.next_retry_at) + hint)
@@ -186,6 +202,13 @@ def _next_retry(task: FailedTask, now: datetime | None = None) -> Text:
         DeadLetterStatus.ARCHIVED: f"none: archived {when(task.archived_at)}",
     }.get(task.status, "none")
     return Text(reason, style="bright_black")
+
+
+def _error(error_type: str, error: str) -> Text:
+    """``Type: message`` on one line, the type in colour."""
+    return Text.assemble(
+        (escape_line(_short_type(error_type)), "magenta"), ": ", escape_line(error)
+    )
 
 
 def _facts(task: FailedTask, now: datetime | None) -> Table:
@@ -203,12 +226,9 @@ def _facts(task: FailedTask, now: datetime | None) -> Table:
         f"{task.retry_count}/{task.max_retries}"
         f" ({task.total_attempts} run{'s' if task.total_attempts != 1 else ''} in all)",
     )
-    plain_row(
-        facts, "error", Text.assemble((_short_type(task.error_type), "magenta"), ": ", task.error)
-    )
+    plain_row(facts, "error", _error(task.error_type, task.error))
     if task.last_error and task.last_error != task.error:
-        last_type = _short_type(task.last_error_type or "")
-        plain_row(facts, "last error", Text.assemble((last_type, "magenta"), ": ", task.last_error))
+        plain_row(facts, "last error", _error(task.last_error_type or "", task.last_error))
     failed = when(task.failed_at) + ("" if now is None else f" ({relative(task.failed_at, now)})")
     plain_row(facts, "failed at", failed)
     plain_row(facts, "next retry", _next_retry(task, now))
@@ -242,15 +262,14 @@ def render_task(task: FailedTask, title: str | None = None) -> Panel:
     style = STATUS_STYLE.get(task.status.value, "")
     return Panel(
         Group(_facts(task, None), _history(task)),
-        title=Text(title or task.task_id),
+        title=Text(escape_line(title or task.task_id)),
         title_align="left",
         border_style=style,
     )
 
 
 def _json_block(title: str, data: Any) -> RenderableType:
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    return Group(Text(title, style="bold"), Syntax(text, "json", word_wrap=True))
+    return Group(Text(title, style="bold"), Syntax(dumps(data), "json", word_wrap=True))
 
 
 def render_task_detail(task: FailedTask, now: datetime) -> RenderableType:
@@ -265,13 +284,30 @@ def render_task_detail(task: FailedTask, now: datetime) -> RenderableType:
     plain_row(facts, "created / updated", f"{when(task.created_at)} / {when(task.updated_at)}")
     parts: list[RenderableType] = [facts, Text(), _history(task), Text()]
     if task.traceback:
-        parts += [Text("traceback (first failure)", style="bold"), Text(task.traceback.rstrip())]
+        traceback = Text(escape_block(task.traceback.rstrip()))
+        parts += [Text("traceback (first failure)", style="bold"), traceback]
     else:
         parts.append(Text("no traceback recorded", style="bright_black"))
     parts += [Text(), _json_block("task input", task.task), Text()]
     parts.append(_json_block("metadata", task.metadata))
     style = STATUS_STYLE.get(task.status.value, "")
-    return Panel(Group(*parts), title=Text(task.task_id), title_align="left", border_style=style)
+    title = Text(escape_line(task.task_id))
+    return Panel(Group(*parts), title=title, title_align="left", border_style=style)
+
+
+def render_source(source: str | None) -> str:
+    """The stored form of a record that cannot be read (``show``), for stdout: indented
+    if it is JSON (its unsafe characters as JSON escapes), else the text escaped."""
+    if source is None:
+        return ""
+    try:
+        data = json.loads(source)
+    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser
+        return escape_block(source)
+    try:
+        return dumps(data)
+    except (ValueError, RecursionError):  # NaN is JSON to Python; deep nesting is not
+        return escape_json(source)
 
 
 # -- many tasks ---------------------------------------------------------------------------
@@ -283,7 +319,7 @@ def render_task_list(tasks: Sequence[FailedTask], now: datetime, *, width: int =
     Below ``NARROW`` columns (the terminal's ``width``) category and failed-at are
     left out, so the error keeps room; ``show`` and ``--json`` have everything."""
     wide = width >= NARROW
-    longest = max((len(task.task_id) for task in tasks), default=8)
+    longest = max((len(escape_line(task.task_id)) for task in tasks), default=8)
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
     table.add_column("id", overflow="fold", width=max(8, min(longest, 36 if wide else 20)))
     table.add_column("status", no_wrap=True)
@@ -332,9 +368,8 @@ def render_replay(report: ReplayReport) -> RenderableType:
     if would:
         shown = would[:_LISTED]
         more = len(would) - len(shown)
-        parts.append(
-            Text("would replay: " + ", ".join(shown) + (f" … and {more} more" if more else ""))
-        )
+        listed = ", ".join(escape_line(task_id) for task_id in shown)
+        parts.append(Text(f"would replay: {listed}" + (f" … and {more} more" if more else "")))
     failures = report.failures
     if failures:
         table = titled_table("not replayed", "task id", "outcome", "reason")

@@ -31,7 +31,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from mahavishnu_dlq import lifecycle
-from mahavishnu_dlq import queue as queue_module
+from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.cli import build_app
 from mahavishnu_dlq.cli.app import run_cli
 from mahavishnu_dlq.cli.common import parse_choices, parse_duration, parse_moment, parse_rate
@@ -437,7 +437,7 @@ def shared_store(dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch) -> Memor
     """A queue --app builds from settings (handlers) gets the seeded queue's memory store."""
     store = dlq.store
     assert isinstance(store, MemoryStore)
-    monkeypatch.setattr(queue_module, "MemoryStore", lambda: store)
+    monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
     return store
 
 
@@ -1373,7 +1373,7 @@ def test_processor_drain_with_a_mapping_of_handlers(
     future = FakeClock(datetime(2100, 1, 1, tzinfo=timezone.utc))
     seeded = DeadLetterQueue(MemoryStore(), clock=future)
     store = seeded.store
-    monkeypatch.setattr(queue_module, "MemoryStore", lambda: store)
+    monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
     for task_id, workflow in [("a", "ok"), ("b", "ok"), ("c", "bad")]:
         enqueue(seeded, task_id, workflow=workflow)
     spec = f"{MODULE}:handlers"
@@ -1466,7 +1466,8 @@ def test_ids_and_workflow_names_with_brackets(cli: Cli, dlq: DeadLetterQueue, co
 
 
 @pytest.fixture
-def secret_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def secret_config(tmp_path: Path) -> Path:
+    """Credentials in a host URL: they move to username and password when settings load."""
     config = tmp_path / "dlq.yaml"
     config.write_text(
         "max_size: 500\n"
@@ -1474,7 +1475,6 @@ def secret_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "  hosts: ['https://admin:s3cret@search.example:9200', 'http://plain:9200']\n"
         "  username: admin\n"
     )
-    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__PASSWORD", "hunter2")
     return config
 
 
@@ -1482,28 +1482,41 @@ def test_config_show_masks_secrets(cli: Cli, secret_config: Path) -> None:
     ran = cli("--config", str(secret_config), "config", "show")
     assert ran.code == 0, ran.err
     out = ran.out
-    assert "hunter2" not in out
     assert "s3cret" not in out
-    assert f"{MASK}@search.example:9200" in out
+    assert "- https://search.example:9200" in out
     assert re.search(rf"password: '?{re.escape(MASK)}'?", out)
+    assert "username: admin" in out
     assert "max_size: 500" in out
     assert str(secret_config) in out.splitlines()[0]
     assert ran.err == ""
 
 
-def test_config_show_json_masks_secrets(cli: Cli, secret_config: Path) -> None:
+def test_config_show_json_masks_secrets(
+    cli: Cli, secret_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__PASSWORD", "s3cret")  # the same: no conflict
     ran = cli("--config", str(secret_config), "config", "show", "--json")
     assert ran.code == 0, ran.err
-    assert "hunter2" not in ran.out
     assert "s3cret" not in ran.out
     data = ran.json()
     assert data["max_size"] == 500
     assert data["opensearch"]["password"] == MASK
     assert data["opensearch"]["username"] == "admin"
-    assert data["opensearch"]["hosts"] == [
-        f"https://{MASK}@search.example:9200",
-        "http://plain:9200",
-    ]
+    assert data["opensearch"]["hosts"] == ["https://search.example:9200", "http://plain:9200"]
+
+
+def test_config_show_with_conflicting_passwords_is_exit_2(
+    cli: Cli, secret_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__PASSWORD", "hunter2")
+    ran = cli("--config", str(secret_config), "config", "show")
+    assert ran.code == 2
+    line = ran.one_error_line()
+    assert "the password in hosts[0] differs from password" in line
+    assert "MAHAVISHNU_DLQ_OPENSEARCH__PASSWORD" in line
+    assert "hunter2" not in ran.err
+    assert "s3cret" not in ran.err
+    assert ran.out == ""
 
 
 def test_config_show_reads_the_file_the_environment_names(

@@ -1,0 +1,187 @@
+"""What a command-line value may be: durations, times, rates, choices, ids and texts.
+
+Each parser returns the value or raises :class:`typer.BadParameter` naming the
+option, which the CLI reports as one line with exit status 2 before anything is
+opened. Values come from a shell, so each is bounded as well as parsed: a
+duration is at most a century (:data:`~mahavishnu_dlq.policy.MAX_SECONDS`), a rate
+between one an hour and a million a second, a task id 1-512 characters of valid
+Unicode like every stored id, a workflow name at most 512 characters and
+``--text``/``--fingerprint`` at most :data:`MAX_FILTER_CHARS`; a value quoted in
+a message is cut (:func:`quoted`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import TypeVar
+
+import typer
+
+from mahavishnu_dlq.limits import MAX_ID_CHARS, is_valid_unicode
+from mahavishnu_dlq.policy import MAX_SECONDS
+
+__all__ = [
+    "MAX_FILTER_CHARS",
+    "MAX_RATE",
+    "MIN_RATE",
+    "parse_choices",
+    "parse_duration",
+    "parse_moment",
+    "parse_rate",
+    "parse_task_id",
+    "parse_text",
+    "quoted",
+]
+
+E = TypeVar("E", bound=Enum)
+
+#: Longest ``--text`` or ``--fingerprint`` (characters).
+MAX_FILTER_CHARS = 1024
+#: The slowest and fastest ``--rate`` (tasks per second): one an hour, a million a second.
+MIN_RATE, MAX_RATE = 1 / 3600, 1_000_000.0
+
+
+def quoted(text: str, chars: int = 60) -> str:
+    """``repr`` of ``text``, cut to about ``chars`` characters (for error messages)."""
+    return repr(text) if len(text) <= chars else repr(text[:chars]) + f"… ({len(text)} chars)"
+
+
+_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_HELP = "a number and a unit (s, m, h, d, w), e.g. 90s, 15m, 12h, 30d or 1h30m"
+_CENTURY = f"at most a century ({MAX_SECONDS / 86400:.0f}d)"
+
+
+def _seconds(text: str) -> float | None:
+    """The seconds a duration names (inf for a number of 400 digits); None if it is none."""
+    seconds, position, stripped = 0.0, 0, text.strip()
+    while position < len(stripped):
+        match = _DURATION_PART.match(stripped, position)
+        if match is None:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2).lower()]
+        position = match.end()
+    return seconds if stripped and position == len(stripped) else None
+
+
+def parse_duration(text: str, *, option: str = "duration") -> timedelta:
+    """``30d``, ``12h``, ``1h30m``, ``90s`` … as a timedelta of at most a century
+    (:data:`~mahavishnu_dlq.policy.MAX_SECONDS`); BadParameter otherwise."""
+    seconds = _seconds(text)
+    if seconds is None:
+        raise typer.BadParameter(
+            f"{quoted(text)} is not a duration: use {_DURATION_HELP}", param_hint=option
+        )
+    if not seconds <= MAX_SECONDS:  # inf included
+        raise typer.BadParameter(f"{quoted(text)} is too long: {_CENTURY}", param_hint=option)
+    return timedelta(seconds=seconds)
+
+
+def parse_moment(text: str, now: datetime, *, option: str) -> datetime:
+    """An ISO 8601 date/time (UTC unless it names a zone) or a duration meaning "ago"."""
+    stripped = text.strip()
+    if stripped[:1].isdigit() and ("-" in stripped[:5] or "T" in stripped):
+        try:
+            moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if _seconds(stripped) is None:
+        raise typer.BadParameter(
+            f"{quoted(text)} is neither a time (ISO 8601, e.g. 2026-11-26 or "
+            f"2026-11-26T14:30:00Z) nor an age ({_DURATION_HELP})",
+            param_hint=option,
+        )
+    age = parse_duration(stripped, option=option)  # an age of at most a century
+    try:
+        return now - age
+    except OverflowError:  # a clock near year 1
+        raise typer.BadParameter(
+            f"{quoted(text)} ago is before the year 1", param_hint=option
+        ) from None
+
+
+def parse_choices(values: Iterable[str] | None, enum: type[E], *, option: str) -> tuple[E, ...]:
+    """Repeated and/or comma-separated enum values; BadParameter naming the allowed ones."""
+    chosen: list[E] = []
+    for value in values or ():
+        for name in filter(None, (part.strip().lower() for part in value.split(","))):
+            try:
+                member = enum(name)
+            except ValueError:
+                allowed = ", ".join(str(m.value) for m in enum)
+                raise typer.BadParameter(
+                    f"unknown value {name!r}; allowed: {allowed}", param_hint=option
+                ) from None
+            if member not in chosen:
+                chosen.append(member)
+    return tuple(chosen)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$", re.IGNORECASE)
+
+
+def parse_rate(text: str, *, option: str = "--rate") -> float:
+    """``10``, ``10/s``, ``600/min``, ``3600/h`` as tasks per second, between
+    :data:`MIN_RATE` (one an hour) and :data:`MAX_RATE`; BadParameter otherwise."""
+    match = _RATE.match(text)
+    rate = 0.0
+    if match is not None:
+        rate = float(match.group(1)) / _UNITS[(match.group(2) or "s").lower()]
+    if rate <= 0:
+        raise typer.BadParameter(
+            f"{quoted(text)} is not a rate: use a positive number per second, minute or hour,"
+            " e.g. 10/s, 600/min",
+            param_hint=option,
+        )
+    if not MIN_RATE <= rate <= MAX_RATE:  # inf (a number of 400 digits) refused too
+        raise typer.BadParameter(
+            f"{quoted(text)} is out of range: a rate is at least 1/h (a slower one would "
+            f"wait for days between tasks) and at most {MAX_RATE:,.0f}/s",
+            param_hint=option,
+        )
+    return rate
+
+
+def parse_task_id(text: str, *, option: str = "TASK_ID") -> str:
+    """A task id argument: 1-512 characters of valid Unicode, as every stored id is."""
+    if not text or len(text) > MAX_ID_CHARS:
+        size = "empty" if not text else f"{len(text)} characters long"
+        raise typer.BadParameter(
+            f"a task id is 1-{MAX_ID_CHARS} characters; this one is {size}", param_hint=option
+        )
+    if not is_valid_unicode(text):
+        raise typer.BadParameter(
+            f"{quoted(text)} is not valid Unicode (undecodable bytes in the argument), "
+            "so no stored task has it",
+            param_hint=option,
+        )
+    return text
+
+
+def parse_text(text: str, *, option: str, max_chars: int = MAX_FILTER_CHARS) -> str:
+    """A text option (a workflow name, ``--text``): at most ``max_chars``, valid Unicode."""
+    if len(text) > max_chars:
+        raise typer.BadParameter(
+            f"{quoted(text)} is too long: at most {max_chars} characters", param_hint=option
+        )
+    if not is_valid_unicode(text):
+        raise typer.BadParameter(
+            f"{quoted(text)} is not valid Unicode (undecodable bytes in the argument), "
+            "so nothing stored matches it",
+            param_hint=option,
+        )
+    return text
