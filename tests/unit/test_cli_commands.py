@@ -31,13 +31,13 @@ import typer
 from typer.testing import CliRunner, Result
 
 from mahavishnu_dlq import lifecycle
-from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.cli import build_app
 from mahavishnu_dlq.cli.app import run_cli
 from mahavishnu_dlq.cli.common import parse_choices, parse_duration, parse_moment, parse_rate
 from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.queue import DeadLetterQueue
+from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock, FlakyHandler
 from tests.unit import cli_fixtures as fx
