@@ -22,7 +22,6 @@ re-exported here.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ from mahavishnu_dlq.hooks import (
     check_timeout,
     guarded_call,
 )
+from mahavishnu_dlq.printable import library_logger
 
 __all__ = [
     "Alert",
@@ -67,7 +67,7 @@ __all__ = [
     "unique_rule_names",
 ]
 
-_log = logging.getLogger(__name__)
+_log = library_logger(__name__)
 
 AlertKind = Literal["depth", "oldest_pending", "exhausted_rate"]
 #: ``callback(alert)``: a function or coroutine function; its return value is ignored.

@@ -38,15 +38,17 @@ from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import error_type_name
 from mahavishnu_dlq.context import exception_message
 from mahavishnu_dlq.errors import RetryAfter, TaskBusyError
-from mahavishnu_dlq.limits import MAX_TYPE_CHARS, bound_text
+from mahavishnu_dlq.limits import MAX_TYPE_CHARS, bound_text, clean_text
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
 from mahavishnu_dlq.policy import (
     RetryAction,
     RetryDecision,
     RetryState,
+    clamp_seconds,
     decide,
     retry_after_hint,
 )
+from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue, Handler
@@ -61,7 +63,7 @@ __all__ = [
     "run_attempt",
 ]
 
-_log = logging.getLogger("mahavishnu_dlq")
+_log = library_logger("mahavishnu_dlq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,29 @@ def is_async(fn: Callable[..., Any]) -> bool:
 
 
 async def call_handler(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a sync or async workflow function; sync ones run in a worker thread."""
+    """Call a sync or async workflow function; sync ones run in a worker thread.
+
+    A sync function's outcome comes back from its thread as a value and is raised
+    here, so its exception reaches the caller as itself (the thread machinery would
+    set attributes on it, which an exception refusing attributes turns into another
+    error), and a coroutine it returns is awaited here (trio refuses to hand one
+    back from a thread)."""
     if is_async(fn):
         return await fn(*args)
-    result = await anyio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    ok, value = await anyio.to_thread.run_sync(partial(_outcome, fn, args), abandon_on_cancel=True)
+    if not ok:
+        raise value
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    """``(True, fn(*args))``, or ``(False, the exception it raised)``; in a worker thread."""
+    try:
+        return True, fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - raised again by the caller, in its task
+        return False, exc
 
 
 async def _record(
@@ -156,7 +174,7 @@ def _finisher(
     outcome: AttemptOutcome,
     error: str | None = None,
     error_type: str | None = None,
-    exc: BaseException | None = None,
+    retry_after: float | None = None,
     defer_seconds: float | None = None,
 ) -> Callable[[FailedTask | None], FailedTask]:
     def finish(current: FailedTask | None) -> FailedTask:
@@ -172,9 +190,15 @@ def _finisher(
             max_retries=current.max_retries,
         )
         if outcome is AttemptOutcome.DEFERRED:
-            until = now + timedelta(seconds=defer_seconds or 0.0)
+            wait = clamp_seconds(defer_seconds or 0.0)
+            try:
+                until = now + timedelta(seconds=wait)
+            except OverflowError:  # past the year 9999: as good as never
+                until = None
             deadline = params.deadline
-            if deadline is None or until <= current.failed_at + timedelta(seconds=deadline):
+            if until is not None and (
+                deadline is None or until <= current.failed_at + timedelta(seconds=deadline)
+            ):
                 return lifecycle.finish(
                     current, now=now, owner=owner, outcome=outcome, defer_until=until
                 )
@@ -183,17 +207,17 @@ def _finisher(
                 now=now,
                 owner=owner,
                 outcome=AttemptOutcome.FAILURE,
-                error=f"RetryAfter({defer_seconds:g}s) would pass the deadline ({deadline:g}s)",
+                error=f"RetryAfter({wait:g}s) would pass the deadline ({deadline or wait:g}s)",
                 error_type="RetryAfter",
                 decision=RetryDecision(
-                    RetryAction.EXHAUST, None, None, f"deadline ({deadline:g}s) passed"
+                    RetryAction.EXHAUST, None, None, f"deadline ({deadline or wait:g}s) passed"
                 ),
             )
         state = RetryState(
             retry_count=current.retry_count,
             first_failed_at=current.failed_at,
             now=now,
-            retry_after=retry_after_hint(exc),
+            retry_after=retry_after,
         )
         return lifecycle.finish(
             current,
@@ -335,8 +359,8 @@ def _failure(dlq: DeadLetterQueue, exc: BaseException) -> dict[str, Any]:
     return {
         "outcome": AttemptOutcome.FAILURE,
         "error": bound_text(message, dlq.limits.max_error_bytes),
-        "error_type": error_type,
-        "exc": exc,
+        "error_type": clean_text(error_type),
+        "retry_after": retry_after_hint(exc),  # read once, outside the store's retries
     }
 
 

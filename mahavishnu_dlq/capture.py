@@ -12,12 +12,13 @@ among a batch.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import error_type_name
@@ -34,6 +35,7 @@ from mahavishnu_dlq.limits import (
     bound_text,
     check_id,
     check_name,
+    check_numbers,
     check_tree,
     clean_text,
     find_invalid_text,
@@ -47,6 +49,7 @@ from mahavishnu_dlq.models import (
     encode_json,
 )
 from mahavishnu_dlq.policy import Jitter, PolicyParams, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation
 
 if TYPE_CHECKING:
@@ -54,8 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Capture", "Failure"]
 
-_log = logging.getLogger("mahavishnu_dlq.queue")
+_log = library_logger("mahavishnu_dlq.queue")
 
+T = TypeVar("T")
 _FirstPlan = tuple[PolicyParams, DeadLetterStatus, "timedelta | None"]
 _CACHE_LIMIT = 4096
 
@@ -117,7 +121,7 @@ class Capture:
             raise TypeError(f"max_retries must be an int, got {type(max_retries).__name__}")
         if max_retries is not None and not 0 <= max_retries <= 1000:
             raise ValueError(f"max_retries must be between 0 and 1000, got {max_retries}")
-        workflow = check_name(task_id, "workflow", workflow or "")
+        workflow = check_name(task_id, "workflow", "" if workflow is None else workflow)
         repo_list = _repos(task_id, repos)
         task_copy, meta, payload_json = self._payload(task_id, task, metadata, context, repo_list)
         if now is None:
@@ -202,23 +206,18 @@ class Capture:
         """(error type, message, category, fingerprint, traceback, delay hint) of ``error``.
 
         An exception is whatever the workflow raised: one whose attributes, ``str``
-        or ``__getattribute__`` raise is still captured, with what can be read."""
-        dlq = self._dlq
+        or ``__getattribute__`` raise is still captured, each part that can be read
+        kept (the rest replaced by what stands in for it)."""
+        classifier = self._dlq.classifier
         given = ErrorCategory(error_category) if error_category else None
         error_type = error_type_name(error)[:MAX_TYPE_CHARS]
-        try:
-            message = exception_message(error) or error_type
-            category = given or dlq.classifier.classify(error)
-            fingerprint = dlq.classifier.fingerprint(error)
-            trace = format_traceback(error)
-            hint = retry_after_hint(error)
-        except Exception as exc:  # noqa: BLE001 - a hostile exception is a failure to keep
-            _log.debug("dlq.enqueue: the exception could not be fully read: %r", type(exc))
-            message = f"<{error_type}: the exception could not be read ({type(exc).__name__})>"
-            category = given or ErrorCategory.PERMANENT
-            fingerprint = dlq.classifier.fingerprint(message, error_type=error_type)
-            return error_type, message, category, fingerprint, None, None
-        return error_type, message, category, fingerprint, trace, hint
+        message = exception_message(error) or error_type
+        category = given or _guarded(classifier.classify, error, ErrorCategory.PERMANENT)
+        fingerprint = _guarded(classifier.fingerprint, error, None)
+        if fingerprint is None:  # its traceback or chain cannot be walked: type and text
+            fingerprint = classifier.fingerprint(message, error_type=error_type)
+        trace = _guarded(format_traceback, error, None)
+        return error_type, message, category, fingerprint, trace, retry_after_hint(error)
 
     def _payload(
         self,
@@ -234,31 +233,17 @@ class Capture:
         Checked (:mod:`mahavishnu_dlq.limits`): both are JSON objects with string keys,
         nested at most ``max_payload_depth`` levels, holding valid Unicode only, and
         with ``repos`` at most ``max_payload_bytes`` of UTF-8 JSON."""
-        if not isinstance(task, Mapping):
-            raise InvalidPayloadError(
-                task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
-            )
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidPayloadError(
-                task_id,
-                f"'metadata' must be a JSON object (a mapping), got {type(metadata).__name__}",
-            )
-        try:
-            task = dict(task)
-            meta = dict(metadata) if metadata else {}
-        except Exception as exc:
-            raise InvalidPayloadError(
-                task_id, f"task/metadata could not be read: {type(exc).__name__}: {exc}"
-            ) from exc
+        task, meta = _copies(task_id, task, metadata)
         limits = self._dlq.limits
-        check_tree(task_id, "task", task, limits.max_payload_depth)
-        if meta:
-            check_tree(task_id, "metadata", meta, limits.max_payload_depth)
+        task_nested = check_tree(task_id, "task", task, limits.max_payload_depth)
+        meta_nested = bool(meta) and check_tree(task_id, "metadata", meta, limits.max_payload_depth)
         try:
             task_json = encode_json(task)
             user_json = encode_json(meta) if meta else ""
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidPayloadError(task_id, f"task/metadata is not JSON: {exc}") from exc
+        check_numbers(task_id, "task", task, task_json)
+        check_numbers(task_id, "metadata", meta, user_json)
         size = _utf8_size(task_id, "task", task, task_json) + _utf8_size(
             task_id, "metadata", meta, user_json
         )
@@ -267,6 +252,12 @@ class Capture:
         limit = limits.max_payload_bytes
         if size > limit:
             raise PayloadTooLargeError(task_id, size, limit, what="input, metadata and repos")
+        # what the record holds is what is stored: a nested payload is decoded from its
+        # JSON (tuples become lists), so the caller's containers are never shared
+        if task_nested:
+            task = json.loads(task_json)
+        if meta_nested:
+            meta = json.loads(user_json)
         if context is None:
             ctx, ctx_json = failure_context_json()
         else:
@@ -490,10 +481,50 @@ def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:
     return names
 
 
+def _copies(
+    task_id: str, task: Any, metadata: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plain-dict copies of ``task`` and ``metadata`` (mappings, or refused)."""
+    if not isinstance(task, Mapping):
+        raise InvalidPayloadError(
+            task_id, f"'task' must be a JSON object (a mapping), got {type(task).__name__}"
+        )
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidPayloadError(
+            task_id,
+            f"'metadata' must be a JSON object (a mapping), got {type(metadata).__name__}",
+        )
+    try:
+        task = dict(task)
+        meta = dict(metadata) if metadata else {}
+    except Exception as exc:
+        raise InvalidPayloadError(
+            task_id, f"task/metadata could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    return task, meta
+
+
 def _text_of(value: object) -> str:
-    """``str(value)`` as a plain string."""
-    text = str(value)
+    """``value`` as a plain string: a string's own characters (a subclass's ``__str__``
+    is not asked), else ``str(value)``, else a stand-in when that raises."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if value is None:
+        return ""
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not lose the failure
+        return f"<{type(value).__name__} str() failed>"
     return text if text.__class__ is str else str.__str__(text)
+
+
+def _guarded(read: Callable[[BaseException], T], error: BaseException, default: T) -> T:
+    """``read(error)``, or ``default`` when a hostile exception makes it raise."""
+    try:
+        return read(error)
+    except Exception:  # noqa: BLE001 - a part that cannot be read stands in, no more
+        _log.debug("dlq.enqueue: part of a %s could not be read", type(error).__name__)
+        return default
 
 
 def _utf8_size(task_id: str, field: str, value: Any, text: str) -> int:

@@ -34,6 +34,7 @@ from typing import Any, Final, NamedTuple
 
 from pydantic import ValidationError
 
+from mahavishnu_dlq.limits import clean_text
 from mahavishnu_dlq.models import ErrorCategory
 
 __all__ = [
@@ -484,11 +485,23 @@ class ErrorClassifier:
 
 
 def error_type_name(exc: BaseException) -> str:
-    """``"module.Qualname"`` of the exception's class; builtins by bare name."""
+    """``"module.Qualname"`` of the exception's class; builtins by bare name.
+
+    A class whose ``__module__`` or ``__qualname__`` is not a string (or raises) is
+    named by ``__name__``; a lone surrogate in a name is written out (``\\udcff``).
+    """
     cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        module, name = cls.__module__, cls.__qualname__
+        if not (isinstance(module, str) and isinstance(name, str)):
+            raise TypeError("a class name that is not a string")
+        text = name if module == "builtins" else f"{module}.{name}"
+    except Exception:  # noqa: BLE001 - a hostile class still has a name to show
+        try:
+            text = str(type.__getattribute__(cls, "__name__"))
+        except Exception:  # noqa: BLE001
+            text = "<unnamed exception type>"
+    return clean_text(text)
 
 
 _ISO_TIMESTAMP: Final = (

@@ -141,7 +141,7 @@ class RetryAfter(Exception):  # noqa: N818 - a signal, not an error; named like 
     """Retry this task later without counting the attempt as a failure."""
 
     def __init__(self, seconds: float, reason: str = "") -> None:
-        if seconds < 0:
+        if not seconds >= 0:  # also NaN
             raise ValueError(f"RetryAfter seconds must be >= 0, got {seconds}")
         self.seconds = float(seconds)
         self.reason = reason

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from mahavishnu_dlq.models import FailedTask
+from mahavishnu_dlq.printable import library_logger
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -31,7 +32,7 @@ __all__ = [
     "guarded_call",
 ]
 
-_log = logging.getLogger(__name__)
+_log = library_logger(__name__)
 
 #: ``hook(task)``: a function or coroutine function; its return value is ignored.
 ExhaustedHook = Callable[[FailedTask], Any]

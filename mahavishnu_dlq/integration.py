@@ -20,7 +20,6 @@ enqueues) and its own counters.
 from __future__ import annotations
 
 import functools
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
@@ -33,6 +32,7 @@ from mahavishnu_dlq.models import (
     FailedTask,
     RetryPolicy,
 )
+from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
@@ -45,7 +45,7 @@ __all__ = [
     "workflow_decorator",
 ]
 
-_log = logging.getLogger("mahavishnu_dlq")
+_log = library_logger("mahavishnu_dlq")
 R = TypeVar("R")
 
 _SELECTIVE = frozenset({ErrorCategory.TRANSIENT, ErrorCategory.NETWORK, ErrorCategory.RESOURCE})
@@ -78,12 +78,14 @@ def _mark(exc: BaseException, task_id: str | None, error: BaseException | None) 
         _log.debug("dlq: could not mark %s with its task id", type(exc).__name__)
 
 
-def _stored_as(exc: BaseException) -> Any:
-    """``exc.dlq_task_id`` if an inner wrapper stored it already (None when unreadable)."""
+def _stored_as(exc: BaseException) -> str | None:
+    """The id an inner wrapper stored ``exc`` under, if it did: read from the instance's
+    own attributes, so a ``__getattr__`` that answers every name cannot fake it."""
     try:
-        return getattr(exc, "dlq_task_id", None)
-    except Exception:  # noqa: BLE001 - a raising __getattr__ / __getattribute__
+        found = object.__getattribute__(exc, "__dict__").get("dlq_task_id")
+    except Exception:  # noqa: BLE001 - no __dict__ (slots), or a hostile one
         return None
+    return found if isinstance(found, str) else None
 
 
 async def capture_failure(
@@ -166,7 +168,7 @@ async def execute_with_dlq(
                 )
             except BaseException as exc:
                 stored_as = _stored_as(exc)
-                if isinstance(stored_as, str):
+                if stored_as is not None:
                     span.set_attribute("dlq.task_id", stored_as)
                 raise
     return await _execute(

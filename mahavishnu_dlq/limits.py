@@ -25,6 +25,7 @@ text, a flat payload) cost a few C-level checks.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,11 +36,13 @@ from mahavishnu_dlq.errors import InvalidPayloadError
 __all__ = [
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
+    "MAX_NUMBER_DIGITS",
     "MAX_TYPE_CHARS",
     "Limits",
     "bound_text",
     "check_id",
     "check_name",
+    "check_numbers",
     "check_tree",
     "clean_text",
     "cut_text",
@@ -55,6 +58,12 @@ MAX_ID_CHARS = 512
 MAX_NAME_CHARS = 512
 #: Longest error type kept (characters): a class name, cut like error texts beyond it.
 MAX_TYPE_CHARS = 1024
+#: Most digits of an integer in a payload: OpenSearch's JSON parser refuses longer
+#: numbers, so every store refuses them at the door.
+MAX_NUMBER_DIGITS = 1000
+
+_LONG_DIGITS = re.compile(r"\d{%d}" % (MAX_NUMBER_DIGITS + 1))  # noqa: UP031 - a regex
+_HUGE = 10**MAX_NUMBER_DIGITS
 
 _CONTAINERS = (dict, list, tuple)
 _short = reprlib.Repr()
@@ -147,7 +156,7 @@ def check_name(task_id: str, field: str, value: object, max_chars: int = MAX_NAM
         raise InvalidPayloadError(
             task_id, f"{field} {clean_text(value)!r} is not valid Unicode (a lone surrogate)"
         )
-    return value
+    return value if value.__class__ is str else str.__str__(value)
 
 
 def _where(field: str, path: tuple[object, ...]) -> str:
@@ -155,9 +164,10 @@ def _where(field: str, path: tuple[object, ...]) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def check_tree(task_id: str, field: str, value: Any, max_depth: int) -> None:
+def check_tree(task_id: str, field: str, value: Any, max_depth: int) -> bool:
     """Every key of ``value`` (a dict) and of what it nests is a string, and it nests at
-    most ``max_depth`` levels; ``InvalidPayloadError`` naming where otherwise.
+    most ``max_depth`` levels; ``InvalidPayloadError`` naming where otherwise. Returns
+    whether ``value`` holds any container at all (a flat dict's copy is a full copy).
 
     Only containers are visited (dicts, lists, tuples — what the JSON encoder
     walks); leaves are left to the encoder. A container that holds itself is
@@ -165,6 +175,7 @@ def check_tree(task_id: str, field: str, value: Any, max_depth: int) -> None:
     """
     stack: list[tuple[Any, int, tuple[object, ...]]] = [(value, 1, ())]
     pop, push = stack.pop, stack.append
+    nested = False
     while stack:
         node, depth, path = pop()
         if depth > max_depth:
@@ -184,10 +195,33 @@ def check_tree(task_id: str, field: str, value: Any, max_depth: int) -> None:
                     )
                 if isinstance(item, _CONTAINERS):
                     push((item, depth + 1, (*path, key)))
+                    nested = True
         else:
             for index, item in enumerate(node):
                 if isinstance(item, _CONTAINERS):
                     push((item, depth + 1, (*path, index)))
+    return nested
+
+
+def check_numbers(task_id: str, field: str, value: Any, text: str) -> None:
+    """``InvalidPayloadError`` naming where ``value`` (whose JSON is ``text``) holds an
+    integer of more than :data:`MAX_NUMBER_DIGITS` digits. Only a text with such a run
+    of digits (in a number or a string) is walked, so this costs one scan at most."""
+    if len(text) <= MAX_NUMBER_DIGITS or _LONG_DIGITS.search(text) is None:
+        return
+    stack: list[tuple[Any, tuple[object, ...]]] = [(value, ())]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= _HUGE:
+            raise InvalidPayloadError(
+                task_id,
+                f"{field} holds an integer of more than {MAX_NUMBER_DIGITS} digits at "
+                f"{_where(field, where)}; store it as a string",
+            )
+        if isinstance(node, dict):
+            stack.extend((item, (*where, key)) for key, item in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((item, (*where, index)) for index, item in enumerate(node))
 
 
 def _strings(value: Any, path: tuple[object, ...]) -> Iterator[tuple[tuple[object, ...], str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
@@ -281,6 +281,8 @@ def _as_tuple(value: Any) -> tuple[Any, ...] | None:
         return None
     if isinstance(value, (str, Enum)):
         return (value,)
+    if isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"must be one value or a list of values, got {type(value).__name__}")  # noqa: TRY004 - pydantic reports ValueError as a validation error
     return tuple(value)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,13 +33,14 @@ from mahavishnu_dlq.models import (
     RetryPolicy,
     TaskFilter,
 )
+from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["Operations", "StatusArg", "make_filter", "purge_filter", "replay_filter", "statuses"]
 
-_log = logging.getLogger("mahavishnu_dlq")
+_log = library_logger("mahavishnu_dlq")
 
 #: One status or several, as enums or their string values.
 StatusArg = DeadLetterStatus | str | Iterable[DeadLetterStatus | str] | None
@@ -53,7 +54,14 @@ def statuses(value: StatusArg, argument: str = "status") -> tuple[DeadLetterStat
     """``value`` as a tuple of statuses; ``ValueError`` naming an unknown one."""
     if value is None:
         return None
-    items = [value] if isinstance(value, (str, DeadLetterStatus)) else list(value)
+    if isinstance(value, (str, DeadLetterStatus)):
+        items: list[Any] = [value]
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray, Mapping)):
+        items = list(value)
+    else:
+        raise TypeError(
+            f"{argument} must be a status or a list of statuses, got {type(value).__name__}"
+        )
     chosen: list[DeadLetterStatus] = []
     for item in items:
         try:
@@ -74,7 +82,9 @@ def make_filter(**fields: Any) -> TaskFilter:
         for error in exc.errors(include_url=False):
             where = ".".join(str(part) for part in error["loc"][:1]) or "filter"
             message = str(error["msg"])
-            if error["type"] == "enum":
+            if error["type"] == "value_error":  # our validators' own words
+                message = str((error.get("ctx") or {}).get("error", message))
+            elif error["type"] == "enum":
                 expected = (error.get("ctx") or {}).get("expected", "")
                 message = f"unknown value {error.get('input')!r}; allowed: {expected}"
             problems.append(f"{where}: {message}")

@@ -35,6 +35,7 @@ __all__ = [
     "RetryState",
     "apply_jitter",
     "base_delay",
+    "clamp_seconds",
     "decide",
     "retry_after_hint",
 ]
@@ -216,6 +217,13 @@ def _attr(obj: object, name: str) -> Any:
         return None
 
 
+def clamp_seconds(seconds: float) -> float:
+    """A delay in [0, :data:`MAX_SECONDS`]: NaN is 0, infinity the longest delay."""
+    if math.isnan(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), MAX_SECONDS)
+
+
 def _seconds(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
@@ -232,7 +240,8 @@ def retry_after_hint(exc: BaseException | None) -> float | None:
     Looks at, in order: a :class:`~mahavishnu_dlq.errors.RetryAfter` signal; a
     numeric (or numeric string) ``retry_after`` attribute; a ``Retry-After``
     header in ``exc.response.headers`` (delta-seconds only, not HTTP dates).
-    Negative, infinite, NaN and non-numeric values are ignored.
+    Negative, infinite, NaN and non-numeric values are ignored, and so is anything
+    that raises while being read.
     """
     if exc is None:
         return None
@@ -244,8 +253,11 @@ def retry_after_hint(exc: BaseException | None) -> float | None:
     headers = _attr(_attr(exc, "response"), "headers")
     if not isinstance(headers, Mapping):
         return None
-    value = headers.get("Retry-After")
-    return _seconds(value if value is not None else headers.get("retry-after"))
+    try:
+        value = headers.get("Retry-After")
+        return _seconds(value if value is not None else headers.get("retry-after"))
+    except Exception:  # noqa: BLE001 - a hostile mapping: no hint, never a crash
+        return None
 
 
 @dataclass(frozen=True, slots=True)

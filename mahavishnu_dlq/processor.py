@@ -25,7 +25,6 @@ claims are atomic, so a task never runs twice at once.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -47,13 +46,14 @@ from mahavishnu_dlq.attempt import (
 )
 from mahavishnu_dlq.errors import TaskBusyError
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["AttemptResult", "RetryProcessor", "call_handler", "run_attempt"]
 
-_log = logging.getLogger("mahavishnu_dlq")
+_log = library_logger("mahavishnu_dlq")
 
 _OBSERVE_EVERY = 5.0  # seconds: the shortest interval between two observations
 _RESTART_FIRST, _RESTART_MAX = 1.0, 60.0  # pauses before a crashed cycle starts again

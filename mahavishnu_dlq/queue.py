@@ -12,7 +12,6 @@ wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) in
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import socket
@@ -53,6 +52,7 @@ from mahavishnu_dlq.operations import (
     statuses,
 )
 from mahavishnu_dlq.policy import PolicyBook
+from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.build import store_from_settings
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetterQueue", "Handler"]
 
-_log = logging.getLogger("mahavishnu_dlq")
+_log = library_logger("mahavishnu_dlq")
 R = TypeVar("R")
 
 #: A retry handler: called with the task's input and repos, sync or async.

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from typing import Any, TextIO
 
 from rich.console import ConsoleRenderable
 from rich.logging import RichHandler
+
+from mahavishnu_dlq.printable import UNSAFE, escape_block, escape_json, escape_line
 
 __all__ = [
     "UNSAFE",
@@ -46,68 +47,6 @@ __all__ = [
     "say",
     "text_of",
 ]
-
-#: Every code point the terminal output writes out instead of printing.
-UNSAFE: frozenset[int] = frozenset(
-    [
-        *range(0x20),  # C0 controls, ESC among them
-        0x7F,  # DEL
-        *range(0x80, 0xA0),  # C1 controls: U+009B is a CSI, U+009D an OSC
-        0x061C,  # Arabic letter mark
-        0x200E,  # left-to-right mark
-        0x200F,  # right-to-left mark
-        *range(0x202A, 0x202F),  # embeddings and overrides
-        *range(0x2066, 0x206A),  # isolates
-        0x2028,  # line separator
-        0x2029,  # paragraph separator
-        *range(0xD800, 0xE000),  # surrogates: alone, they cannot be encoded
-    ]
-)
-_NAMED = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
-_KEPT_IN_BLOCKS = (0x09, 0x0A)
-
-
-def _visible(code: int) -> str:
-    if code in _NAMED:
-        return _NAMED[code]
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _class(codes: frozenset[int]) -> re.Pattern[str]:
-    return re.compile("[" + "".join(f"\\U{code:08x}" for code in sorted(codes)) + "]")
-
-
-_LINE_TABLE = {code: _visible(code) for code in UNSAFE}
-_BLOCK_TABLE = {code: _LINE_TABLE[code] for code in UNSAFE if code not in _KEPT_IN_BLOCKS}
-# json.dumps escapes C0 controls already; a raw newline in its output is layout
-_JSON_TABLE = {code: f"\\u{code:04x}" for code in UNSAFE if code != 0x0A}
-_LINE_UNSAFE = _class(UNSAFE)
-_BLOCK_UNSAFE = _class(frozenset(_BLOCK_TABLE))
-_JSON_UNSAFE = _class(frozenset(_JSON_TABLE))
-
-
-def escape_line(text: str) -> str:
-    """``text`` for one line of a terminal: every unsafe character written out,
-    newlines, carriage returns and tabs included."""
-    if _LINE_UNSAFE.search(text) is None:
-        return text
-    return text.translate(_LINE_TABLE)
-
-
-def escape_block(text: str) -> str:
-    """``text`` for a multi-line block (a traceback): as :func:`escape_line`, but its
-    newlines and tabs are kept."""
-    if _BLOCK_UNSAFE.search(text) is None:
-        return text
-    return text.translate(_BLOCK_TABLE)
-
-
-def escape_json(text: str) -> str:
-    """JSON text (``json.dumps`` output) with every unsafe character inside its strings
-    written as a JSON escape: still exact JSON, and safe for a terminal."""
-    if _JSON_UNSAFE.search(text) is None:
-        return text
-    return text.translate(_JSON_TABLE)
 
 
 def dumps(data: Any, *, indent: int | None = 2) -> str:

@@ -30,7 +30,6 @@ backend.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +41,7 @@ import anyio
 
 from mahavishnu_dlq.errors import UnreadableRecordError
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.printable import library_logger
 
 __all__ = [
     "FingerprintCount",
@@ -54,7 +54,7 @@ __all__ = [
     "report_unreadable",
 ]
 
-_log = logging.getLogger("mahavishnu_dlq.storage")
+_log = library_logger("mahavishnu_dlq.storage")
 _REPORTED_KEPT = 100_000  # ids reported unreadable, remembered to log each once
 
 #: Computes a record's successor from the current record (None when absent).

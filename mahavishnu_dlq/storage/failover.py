@@ -57,7 +57,6 @@ avoids that by refusing them instead (the caller keeps the failure).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -75,12 +74,13 @@ from mahavishnu_dlq.errors import (
     UnreadableRecordError,
 )
 from mahavishnu_dlq.models import Attempt, DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
 from mahavishnu_dlq.storage.memory import MemoryStore
 
 __all__ = ["FailoverStore", "merge_versions"]
 
-_log = logging.getLogger(__name__)
+_log = library_logger(__name__)
 T = TypeVar("T")
 
 _SEEN_KEPT = 10_000  # recent records remembered to seed the fallback

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from contextlib import suppress
@@ -94,6 +93,7 @@ from mahavishnu_dlq.models import (
     decode_cursor,
     encode_cursor,
 )
+from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage import opensearch_query as q
 from mahavishnu_dlq.storage.base import (
     KeyedLock,
@@ -110,7 +110,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenSearchStore"]
 
-_log = logging.getLogger(__name__)
+_log = library_logger(__name__)
 
 Refresh = Literal["false", "wait_for", "true"]
 

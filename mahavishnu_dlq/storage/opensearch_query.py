@@ -53,6 +53,7 @@ __all__ = [
     "DUE_SORT",
     "LISTING_SORT",
     "MAPPING_VERSION",
+    "MAX_NEEDLE_CHARS",
     "MAX_PATTERN_CHARS",
     "OPEN_QUERY",
     "doc_id",
@@ -386,16 +387,21 @@ def _char_pattern(char: str) -> str:
 #: Longest regular expression sent for the ``text`` filter: Lucene refuses patterns
 #: longer than the index's ``max_regex_length`` (1000 by default).
 MAX_PATTERN_CHARS = 900
+#: Most characters of a ``text`` needle put in one regular expression: Lucene also
+#: refuses a pattern whose automaton is too costly to determinize (``.*(ab){64}.*``
+#: is), and 32 characters of any needle stay well below that while selecting few
+#: records; a longer needle is searched by this prefix and each hit checked.
+MAX_NEEDLE_CHARS = 32
 
 
 def _searchable(needle: str) -> tuple[str, bool]:
     """The part of ``needle`` the query searches for, and whether it is all of it. A
-    needle whose pattern would be too long is searched by its longest prefix that
+    needle too long for one regular expression is searched by its longest prefix that
     fits; the caller then checks each hit with :meth:`TaskFilter.matches`."""
     length = 4  # the leading and trailing ".*"
     for index, char in enumerate(needle):
         length += len(_char_pattern(char))
-        if length > MAX_PATTERN_CHARS:
+        if length > MAX_PATTERN_CHARS or index >= MAX_NEEDLE_CHARS:
             return needle[:index], False
     return needle, True
 

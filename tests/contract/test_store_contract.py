@@ -555,10 +555,20 @@ async def test_empty_statistics(store: Store) -> None:
     assert stats.unreadable == 0
 
 
-async def test_a_long_text_filter_selects_what_matches_selects(store: Store) -> None:
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "ÄäSSx" * 120 + "connection refused" * 20,  # 960 characters, cased and not
+        "=" * 315,  # repetitive: costly for an automaton
+        "ab" * 64,
+        "\x00" * 50,
+    ],
+    ids=["mixed-960", "equals-315", "ab-128", "nul-50"],
+)
+async def test_a_long_text_filter_selects_what_matches_selects(store: Store, needle: str) -> None:
     """A needle far longer than one regular expression may be (Lucene's default is
-    1000 characters) still selects exactly the records ``TaskFilter.matches`` does."""
-    needle = "ÄäSSx" * 120 + "connection refused" * 20  # 960 characters, cased and not
+    1000 characters, and a costly automaton is refused too) still selects exactly the
+    records ``TaskFilter.matches`` does."""
     hit = make_task(task_id="hit", error=f"boom: {needle.upper()} at the end")
     near = make_task(task_id="near", error=f"boom: {needle[:-1]}")  # one character short
     other = make_task(task_id="other", error="connection refused")

@@ -7,7 +7,9 @@ property-based suite (tests/unit/test_hostile_properties.py) generates the rest.
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any, cast
 
@@ -22,9 +24,11 @@ from mahavishnu_dlq import (
     InvalidPayloadError,
     Limits,
     PayloadTooLargeError,
+    RetryAfter,
 )
 from mahavishnu_dlq.limits import bound_text, check_tree, clean_text, cut_text
-from mahavishnu_dlq.models import encode_cursor
+from mahavishnu_dlq.models import DeadLetterStatus, encode_cursor
+from mahavishnu_dlq.printable import UNSAFE
 from mahavishnu_dlq.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -324,3 +328,142 @@ def test_regex_rules_read_the_same_bounded_prefix_as_keywords() -> None:
     assert classifier.classify(far) is ErrorCategory.PERMANENT
     huge = "timeout " + "x" * 256_000  # backtracking over it would take seconds
     assert classifier.classify(huge) is ErrorCategory.PERMANENT
+
+
+# -- found by the property suite, pinned here too -------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e12])
+async def test_a_deferral_no_calendar_holds_never_leaves_the_lease_held(
+    dlq: DeadLetterQueue, seconds: float
+) -> None:
+    async def defers(task: dict[str, Any], repos: list[str]) -> None:
+        raise RetryAfter(seconds)
+
+    dlq.default_callback = defers
+    await dlq.enqueue("t", {}, error="boom", retry_policy="immediate")
+    await dlq.retry_task("t")
+    task = await dlq.get_task("t")
+    assert task is not None
+    assert task.lease_owner is None
+    assert task.status in (DeadLetterStatus.PENDING, DeadLetterStatus.EXHAUSTED)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RetryAfter(float("nan"))
+
+
+class _Headers(Mapping[str, str]):
+    def __getitem__(self, key: str) -> str:
+        raise RuntimeError("headers cannot be read")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 1
+
+
+class UnreadableHeadersError(Exception):
+    def __init__(self) -> None:
+        super().__init__("throttled by the API")
+        self.response = type("Response", (), {"headers": _Headers()})()
+
+
+class _Module:
+    def __str__(self) -> str:
+        raise RuntimeError("no module")
+
+    __format__ = __str__  # type: ignore[assignment]
+
+
+async def test_unreadable_parts_of_an_exception_keep_the_rest(dlq: DeadLetterQueue) -> None:
+    stored = await dlq.enqueue("headers", {}, error=UnreadableHeadersError())
+    assert stored.error == "throttled by the API"  # the unreadable hint cost nothing else
+    odd = type("OddModuleError", (Exception,), {"__module__": _Module()})
+    stored = await dlq.enqueue("module", {}, error=odd("boom"))
+    assert stored.error_type == "OddModuleError"
+    named = type("BadName", (Exception,), {"__qualname__": "Bad\udcffName"})
+    stored = await dlq.enqueue("surrogate", {}, error=named("boom"))
+    assert stored.error_type.endswith("Bad\\udcffName")
+    assert json.dumps(stored.to_dict(), ensure_ascii=False).encode()
+
+
+class _LoudStr(str):
+    def __str__(self) -> str:
+        raise RuntimeError("never asked")
+
+
+async def test_a_str_subclass_is_read_by_its_characters(dlq: DeadLetterQueue) -> None:
+    stored = await dlq.enqueue("t", {}, [_LoudStr("repo")], error=_LoudStr("the error"))
+    assert (stored.error, stored.repos) == ("the error", ["repo"])
+    assert (await dlq.enqueue("none", {}, error=cast(Any, None))).error == ""
+    with pytest.raises(InvalidPayloadError, match="workflow must be a string"):
+        await dlq.enqueue("zero", {}, error="boom", workflow=cast(Any, 0))
+
+
+class AnswersEverythingError(Exception):
+    def __getattr__(self, name: str) -> str:
+        return f"<{name}>"
+
+
+async def test_an_exception_answering_every_attribute_is_still_stored(
+    dlq: DeadLetterQueue,
+) -> None:
+    async def workflow(task: dict[str, Any], repos: list[str]) -> None:
+        raise AnswersEverythingError("boom")
+
+    with pytest.raises(AnswersEverythingError):
+        await dlq.execute_with_dlq(workflow, {}, task_id="any")
+    assert await dlq.get_task("any") is not None
+
+
+async def test_integers_past_1000_digits_are_refused_on_every_store(
+    dlq: DeadLetterQueue,
+) -> None:
+    stored = await dlq.enqueue("ok", {"n": 10**999, "digits": "9" * 5000}, error="boom")
+    assert stored.task["n"] == 10**999
+    with pytest.raises(InvalidPayloadError, match=r"more than 1000 digits at task\['n'\]\[0\]"):
+        await dlq.enqueue("big", {"n": [-(10**1000)]}, error="boom")
+
+
+async def test_the_returned_record_shares_nothing_with_the_caller(dlq: DeadLetterQueue) -> None:
+    items = [1, 2]
+    stored = await dlq.enqueue("t", {"items": items, "pair": (1, 2)}, error="boom")
+    items.append(3)
+    assert stored.task == {"items": [1, 2], "pair": [1, 2]}  # as stored, tuples as lists
+    assert stored == await dlq.get_task("t")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"status": 5}, TypeError, "status must be a status or a list"),
+        ({"status": b"pending"}, TypeError, "got bytes"),
+        ({"error_category": 5}, ValueError, "error_category: must be one value or a list"),
+        ({"workflow": {"a": 1}}, ValueError, "workflow: must be one value or a list"),
+    ],
+)
+async def test_filter_arguments_of_the_wrong_kind_name_the_argument(
+    dlq: DeadLetterQueue, arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        await dlq.list_tasks(**arguments)
+
+
+async def test_log_lines_stay_one_line_whatever_the_id(
+    dlq: DeadLetterQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mahavishnu_dlq")
+    forged = "t\r\n2026-01-01 INFO dlq.enqueue admin (forged)\x1b[2J\u202e"
+
+    async def workflow(task: dict[str, Any], repos: list[str]) -> None:
+        raise ConnectionError("down \x1b]52;c;cGF5bG9hZA==\x07 again")
+
+    await dlq.enqueue(forged, {}, error="boom")
+    with pytest.raises(ConnectionError):
+        await dlq.execute_with_dlq(workflow, {}, task_id=forged + "-2", metadata=cast(Any, [1]))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("forged" in message for message in messages)
+    for message in messages:
+        assert "\n" not in message
+        assert "\r" not in message
+        assert not any(ord(char) in UNSAFE for char in message)
