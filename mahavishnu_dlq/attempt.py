@@ -28,7 +28,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,7 @@ from mahavishnu_dlq.policy import (
     RetryState,
     clamp_seconds,
     decide,
+    later,
     retry_after_hint,
 )
 from mahavishnu_dlq.printable import library_logger
@@ -191,27 +191,26 @@ def _finisher(
         )
         if outcome is AttemptOutcome.DEFERRED:
             wait = clamp_seconds(defer_seconds or 0.0)
-            try:
-                until = now + timedelta(seconds=wait)
-            except OverflowError:  # past the year 9999: as good as never
-                until = None
+            until = later(now, wait)
             deadline = params.deadline
-            if until is not None and (
-                deadline is None or until <= current.failed_at + timedelta(seconds=deadline)
-            ):
+            deadline_at = None if deadline is None else later(current.failed_at, deadline)
+            if until is not None and (deadline_at is None or until <= deadline_at):
                 return lifecycle.finish(
                     current, now=now, owner=owner, outcome=outcome, defer_until=until
                 )
-            return lifecycle.finish(  # a deferral past the deadline gives up
+            why = (
+                f"deadline ({deadline:g}s) passed"
+                if until is not None and deadline is not None
+                else "the retry would fall after the year 9999"
+            )
+            return lifecycle.finish(  # a deferral past the deadline (or the calendar) gives up
                 current,
                 now=now,
                 owner=owner,
                 outcome=AttemptOutcome.FAILURE,
-                error=f"RetryAfter({wait:g}s) would pass the deadline ({deadline or wait:g}s)",
+                error=f"RetryAfter({wait:g}s): {why}",
                 error_type="RetryAfter",
-                decision=RetryDecision(
-                    RetryAction.EXHAUST, None, None, f"deadline ({deadline or wait:g}s) passed"
-                ),
+                decision=RetryDecision(RetryAction.EXHAUST, None, None, why),
             )
         state = RetryState(
             retry_count=current.retry_count,
@@ -347,9 +346,10 @@ async def _run_attempt(
         raise
     stored = await _record(dlq, task, owner, **outcome)
     status = stored.status if stored is not None else DeadLetterStatus.RETRYING
-    return AttemptResult(
-        task.task_id, outcome["outcome"], status, result, outcome.get("error"), stored
-    )
+    error = outcome.get("error")
+    if error is None and stored is not None and status is DeadLetterStatus.EXHAUSTED:
+        error = stored.last_error  # a deferral that gave up says why
+    return AttemptResult(task.task_id, outcome["outcome"], status, result, error, stored)
 
 
 def _failure(dlq: DeadLetterQueue, exc: BaseException) -> dict[str, Any]:

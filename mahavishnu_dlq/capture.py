@@ -48,7 +48,13 @@ from mahavishnu_dlq.models import (
     RetryPolicy,
     encode_json,
 )
-from mahavishnu_dlq.policy import Jitter, PolicyParams, RetryState, decide, retry_after_hint
+from mahavishnu_dlq.policy import (
+    Jitter,
+    PolicyParams,
+    RetryState,
+    decide,
+    retry_after_hint,
+)
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation
 
@@ -153,21 +159,7 @@ class Capture:
             policy=RetryPolicy(retry_policy) if retry_policy else None,
             max_retries=max_retries,
         )
-        if hint is None and params.jitter is Jitter.NONE:
-            # The first decision depends only on the params then: computed once each
-            # (params are cached by the policy book, so they are known by identity).
-            plan = self._first_plans.get(id(params))
-            if plan is None or plan[0] is not params:
-                plan = first_plan(params)
-                if len(self._first_plans) >= 256:
-                    self._first_plans.clear()
-                self._first_plans[id(params)] = plan
-            status = plan[1]
-            next_retry_at = None if plan[2] is None else now + plan[2]
-        else:
-            state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
-            schedule = lifecycle.schedule(decide(params, state, dlq.rng))
-            status, next_retry_at = schedule["status"], schedule["next_retry_at"]
+        status, next_retry_at = self._schedule(params, now, hint)
         return FailedTask.trusted(
             {
                 "task_id": task_id,
@@ -199,6 +191,30 @@ class Capture:
             },
             payload_json,
         )
+
+    def _schedule(
+        self, params: PolicyParams, now: datetime, hint: float | None
+    ) -> tuple[DeadLetterStatus, datetime | None]:
+        """Status and first retry time of a new failure under ``params``."""
+        dlq = self._dlq
+        if hint is None and params.jitter is Jitter.NONE:
+            # The first decision depends only on the params then: computed once each
+            # (params are cached by the policy book, so they are known by identity).
+            plan = self._first_plans.get(id(params))
+            if plan is None or plan[0] is not params:
+                plan = first_plan(params)
+                if len(self._first_plans) >= 256:
+                    self._first_plans.clear()
+                self._first_plans[id(params)] = plan
+            if plan[2] is None:
+                return plan[1], None
+            try:
+                return plan[1], now + plan[2]
+            except OverflowError:  # past the year 9999: as good as never
+                return DeadLetterStatus.EXHAUSTED, None
+        state = RetryState(retry_count=0, first_failed_at=now, now=now, retry_after=hint)
+        schedule = lifecycle.schedule(decide(params, state, dlq.rng))
+        return schedule["status"], schedule["next_retry_at"]
 
     def _read_exception(
         self, error: BaseException, error_category: ErrorCategory | str | None
@@ -470,7 +486,10 @@ def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:
             task_id, f"'repos' must be a list of names, got {type(repos).__name__}"
         )
     try:
-        names = [name if name.__class__ is str else _text_of(name) for name in repos]
+        names = [
+            name if name.__class__ is str else "None" if name is None else _text_of(name)
+            for name in repos
+        ]
     except Exception as exc:
         raise InvalidPayloadError(
             task_id, f"'repos' could not be read: {type(exc).__name__}: {exc}"

@@ -337,6 +337,20 @@ class TaskFilter(BaseModel):
     def _one_or_many(cls, value: Any) -> tuple[Any, ...] | None:
         return _as_tuple(value)
 
+    @field_validator("text", "fingerprint", mode="before")
+    @classmethod
+    def _a_string(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"must be a string, got {type(value).__name__}")
+        return value
+
+    @field_validator("since", "until", "updated_before", mode="before")
+    @classmethod
+    def _a_datetime(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, datetime):
+            raise ValueError(f"must be a timezone-aware datetime, got {type(value).__name__}")
+        return value
+
     @field_validator("workflow", "text", "fingerprint")
     @classmethod
     def _valid_text(cls, value: Any) -> Any:

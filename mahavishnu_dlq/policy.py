@@ -37,6 +37,7 @@ __all__ = [
     "base_delay",
     "clamp_seconds",
     "decide",
+    "later",
     "retry_after_hint",
 ]
 
@@ -182,8 +183,9 @@ def decide(
     retried stays MANUAL, even with ``max_retries=0``); NEVER -> MANUAL; deadline
     passed -> EXHAUST; otherwise the delay is the hint (clamped to
     [0, MAX_SECONDS]) or the jittered :func:`base_delay`, and a retry that would
-    start after the deadline -> EXHAUST. ``rng`` defaults to a module-level
-    generator; pass a seeded one for reproducible jitter.
+    start after the deadline -> EXHAUST. A deadline beyond the calendar (past the
+    year 9999) is no deadline; a retry beyond it -> EXHAUST. ``rng`` defaults to a
+    module-level generator; pass a seeded one for reproducible jitter.
     """
     never = params.policy is RetryPolicy.NEVER
     if state.retry_count >= params.max_retries and not (never and state.retry_count == 0):
@@ -192,8 +194,8 @@ def decide(
         return RetryDecision(RetryAction.MANUAL, None, None, "never: manual retry only")
     deadline_at = None
     if params.deadline is not None:
-        deadline_at = state.first_failed_at + timedelta(seconds=params.deadline)
-        if state.now >= deadline_at:
+        deadline_at = later(state.first_failed_at, params.deadline)
+        if deadline_at is not None and state.now >= deadline_at:
             return _exhaust(f"deadline ({params.deadline:g}s) passed")
     hint = state.retry_after
     if hint is not None and not math.isnan(hint):
@@ -204,10 +206,20 @@ def decide(
         if params.policy is RetryPolicy.IMMEDIATE and state.retry_count:
             delay = max(delay, computed)  # the floor holds under jitter
         reason = "scheduled"
-    next_retry_at = state.now + timedelta(seconds=delay)
+    next_retry_at = later(state.now, delay)
+    if next_retry_at is None:
+        return _exhaust(f"the next retry ({delay:g}s from now) would fall after the year 9999")
     if deadline_at is not None and next_retry_at > deadline_at:
         return _exhaust(f"deadline ({params.deadline:g}s) passed")
     return RetryDecision(RetryAction.RETRY, next_retry_at, delay, reason)
+
+
+def later(when: datetime, seconds: float) -> datetime | None:
+    """``when`` plus ``seconds``, or None when that falls after the year 9999."""
+    try:
+        return when + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
 
 
 def _attr(obj: object, name: str) -> Any:

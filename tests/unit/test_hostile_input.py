@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
@@ -28,6 +28,7 @@ from mahavishnu_dlq import (
 )
 from mahavishnu_dlq.limits import bound_text, check_tree, clean_text, cut_text
 from mahavishnu_dlq.models import DeadLetterStatus, encode_cursor
+from mahavishnu_dlq.policy import PolicyBook, PolicyOverride
 from mahavishnu_dlq.printable import UNSAFE
 from mahavishnu_dlq.testing import FakeClock
 
@@ -467,3 +468,43 @@ async def test_log_lines_stay_one_line_whatever_the_id(
         assert "\n" not in message
         assert "\r" not in message
         assert not any(ord(char) in UNSAFE for char in message)
+
+
+class SlowDownError(Exception):
+    retry_after = 1e12  # a hint far beyond the calendar's end from a late clock
+
+
+async def test_late_in_the_calendar_nothing_overflows() -> None:
+    late = datetime(9990, 1, 1, tzinfo=timezone.utc)
+    century = PolicyOverride(deadline=100 * 365 * 86400.0)  # past the year 9999: no deadline
+    dlq = DeadLetterQueue(clock=FakeClock(late), policies=PolicyBook(by_workflow={"wf": century}))
+    hinted = await dlq.enqueue("a", {}, error=SlowDownError("429"), retry_policy="immediate")
+    assert hinted.status is DeadLetterStatus.EXHAUSTED  # its retry would fall after 9999
+    scheduled = await dlq.enqueue("b", {}, error="x", workflow="wf", retry_policy="exponential")
+    assert scheduled.next_retry_at == late + timedelta(minutes=1)
+
+    async def slows(task: dict[str, Any], repos: list[str]) -> None:
+        raise SlowDownError("still 429")
+
+    dlq.register_handler("wf", slows)
+    result = await dlq.retry_task("b")
+    assert result["success"] is False
+    task = await dlq.get_task("b")
+    assert task is not None
+    assert (task.status, task.lease_owner) == (DeadLetterStatus.EXHAUSTED, None)
+    assert task.last_error == "still 429"  # exhausted: its next retry would pass the year 9999
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"text": b"x"}, "text: must be a string, got bytes"),
+        ({"fingerprint": 3}, "fingerprint: must be a string, got int"),
+        ({"since": "0"}, "since: must be a timezone-aware datetime, got str"),
+    ],
+)
+async def test_filter_values_must_be_of_their_own_type(
+    dlq: DeadLetterQueue, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await dlq.list_tasks(**arguments)
