@@ -22,7 +22,7 @@ processor gives its retry back; an attempt that asked for ``RetryAfter`` does to
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mahavishnu_dlq.errors import TaskBusyError
@@ -52,6 +52,7 @@ _RETRYING = DeadLetterStatus.RETRYING
 _EXHAUSTED = DeadLetterStatus.EXHAUSTED
 _COMPLETED = DeadLetterStatus.COMPLETED
 _ARCHIVED = DeadLetterStatus.ARCHIVED
+_END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
 
 
 def schedule(decision: RetryDecision) -> dict[str, Any]:
@@ -162,10 +163,18 @@ def claim(
         max_retries=max(task.max_retries, number),
         total_attempts=task.total_attempts + 1,
         lease_owner=owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        lease_expires_at=_lease_end(now, lease_seconds),
         attempts=[*attempts, attempt][-attempts_kept:],
         updated_at=now,
     )
+
+
+def _lease_end(now: datetime, lease_seconds: float) -> datetime:
+    """When a lease taken at ``now`` runs out (at the latest, the end of the calendar)."""
+    try:
+        return now + timedelta(seconds=lease_seconds)
+    except OverflowError:
+        return _END_OF_TIME
 
 
 def expire(task: FailedTask, *, now: datetime) -> FailedTask:
@@ -197,7 +206,7 @@ def _check_owner(task: FailedTask, owner: str) -> None:
 def renew(task: FailedTask, *, now: datetime, owner: str, lease_seconds: float) -> FailedTask:
     """Extend the lease of a long attempt; refused when the lease was lost."""
     _check_owner(task, owner)
-    return task.evolve(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+    return task.evolve(lease_expires_at=_lease_end(now, lease_seconds), updated_at=now)
 
 
 def finish(

@@ -12,6 +12,9 @@ from types import ModuleType
 
 import pytest
 
+#: The shared checks of the hostile-input properties assert; show their values.
+pytest.register_assert_rewrite("tests.hostile")
+
 #: Point the tests at an existing node/cluster instead of starting one.
 OPENSEARCH_URL_VAR = "MAHAVISHNU_DLQ_TEST_OPENSEARCH_URL"
 _NODE_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "opensearch_node.py"

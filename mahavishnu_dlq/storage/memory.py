@@ -290,6 +290,11 @@ class MemoryStore:
             except DLQError:
                 refused.append(entry)
                 continue
+            except BaseException:  # not a refusal: put the entry back before it goes up
+                refused.append(entry)
+                for back in refused:
+                    heapq.heappush(heap, back)
+                raise
             self._write(row[_ID], row, new, current)
             claimed.append(new)
         for entry in refused:

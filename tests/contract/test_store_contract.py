@@ -380,6 +380,18 @@ async def test_claim_due_skips_tasks_whose_mutation_refuses(store: Store) -> Non
     assert [t.task_id for t in again] == ["a"]
 
 
+async def test_a_claim_that_breaks_leaves_the_task_due(store: Store) -> None:
+    """A mutation that raises anything but a refusal ends the claim; the task stays due."""
+    await seed(store, make_task(task_id="t", next_retry_at=at(0)))
+
+    def broken(current: FailedTask | None) -> FailedTask:
+        raise RuntimeError("a bug in the claimer")
+
+    with pytest.raises(RuntimeError, match="a bug in the claimer"):
+        await store.claim_due(at(10), 10, broken)
+    assert [t.task_id for t in await store.claim_due(at(10), 10, claimer(at(10)))] == ["t"]
+
+
 async def test_next_due_at(store: Store) -> None:
     assert await store.next_due_at() is None
     await seed(

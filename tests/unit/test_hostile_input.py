@@ -25,6 +25,7 @@ from mahavishnu_dlq import (
     Limits,
     PayloadTooLargeError,
     RetryAfter,
+    RetryProcessor,
 )
 from mahavishnu_dlq.limits import bound_text, check_tree, clean_text, cut_text
 from mahavishnu_dlq.models import DeadLetterStatus, encode_cursor
@@ -508,3 +509,14 @@ async def test_filter_values_must_be_of_their_own_type(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         await dlq.list_tasks(**arguments)
+
+
+async def test_a_lease_taken_at_the_end_of_the_calendar_ends_with_it() -> None:
+    end = datetime(9999, 12, 31, 23, 55, tzinfo=timezone.utc)  # a 600 s lease would overflow
+    dlq = DeadLetterQueue(clock=FakeClock(end))
+    dlq.register_handler("wf", lambda task, repos: "ok")
+    await dlq.enqueue("a", {}, error="x", workflow="wf", retry_policy="immediate")
+    assert (await dlq.retry_task("a"))["success"] is True
+    await dlq.enqueue("b", {}, error="x", workflow="wf", retry_policy="immediate")
+    assert await RetryProcessor(dlq).run_once() == 1
+    assert (await dlq.get_task("b")).status is DeadLetterStatus.COMPLETED  # type: ignore[union-attr]
