@@ -45,7 +45,7 @@ from mahavishnu_dlq.policy import Jitter, PolicyBook, PolicyParams
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.settings import DLQSettings
-from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
+from mahavishnu_dlq.storage import FailoverStore, MemoryStore, SQLiteStore, Store
 
 __version__ = "0.1.0"
 
@@ -82,6 +82,7 @@ __all__ = [
     "RetryAfter",
     "RetryPolicy",
     "RetryProcessor",
+    "SQLiteStore",
     "Store",
     "StoreOverloadedError",
     "StoreUnavailableError",

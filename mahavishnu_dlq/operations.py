@@ -153,6 +153,7 @@ class Operations:
             "is_processor_running": dlq.is_processor_running,
             "retry_interval_seconds": dlq.retry_interval_seconds,
             "backend": dlq.store.backend,
+            "location": getattr(dlq.store, "location", None),
             "degraded": bool(getattr(dlq.store, "degraded", False)),
             "failover": getattr(dlq.store, "health", None),
             "total_stored": stats.total,

@@ -20,6 +20,15 @@ OPENSEARCH_URL_VAR = "MAHAVISHNU_DLQ_TEST_OPENSEARCH_URL"
 _NODE_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "opensearch_node.py"
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default settings keep their SQLite file under ``$XDG_STATE_HOME``: every test gets
+    its own, so no test sees another's tasks (nor the files of the user running them)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test on both backends anyio supports."""

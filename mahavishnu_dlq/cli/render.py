@@ -134,6 +134,8 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
     if failover:
         backend += f" (serving: {failover['serving']}; primary {failover['primary']})"
     plain_row(queue, "backend", backend)
+    if stats.get("location"):
+        plain_row(queue, "where", str(stats["location"]))
     plain_row(
         queue,
         "degraded",

@@ -36,7 +36,9 @@ from .groups import (
     PolicyOverrideSettings,
     PolicySettings,
     ProcessorSettings,
+    SQLiteSettings,
     WorkflowPolicySettings,
+    state_dir,
 )
 from .model import DLQSettings
 from .sources import CONFIG_ENV_VAR, ENV_PREFIX
@@ -52,5 +54,7 @@ __all__ = [
     "PolicyOverrideSettings",
     "PolicySettings",
     "ProcessorSettings",
+    "SQLiteSettings",
     "WorkflowPolicySettings",
+    "state_dir",
 ]

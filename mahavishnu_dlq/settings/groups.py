@@ -1,7 +1,7 @@
 """The settings groups: one pydantic model per nested block of the settings.
 
 ``processor``, ``policies`` (with its per-category and per-workflow overrides),
-``classifier``, ``opensearch`` and ``failover``; the alert rules are
+``classifier``, ``sqlite``, ``opensearch`` and ``failover``; the alert rules are
 :class:`~mahavishnu_dlq.alerts.AlertRuleSettings`. Each field carries its range
 and a description (the validation messages and the documented example file say
 both). A group refuses unknown keys and never shows its input in pydantic's own
@@ -12,7 +12,9 @@ messages; :mod:`~mahavishnu_dlq.settings.problems` writes the messages users see
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -39,6 +41,7 @@ __all__ = [
     "PolicyOverrideSettings",
     "PolicySettings",
     "ProcessorSettings",
+    "SQLiteSettings",
     "WorkflowPolicySettings",
 ]
 
@@ -274,6 +277,45 @@ class OpenSearchSettings(_Group):
         if problem:
             raise ValueError(f"index name {value!r} {problem}")
         return value
+
+
+def state_dir() -> Path:
+    """Where mahavishnu-dlq keeps its files for this user: ``$XDG_STATE_HOME/mahavishnu-dlq``,
+    else ``~/.local/state/mahavishnu-dlq`` (the XDG base directory rule)."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "mahavishnu-dlq"
+
+
+class SQLiteSettings(_Group):
+    """The SQLite store (``store: sqlite``): one durable file shared by a host's processes."""
+
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="the database file, created with its directory; null: "
+        "$XDG_STATE_HOME/mahavishnu-dlq/dlq.sqlite3 (~/.local/state/... without it)",
+    )
+    busy_timeout_seconds: float = Field(
+        default=30,
+        ge=0.1,
+        le=600,
+        description="how long a write waits for another process to release the file",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _a_file_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value:
+            raise ValueError("path must not contain a NUL character")
+        return str(Path(value).expanduser())
+
+    def file(self) -> Path:
+        """The database file: ``path``, else the per-user default (read when asked)."""
+        return Path(self.path) if self.path is not None else state_dir() / "dlq.sqlite3"
 
 
 class FailoverSettings(_Group):

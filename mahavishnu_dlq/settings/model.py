@@ -40,6 +40,7 @@ from .groups import (
     OpenSearchSettings,
     PolicySettings,
     ProcessorSettings,
+    SQLiteSettings,
 )
 from .problems import configuration_error
 from .sources import (
@@ -84,8 +85,10 @@ class DLQSettings(BaseSettings):
     retry_interval_seconds: float = Field(
         default=60, ge=10, le=3600, description="how often the processor polls for due tasks"
     )
-    store: Literal["memory", "opensearch", "failover"] = Field(
-        default="memory", description="storage backend"
+    store: Literal["sqlite", "memory", "opensearch", "failover"] = Field(
+        default="sqlite",
+        description="storage backend: sqlite (a durable file on this host), memory (this "
+        "process only), opensearch, or failover (OpenSearch with a fallback)",
     )
     max_payload_bytes: int = Field(
         default=1_048_576,
@@ -109,6 +112,7 @@ class DLQSettings(BaseSettings):
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     policies: PolicySettings = Field(default_factory=PolicySettings)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    sqlite: SQLiteSettings = Field(default_factory=SQLiteSettings)
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     failover: FailoverSettings = Field(default_factory=FailoverSettings)
     alerts: list[AlertRuleSettings] = Field(

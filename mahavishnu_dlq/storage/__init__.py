@@ -10,6 +10,7 @@ from typing import Any
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, Store, StoreStatistics
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
+from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
 __all__ = [
     "FailoverStore",
@@ -17,6 +18,7 @@ __all__ = [
     "MemoryStore",
     "Mutation",
     "OpenSearchStore",
+    "SQLiteStore",
     "Store",
     "StoreStatistics",
 ]

@@ -31,7 +31,7 @@ backend.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +50,7 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "UnreadableRecords",
+    "event_loop_kind",
     "mutate_each",
     "report_unreadable",
 ]
@@ -233,24 +234,42 @@ class KeyedLock:
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
-        waiters = self._busy.get(key)
-        if waiters is None:
-            self._busy[key] = deque()
-        else:
-            turn = anyio.Event()
-            waiters.append(turn)
-            try:
-                await turn.wait()
-            except BaseException:
-                if turn.is_set():  # handed the lock just as we were cancelled: pass it on
-                    self._release(key)
-                else:
-                    waiters.remove(turn)
-                raise
+        await self._acquire(key)
         try:
             yield
         finally:
             self._release(key)
+
+    @asynccontextmanager
+    async def hold_all(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold every key of ``keys`` at once. They are taken in sorted order, so two
+        holders of several keys never wait for each other (each waits only for keys
+        above all it holds), nor for a holder of one."""
+        held: list[str] = []
+        try:
+            for key in sorted(set(keys)):
+                await self._acquire(key)
+                held.append(key)
+            yield
+        finally:
+            for key in held:
+                self._release(key)
+
+    async def _acquire(self, key: str) -> None:
+        waiters = self._busy.get(key)
+        if waiters is None:
+            self._busy[key] = deque()
+            return
+        turn = anyio.Event()
+        waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed the lock just as we were cancelled: pass it on
+                self._release(key)
+            else:
+                waiters.remove(turn)
+            raise
 
     def _release(self, key: str) -> None:
         waiters = self._busy[key]
@@ -348,3 +367,16 @@ class UnreadableRecords:
             self._known.clear()
         else:
             self._known.pop(key, None)
+
+
+def event_loop_kind() -> str:
+    """``"asyncio"``, ``"trio"``, or ``"unknown"`` outside an event loop (sniffio comes
+    with trio; without it, only asyncio runs)."""
+    try:
+        import sniffio  # noqa: PLC0415 - optional: it comes with trio, the other loop
+    except ImportError:  # pragma: no cover - without trio installed only asyncio runs
+        return "asyncio"
+    try:
+        return str(sniffio.current_async_library())
+    except sniffio.AsyncLibraryNotFoundError:
+        return "unknown"

@@ -1,4 +1,4 @@
-"""Building the store that settings describe (``store: memory | opensearch | failover``).
+"""Building the store that settings describe (``store: sqlite | memory | opensearch | failover``).
 
 The bridge from :class:`~mahavishnu_dlq.settings.DLQSettings` to a
 :class:`~mahavishnu_dlq.storage.base.Store`; the OpenSearch backends are imported
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
+from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import DLQSettings
@@ -23,6 +24,8 @@ def store_from_settings(settings: DLQSettings) -> Store:
     """The (unopened) store ``settings.store`` names, configured by its settings group."""
     if settings.store == "memory":
         return MemoryStore()
+    if settings.store == "sqlite":
+        return SQLiteStore(settings.sqlite.file(), busy_timeout=settings.sqlite.busy_timeout_seconds)
     from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
 
     search = OpenSearchStore.from_settings(settings.opensearch)

@@ -10,17 +10,33 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
+from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
 
 @pytest.fixture(
-    params=["memory", "failover", pytest.param("opensearch", marks=pytest.mark.opensearch)]
+    params=[
+        "memory",
+        "sqlite",
+        "failover",
+        pytest.param("opensearch", marks=pytest.mark.opensearch),
+    ]
 )
-async def store(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Store]:
+async def store(
+    request: pytest.FixtureRequest, anyio_backend: str, tmp_path: Path
+) -> AsyncIterator[Store]:
     """A fresh, empty, opened store of each backend."""
+    if request.param == "sqlite":  # a file of its own in the test's directory
+        sqlite = SQLiteStore(tmp_path / "contract.sqlite3")
+        await sqlite.open()
+        yield sqlite
+        await sqlite.clear()
+        await sqlite.close()
+        return
     if request.param == "failover":  # healthy: the primary serves, through the wrapper
         failover = FailoverStore(MemoryStore())
         await failover.open()

@@ -5,8 +5,9 @@
   (asyncio: the store is asyncio-only), then CLI processes list, show, replay,
   archive, purge, clear, retry and run the processor; each one sees what the
   previous one changed.
-- Against the embedded default (the memory store, a clean environment): alone,
-  and with an ``--app`` factory whose queue already holds failures.
+- Against the embedded default (the per-user SQLite file, a clean environment): an
+  application process enqueues and CLI processes see it; and with an ``--app``
+  factory whose queue (a memory store) already holds failures.
 - Bad input: one line on stderr starting with ``mahavishnu-dlq``, the documented
   exit status (2 usage or configuration, 1 not found or failed), never a
   traceback — an unreachable node included, whose passwords never show.
@@ -711,36 +712,65 @@ def test_sigterm_mid_attempt_gives_the_task_back(node: Node, tmp_path: Path) -> 
     assert task.next_retry_at is not None  # due again at once, for the next processor
 
 
-# -- the embedded default: memory store, clean environment -------------------------------------
+# -- the embedded default: a per-user SQLite file, clean environment ------------------------
 
 
-def test_embedded_default_is_an_empty_memory_queue() -> None:
-    cli = Cli(clean_env())
-    stats, table, empty, listing, unknown, config, config_json = cli.many(
+APP_PROCESS = """
+import anyio
+from mahavishnu_dlq import DeadLetterQueue, DLQSettings
+
+async def main() -> None:
+    async with DeadLetterQueue.from_settings(DLQSettings.load()) as dlq:
+        await dlq.enqueue("from-the-app", {"order": 7}, error=ConnectionError("refused"))
+
+anyio.run(main)
+"""
+
+
+def test_embedded_default_is_a_durable_file_the_app_and_the_cli_share() -> None:
+    env = clean_env()
+    cli = Cli(env)
+    state = Path(env["XDG_STATE_HOME"]) / "mahavishnu-dlq" / "dlq.sqlite3"
+    empty, config, config_json = cli.many(
+        ["list"], ["config", "show"], ["config", "show", "--json"]
+    )
+    assert ok(empty).strip() == "no tasks match"
+    assert "\nstore: sqlite\n" in ok(config)
+    assert "secrets masked" in ok(config)
+    settings = data(config_json)
+    assert (settings["store"], settings["sqlite"]["path"], settings["max_size"]) == (
+        "sqlite",
+        None,  # the per-user default file
+        10000,
+    )
+    app = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", APP_PROCESS],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert app.returncode == 0, app.stderr
+    stats, table, listing, shown, unknown = cli.many(
         ["status", "--json"],
         ["status"],
-        ["list"],
         ["list", "--json"],
+        ["show", "from-the-app", "--json"],
         ["show", "nope"],
-        ["config", "show"],
-        ["config", "show", "--json"],
     )
     counts = data(stats)
-    assert counts["backend"] == "memory"
+    assert (counts["backend"], counts["location"], counts["total_stored"]) == (
+        "sqlite",
+        str(state),
+        1,
+    )
     assert counts["degraded"] is False
-    assert (counts["total_stored"], counts["queue_size"]) == (0, 0)
-    assert set(counts["status_breakdown"].values()) == {0}
-    assert set(counts["error_categories"].values()) == {0}
-    assert set(counts["lifetime_stats"].values()) == {0}
-    assert "memory" in ok(table)
-    assert ok(empty).strip() == "no tasks match"
-    assert data(listing) == {"tasks": [], "count": 0, "cursor": None}
+    assert str(state) in ok(table).replace("\n", "")  # status names the file
+    assert [task["task_id"] for task in data(listing)["tasks"]] == ["from-the-app"]
+    assert data(shown)["task"] == {"order": 7}
     refused(unknown, 1, "no task with id 'nope'")
-    text = ok(config)
-    assert "secrets masked" in text
-    assert "\nstore: memory\n" in text
-    settings = data(config_json)
-    assert (settings["store"], settings["max_size"]) == ("memory", 10000)
 
 
 def test_app_factory_queue_serves_every_command_of_its_process() -> None:

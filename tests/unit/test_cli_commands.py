@@ -38,6 +38,7 @@ from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage import build as build_module
+from mahavishnu_dlq.settings import state_dir
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock, FlakyHandler
 from tests.unit import cli_fixtures as fx
@@ -65,6 +66,7 @@ STATS_KEYS = {
     "failover",
     "total_stored",
     "unreadable",
+    "location",
     "oldest_pending_age_seconds",
     "top_fingerprints",
 }
@@ -437,6 +439,7 @@ def shared_store(dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch) -> Memor
     """A queue --app builds from settings (handlers) gets the seeded queue's memory store."""
     store = dlq.store
     assert isinstance(store, MemoryStore)
+    monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "memory")
     monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
     return store
 
@@ -557,8 +560,11 @@ def test_without_app_a_command_uses_a_queue_from_the_settings(cli: Cli, tmp_path
     ran = cli("--config", str(config), "status", "--json")
     assert ran.code == 0, ran.err
     assert ran.json()["max_size"] == 250
-    assert ran.json()["backend"] == "memory"
+    assert ran.json()["backend"] == "sqlite"  # the default: the per-user file
+    assert ran.json()["location"] == str(state_dir() / "dlq.sqlite3")
     assert ran.json()["total_stored"] == 0
+    human = cli("--config", str(config), "status")
+    assert str(state_dir() / "dlq.sqlite3") in human.out.replace("\n", "")  # names the file
 
 
 def test_a_bad_config_ends_any_command_with_exit_2(cli: Cli, tmp_path: Path) -> None:
@@ -1373,6 +1379,7 @@ def test_processor_drain_with_a_mapping_of_handlers(
     future = FakeClock(datetime(2100, 1, 1, tzinfo=timezone.utc))
     seeded = DeadLetterQueue(MemoryStore(), clock=future)
     store = seeded.store
+    monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "memory")
     monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
     for task_id, workflow in [("a", "ok"), ("b", "ok"), ("c", "bad")]:
         enqueue(seeded, task_id, workflow=workflow)

@@ -25,6 +25,8 @@ from mahavishnu_dlq.settings import (
     DLQSettings,
     PolicySettings,
     ProcessorSettings,
+    SQLiteSettings,
+    state_dir,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "settings" / "mahavishnu_dlq.yaml"
@@ -63,7 +65,9 @@ def test_defaults() -> None:
     assert settings.default_max_retries == 3
     assert settings.retry_processor_enabled is True
     assert settings.retry_interval_seconds == 60
-    assert settings.store == "memory"
+    assert settings.store == "sqlite"
+    assert settings.sqlite.path is None  # the per-user default file
+    assert settings.sqlite.file() == state_dir() / "dlq.sqlite3"
     assert settings.max_payload_bytes == 1_048_576
     assert settings.attempts_kept == 20
     assert settings.processor == ProcessorSettings()
@@ -105,7 +109,7 @@ def test_example_yaml_lists_every_field() -> None:
     document = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     settings = DLQSettings()
     assert set(document) == set(DLQSettings.model_fields)
-    for group in ("processor", "policies", "classifier", "opensearch", "failover"):
+    for group in ("processor", "policies", "classifier", "sqlite", "opensearch", "failover"):
         assert set(document[group]) == set(type(getattr(settings, group)).model_fields), group
 
 
@@ -134,6 +138,24 @@ def test_example_yaml_commented_examples_are_valid(tmp_path: Path) -> None:
     assert len(settings.classifier.rules) == 3
 
 
+def test_the_default_sqlite_file_follows_the_xdg_state_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert SQLiteSettings().file() == tmp_path / "mahavishnu-dlq" / "dlq.sqlite3"
+    for unusable in ("", "relative/dir"):  # the XDG rule: only an absolute path counts
+        monkeypatch.setenv("XDG_STATE_HOME", unusable)
+        assert state_dir() == Path.home() / ".local" / "state" / "mahavishnu-dlq"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert state_dir() == Path.home() / ".local" / "state" / "mahavishnu-dlq"
+    given = SQLiteSettings(path="~/queues/dlq.sqlite3")
+    assert given.file() == Path.home() / "queues" / "dlq.sqlite3"
+    monkeypatch.setenv("MAHAVISHNU_DLQ_SQLITE__PATH", str(tmp_path / "from-env.sqlite3"))
+    assert DLQSettings().sqlite.file() == tmp_path / "from-env.sqlite3"
+    with pytest.raises(ConfigurationError, match="sqlite.path"):
+        DLQSettings.load(sqlite={"path": ""})
+
+
 def test_the_settings_package_keeps_its_public_names() -> None:
     assert package.__all__ == [
         "CONFIG_ENV_VAR",
@@ -146,7 +168,9 @@ def test_the_settings_package_keeps_its_public_names() -> None:
         "PolicyOverrideSettings",
         "PolicySettings",
         "ProcessorSettings",
+        "SQLiteSettings",
         "WorkflowPolicySettings",
+        "state_dir",
     ]
     missing = [name for name in package.__all__ if not hasattr(package, name)]
     assert missing == []
@@ -373,7 +397,7 @@ def test_bad_enum_value_lists_the_allowed_values() -> None:
 
 
 def test_bad_literal_value_lists_the_allowed_values() -> None:
-    assert "store: must be one of: memory, opensearch, failover, got 'redis'" in str(
+    assert "store: must be one of: sqlite, memory, opensearch, failover, got 'redis'" in str(
         config_error(store="redis")
     )
     message = str(config_error(opensearch={"refresh": "always"}))

@@ -1,0 +1,310 @@
+"""The SQLite store's file layout and statements.
+
+Kept apart from :mod:`mahavishnu_dlq.storage.sqlite` so the store reads as its
+algorithms (group commit, claims, readers) and this module as the persisted
+format: the schema and its versions, how a record becomes a row and back, and
+how a :class:`TaskFilter` becomes a ``WHERE`` clause.
+
+Rows
+    ``tasks`` holds one row per task: ``doc``, the record as JSON — the very
+    document the OpenSearch store writes (:func:`opensearch_query.document_json`),
+    so the two stores hold the same thing — and the columns a query needs:
+    ``status``, ``error_category``, ``retry_policy``, ``workflow``,
+    ``fingerprint``, and the microsecond times ``failed_at_us`` (listing order),
+    ``updated_at_us`` (purge) and ``due_us`` (when the task becomes claimable:
+    ``next_retry_at`` while pending, ``lease_expires_at`` while retrying, NULL
+    otherwise). Indexes serve listing, claims, purges and fingerprints.
+
+Counts
+    ``counts`` keeps how many rows have each status, category and policy, and how
+    many open rows share each fingerprint, maintained by triggers in the same
+    transaction as the row, so statistics never scan the table.
+
+Tombstones
+    ``tombstones`` records deletions a failover journal must carry to its primary
+    (unused by a plain store).
+
+Versions
+    ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`. A file of an older
+    version is migrated in place by :data:`MIGRATIONS` (each step adds, never
+    removes); a file of a newer version is refused: the store would not know
+    what that version means.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.models import (
+    OPEN_STATUSES,
+    DeadLetterStatus,
+    ErrorCategory,
+    FailedTask,
+    RetryPolicy,
+    TaskFilter,
+)
+from mahavishnu_dlq.storage.base import FingerprintCount, StoreStatistics
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STATUS_VALUES",
+    "TEXT_FUNCTION",
+    "filter_sql",
+    "read_statistics",
+    "row_values",
+    "text_matches",
+]
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+STATUS_VALUES = tuple(status.value for status in DeadLetterStatus)
+CATEGORY_VALUES = tuple(category.value for category in ErrorCategory)
+POLICY_VALUES = tuple(policy.value for policy in RetryPolicy)
+OPEN_VALUES = tuple(sorted(status.value for status in OPEN_STATUSES))
+_OPEN_SQL = "(" + ", ".join(f"'{value}'" for value in OPEN_VALUES) + ")"
+
+
+def _count_change(sign: str, row: str, condition: str = "1") -> str:
+    """Statements adding ``sign`` 1 to the counts of the ``row`` (NEW or OLD)."""
+    statements = [
+        f"INSERT INTO counts(kind, key, n) SELECT '{kind}', {row}.{column}, {sign}1 "
+        f"WHERE {condition} ON CONFLICT(kind, key) DO UPDATE SET n = n {sign} 1;"
+        for kind, column in (
+            ("status", "status"),
+            ("category", "error_category"),
+            ("policy", "retry_policy"),
+        )
+    ]
+    statements.append(
+        f"INSERT INTO counts(kind, key, n) SELECT 'fingerprint', {row}.fingerprint, {sign}1 "
+        f"WHERE {condition} AND {row}.status IN {_OPEN_SQL} AND {row}.fingerprint != '' "
+        "ON CONFLICT(kind, key) DO UPDATE SET n = n " + sign + " 1;"
+    )
+    return "\n    ".join(statements)
+
+
+_CHANGED = (
+    "OLD.status IS NOT NEW.status OR OLD.error_category IS NOT NEW.error_category "
+    "OR OLD.retry_policy IS NOT NEW.retry_policy OR OLD.fingerprint IS NOT NEW.fingerprint"
+)
+
+#: Statements of each schema version, from the one before it (version 0: an empty file).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tasks (
+            task_id TEXT PRIMARY KEY,
+            doc TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error_category TEXT NOT NULL,
+            retry_policy TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            failed_at_us INTEGER NOT NULL,
+            updated_at_us INTEGER NOT NULL,
+            due_us INTEGER
+        ) WITHOUT ROWID""",
+        "CREATE INDEX tasks_listing ON tasks (failed_at_us DESC, task_id)",
+        "CREATE INDEX tasks_status ON tasks (status, failed_at_us DESC, task_id)",
+        "CREATE INDEX tasks_due ON tasks (due_us, task_id) WHERE due_us IS NOT NULL",
+        "CREATE INDEX tasks_updated ON tasks (status, updated_at_us)",
+        "CREATE INDEX tasks_fingerprint ON tasks (fingerprint, failed_at_us)",
+        "CREATE INDEX tasks_workflow ON tasks (workflow, failed_at_us DESC, task_id)",
+        """CREATE TABLE counts (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE tombstones (task_id TEXT PRIMARY KEY, deleted_us INTEGER NOT NULL)",
+        f"""CREATE TRIGGER tasks_counted_in AFTER INSERT ON tasks BEGIN
+    {_count_change("+", "NEW")}
+END""",
+        f"""CREATE TRIGGER tasks_counted_out AFTER DELETE ON tasks BEGIN
+    {_count_change("-", "OLD")}
+END""",
+        f"""CREATE TRIGGER tasks_counted_again AFTER UPDATE ON tasks WHEN {_CHANGED} BEGIN
+    {_count_change("-", "OLD")}
+    {_count_change("+", "NEW")}
+END""",
+    ),
+}
+
+if max(MIGRATIONS) != SCHEMA_VERSION:  # pragma: no cover - a version without its migration
+    raise RuntimeError("SCHEMA_VERSION has no migration")
+
+#: Columns of a row, in the order :func:`row_values` gives them.
+COLUMNS = (
+    "task_id",
+    "doc",
+    "status",
+    "error_category",
+    "retry_policy",
+    "workflow",
+    "fingerprint",
+    "failed_at_us",
+    "updated_at_us",
+    "due_us",
+)
+
+UPSERT = (
+    f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT(task_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in COLUMNS[1:])
+)
+
+
+def row_values(task: FailedTask, doc: str) -> tuple[Any, ...]:
+    """The row of ``task`` (its document ``doc``), as :data:`COLUMNS` orders them."""
+    status = task.status
+    if status is DeadLetterStatus.PENDING:
+        due = task.next_retry_at
+    elif status is DeadLetterStatus.RETRYING:
+        due = task.lease_expires_at
+    else:
+        due = None
+    return (
+        task.task_id,
+        doc,
+        status.value,
+        task.error_category.value,
+        task.retry_policy.value,
+        task.workflow,
+        task.error_fingerprint,
+        to_micros(task.failed_at),
+        to_micros(task.updated_at),
+        None if due is None else to_micros(due),
+    )
+
+
+#: The SQL function the ``text`` filter calls (registered on every connection).
+TEXT_FUNCTION = "dlq_text_matches"
+TEXT_ARGUMENTS = 5
+_TEXT_FIELDS_SQL = "task_id, workflow, fingerprint, doc"
+_DOC_TEXT_FIELDS = ("error", "error_type", "last_error")
+
+
+def text_matches(needle: str, *fields: str | None) -> int:
+    """1 when ``needle`` (already case-folded) is in the id, workflow, fingerprint, or the
+    error, error type or last error of ``doc`` (the last field) under Unicode case
+    folding, as :meth:`TaskFilter.matches` compares; the body of :data:`TEXT_FUNCTION`.
+
+    The error texts are read from the document in Python: SQLite's ``json_extract``
+    stops a text at its first NUL character."""
+    *columns, doc = fields
+    for field in columns:
+        if isinstance(field, str) and needle in field.casefold():
+            return 1
+    try:
+        record = json.loads(doc) if isinstance(doc, str) else None
+    except (ValueError, RecursionError):
+        return 0
+    if not isinstance(record, dict):
+        return 0
+    for name in _DOC_TEXT_FIELDS:
+        field = record.get(name)
+        if isinstance(field, str) and needle in field.casefold():
+            return 1
+    return 0
+
+
+def _in(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
+
+def filter_sql(flt: TaskFilter | None) -> tuple[str, list[Any]]:
+    """``(WHERE clause or "", parameters)`` selecting what ``flt.matches`` selects."""
+    if flt is None:
+        return "", []
+    clauses: list[str] = []
+    params: list[Any] = []
+
+    def add(clause: str, values: Sequence[Any]) -> None:
+        clauses.append(clause)
+        params.extend(values)
+
+    if flt.status is not None:
+        add(*_in("status", [status.value for status in flt.status]))
+    if flt.error_category is not None:
+        add(*_in("error_category", [category.value for category in flt.error_category]))
+    if flt.workflow is not None:
+        add(*_in("workflow", list(flt.workflow)))
+    if flt.since is not None:
+        add("failed_at_us >= ?", [to_micros(flt.since)])
+    if flt.until is not None:
+        add("failed_at_us < ?", [to_micros(flt.until)])
+    if flt.updated_before is not None:
+        add("updated_at_us < ?", [to_micros(flt.updated_before)])
+    if flt.fingerprint is not None:
+        add("fingerprint = ?", [flt.fingerprint])
+    if flt.text:
+        add(f"{TEXT_FUNCTION}(?, {_TEXT_FIELDS_SQL})", [flt.text.casefold()])
+    if not clauses:
+        return "", []
+    return "WHERE " + " AND ".join(clauses), params
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def read_statistics(
+    connection: sqlite3.Connection, top_fingerprints: int, undecodable: Sequence[str]
+) -> StoreStatistics:
+    """The :class:`StoreStatistics` of the file: counts from ``counts`` (no table scan),
+    the oldest pending and each top fingerprint's example through their indexes.
+
+    ``unreadable`` is what the values tell (statuses, categories and policies this
+    version does not know) plus the ``undecodable`` ids a read of this process met
+    whose values look known."""
+    counts: dict[str, dict[str, int]] = {"status": {}, "category": {}, "policy": {}}
+    for kind, key, n in connection.execute(
+        "SELECT kind, key, n FROM counts WHERE kind != 'fingerprint' AND n > 0"
+    ):
+        counts[kind][key] = n
+    by_status = counts["status"]
+    unreadable = sum(n for key, n in by_status.items() if key not in STATUS_VALUES)
+    unreadable += sum(n for key, n in counts["category"].items() if key not in CATEGORY_VALUES)
+    unreadable += sum(n for key, n in counts["policy"].items() if key not in POLICY_VALUES)
+    for start in range(0, len(undecodable), 500):
+        chunk = undecodable[start : start + 500]
+        unreadable += connection.execute(
+            f"SELECT COUNT(*) FROM tasks WHERE task_id IN ({_marks(chunk)}) "
+            f"AND status IN ({_marks(STATUS_VALUES)}) "
+            f"AND error_category IN ({_marks(CATEGORY_VALUES)}) "
+            f"AND retry_policy IN ({_marks(POLICY_VALUES)})",
+            (*chunk, *STATUS_VALUES, *CATEGORY_VALUES, *POLICY_VALUES),
+        ).fetchone()[0]
+    oldest = connection.execute(
+        "SELECT MIN(failed_at_us) FROM tasks WHERE status = 'pending'"
+    ).fetchone()[0]
+    top: list[FingerprintCount] = []
+    if top_fingerprints > 0:
+        rows = connection.execute(
+            "SELECT key, n FROM counts WHERE kind = 'fingerprint' AND n > 0 "
+            "ORDER BY n DESC, key LIMIT ?",
+            (top_fingerprints,),
+        ).fetchall()
+        for fingerprint, n in rows:
+            example = connection.execute(
+                "SELECT json_extract(doc, '$.error_type'), json_extract(doc, '$.error') "
+                f"FROM tasks WHERE fingerprint = ? AND status IN ({_marks(OPEN_VALUES)}) "
+                "ORDER BY failed_at_us, task_id LIMIT 1",
+                (fingerprint, *OPEN_VALUES),
+            ).fetchone()
+            error_type, error = example if example is not None else ("", "")
+            top.append(FingerprintCount(fingerprint, n, error_type or "", (error or "")[:200]))
+    return StoreStatistics(
+        total=sum(by_status.values()),
+        by_status={status: by_status.get(status.value, 0) for status in DeadLetterStatus},
+        by_category=dict(counts["category"]),
+        by_policy=dict(counts["policy"]),
+        oldest_pending_failed_at=None if oldest is None else from_micros(oldest),
+        top_fingerprints=top,
+        unreadable=unreadable,
+    )
