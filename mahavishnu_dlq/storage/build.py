@@ -25,7 +25,9 @@ def store_from_settings(settings: DLQSettings) -> Store:
     if settings.store == "memory":
         return MemoryStore()
     if settings.store == "sqlite":
-        return SQLiteStore(settings.sqlite.file(), busy_timeout=settings.sqlite.busy_timeout_seconds)
+        return SQLiteStore(
+            settings.sqlite.file(), busy_timeout=settings.sqlite.busy_timeout_seconds
+        )
     from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
 
     search = OpenSearchStore.from_settings(settings.opensearch)

@@ -37,8 +37,8 @@ from mahavishnu_dlq.cli.common import parse_choices, parse_duration, parse_momen
 from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.queue import DeadLetterQueue
-from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.settings import state_dir
+from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock, FlakyHandler
 from tests.unit import cli_fixtures as fx

@@ -152,7 +152,7 @@ def test_the_default_sqlite_file_follows_the_xdg_state_home(
     assert given.file() == Path.home() / "queues" / "dlq.sqlite3"
     monkeypatch.setenv("MAHAVISHNU_DLQ_SQLITE__PATH", str(tmp_path / "from-env.sqlite3"))
     assert DLQSettings().sqlite.file() == tmp_path / "from-env.sqlite3"
-    with pytest.raises(ConfigurationError, match="sqlite.path"):
+    with pytest.raises(ConfigurationError, match=r"sqlite\.path"):
         DLQSettings.load(sqlite={"path": ""})
 
 
