@@ -8,7 +8,8 @@ Writes: group commit
     Every change — a mutation, a claim, a deletion, a purge — is an operation
     queued for the store's writer. The first caller to find the writer idle leads:
     it takes every queued operation and applies them in one transaction
-    (``BEGIN IMMEDIATE`` … ``COMMIT``, each operation in a savepoint of its own),
+    (``BEGIN IMMEDIATE`` … ``COMMIT``; an operation that fails is undone alone,
+    by SQLite's statement rollback or a savepoint: see ``Op.undo``),
     in a worker thread, then wakes their callers; meanwhile new operations queue
     for the next transaction. So 100 producers share one fsync per transaction
     instead of paying one each, and one id's changes are applied in the order
@@ -48,7 +49,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -81,14 +82,15 @@ __all__ = ["SQLiteStore"]
 
 _BACKEND = "sqlite"
 _PAGE = 500  # rows read at a time by claims and listings
+_LISTING = " ORDER BY failed_at_us DESC, task_id ASC LIMIT ?"  # newest first
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     connection = sqlite3.connect(
         str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
-    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    connection.execute("PRAGMA synchronous = FULL")
+    for pragma in (f"busy_timeout = {int(busy_timeout * 1000)}", *s.PRAGMAS):
+        connection.execute(f"PRAGMA {pragma}")
     connection.create_function(
         s.TEXT_FUNCTION, s.TEXT_ARGUMENTS, s.text_matches, deterministic=True
     )
@@ -114,9 +116,9 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._unreadable = UnreadableRecords(
             f"sqlite file {str(self.path)!r}",
-            lambda doc: documents.from_document(_parsed(doc)),
+            _decoded,  # of a row: (task_id, doc)
             reason=documents.unreadable_reason,
-            raw=str,  # the stored text itself
+            raw=lambda row: str(row[1]),  # the stored text itself
         )
 
     def __repr__(self) -> str:
@@ -151,14 +153,19 @@ class SQLiteStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._unusable(exc, "its directory cannot be created") from exc
+        connection: sqlite3.Connection | None = None
         try:
             connection = _connect(path, self._busy_timeout)
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal mode {mode!r} instead of WAL")
             self._migrate(connection)
-        except sqlite3.Error as exc:
-            raise self._unusable(exc, "it cannot be opened") from exc
+        except BaseException as exc:
+            if connection is not None:  # a failed open keeps no file descriptor
+                connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._unusable(exc, "it cannot be opened") from exc
+            raise
         with self._lock:
             self._connections.append(connection)
         return connection
@@ -233,34 +240,42 @@ class SQLiteStore:
 
     def _unusable(self, exc: BaseException, what: str) -> DLQError:
         detail = f"{type(exc).__name__}: {exc}"
-        hint = "check the path and its permissions (sqlite.path)"
-        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
-            hint = (
-                "it is not a mahavishnu-dlq database or it is damaged: move it aside (nothing "
-                "else is touched) and start over, or restore a copy"
-            )
         return StoreUnavailableError(
-            _BACKEND, f"sqlite file {str(self.path)!r}: {what} ({detail}); {hint}"
+            _BACKEND, f"sqlite file {str(self.path)!r}: {what} ({detail}); {self._hint(exc)}"
         )
 
     def _failure(self, exc: sqlite3.Error) -> DLQError:
+        return StoreUnavailableError(
+            _BACKEND,
+            f"sqlite file {str(self.path)!r}: {type(exc).__name__}: {exc}; {self._hint(exc)}",
+        )
+
+    def _hint(self, exc: BaseException) -> str:
+        """What to do about ``exc``, in a few words."""
         text = str(exc)
         if "disk is full" in text or "disk I/O error" in text:
-            hint = "free disk space where it lives; nothing stored was lost"
-        elif "readonly" in text or "read-only" in text:
-            hint = "it (or its directory) cannot be written: check the permissions"
-        elif "locked" in text or "busy" in text:
-            hint = (
+            return (
+                "the disk is full (or failing): free space where the file lives; "
+                "what was written before is kept"
+            )
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return (
+                "this process cannot write the file or its directory (SQLite keeps -wal and "
+                "-shm files beside it): fix the permissions, or set sqlite.path elsewhere"
+            )
+        if "locked" in text or "busy" in text:
+            return (
                 f"another process held its write lock longer than {self._busy_timeout:g} s "
                 "(sqlite.busy_timeout_seconds)"
             )
-        elif "malformed" in text or "not a database" in text:
-            hint = "it is damaged: move it aside and restore a copy"
-        else:
-            hint = "see the SQLite error"
-        return StoreUnavailableError(
-            _BACKEND, f"sqlite file {str(self.path)!r}: {type(exc).__name__}: {text}; {hint}"
-        )
+        if "malformed" in text or "not a database" in text:
+            return (
+                "it is not a mahavishnu-dlq database or it is damaged, and was left as it is: "
+                "move it aside (a new file is then started) or restore a copy"
+            )
+        if isinstance(exc, OSError):
+            return "check the path and its permissions, or set sqlite.path elsewhere"
+        return "see the SQLite error"
 
     # -- the writer -----------------------------------------------------------------
 
@@ -281,13 +296,7 @@ class SQLiteStore:
             return
         try:
             for op in batch:
-                connection.execute("SAVEPOINT op")
-                try:
-                    op.result = op.apply(connection)
-                except Exception as exc:  # noqa: BLE001 - this operation only
-                    connection.execute("ROLLBACK TO op")
-                    op.error = self._failure(exc) if isinstance(exc, sqlite3.Error) else exc
-                connection.execute("RELEASE op")
+                self._apply(connection, op)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:  # the transaction as a whole failed: none of it stands
             failure = self._failure(exc)
@@ -296,10 +305,35 @@ class SQLiteStore:
             for op in batch:
                 op.result, op.error = None, failure
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _apply(self, connection: sqlite3.Connection, op: Op) -> None:
+        """Apply one operation of the transaction: its failure is its own (undone, kept
+        as its outcome), unless the transaction as a whole fails (re-raised): SQLite
+        rolled it back, or an operation that writes last failed to write."""
+        savepoint = op.undo == "savepoint"
+        if savepoint:
+            connection.execute("SAVEPOINT op")
+        try:
+            op.result = op.apply(connection)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and (
+                not connection.in_transaction or op.undo == "transaction"
+            ):
+                raise
+            if savepoint:
+                connection.execute("ROLLBACK TO op")
+            op.error = self._failure(exc) if isinstance(exc, sqlite3.Error) else exc
+        if savepoint:
+            connection.execute("RELEASE op")
+
+    async def _write(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        *,
+        undo: Literal["savepoint", "statement", "transaction"] = "statement",
+    ) -> Any:
         if self._writer_connection is None:
             await self.open()
-        return await self._writer.submit(Op(apply))
+        return await self._writer.submit(Op(apply, undo=undo))
 
     # -- single records --------------------------------------------------------
 
@@ -308,10 +342,10 @@ class SQLiteStore:
         return None if row is None else self._decode_or_raise(task_id, row[0])
 
     def _decode_or_raise(self, task_id: str, doc: str) -> FailedTask:
-        return self._unreadable.read_or_raise(task_id, task_id, doc)
+        return self._unreadable.read_or_raise(task_id, task_id, (task_id, doc))
 
     def _decode(self, task_id: str, doc: str) -> FailedTask | None:
-        return self._unreadable.read(task_id, doc)
+        return self._unreadable.read(task_id, (task_id, doc))
 
     @staticmethod
     def _put(connection: sqlite3.Connection, task: FailedTask) -> None:
@@ -342,7 +376,10 @@ class SQLiteStore:
         self, items: Sequence[tuple[str, Mutation]]
     ) -> list[FailedTask | Exception]:
         """Every item as :meth:`mutate` would, in the same transaction (or a few)."""
-        ops = [Op(self._mutation(require_str(task_id, "task_id"), fn)) for task_id, fn in items]
+        ops = [
+            Op(self._mutation(require_str(task_id, "task_id"), fn), undo="statement")
+            for task_id, fn in items
+        ]
         if ops and self._writer_connection is None:
             await self.open()
 
@@ -372,7 +409,10 @@ class SQLiteStore:
         now_us = to_micros(now)
 
         def apply(connection: sqlite3.Connection) -> list[FailedTask]:
+            # every claim is decided first, then written: a refusal or an error
+            # leaves nothing to undo, so the claim needs no savepoint (see Op)
             claimed: list[FailedTask] = []
+            rows_out: list[tuple[Any, ...]] = []
             after: tuple[int, str] | None = None
             while len(claimed) < limit:
                 if after is None:
@@ -399,15 +439,16 @@ class SQLiteStore:
                         continue  # refused: the task stays due
                     if new.task_id != task_id:
                         raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")
-                    self._put(connection, new)
+                    rows_out.append(s.row_values(new, documents.document_json(new, "")))
                     claimed.append(new)
                     if len(claimed) == limit:
                         break
                 if len(rows) < _PAGE:
                     break
+            connection.executemany(s.UPSERT, rows_out)
             return claimed
 
-        result: list[FailedTask] = await self._write(apply)
+        result: list[FailedTask] = await self._write(apply, undo="transaction")
         return result
 
     async def next_due_at(self) -> datetime | None:
@@ -428,22 +469,35 @@ class SQLiteStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         after = decode_cursor(cursor) if cursor is not None else None
-        where, params = s.filter_sql(flt)
+        arms = s.ordered_arms(flt)
+
+        def select(
+            where: str, params: list[Any], position: tuple[int, str] | None, fetch: int
+        ) -> tuple[str, list[Any]]:
+            clauses, values = ([where[len("WHERE ") :]] if where else []), list(params)
+            if position is not None:
+                clauses.append("(failed_at_us < ? OR (failed_at_us = ? AND task_id > ?))")
+                values += [-position[0], -position[0], position[1]]
+            sql = "SELECT task_id, doc, failed_at_us FROM tasks"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            return sql + _LISTING, [*values, fetch]
 
         def read(connection: sqlite3.Connection) -> TaskPage[FailedTask]:
             page: list[FailedTask] = []
             position = after
             more = False
             while not more:
-                clauses, values = ([where[len("WHERE ") :]] if where else []), list(params)
-                if position is not None:
-                    clauses.append("(failed_at_us < ? OR (failed_at_us = ? AND task_id > ?))")
-                    values += [-position[0], -position[0], position[1]]
-                sql = "SELECT task_id, doc, failed_at_us FROM tasks"
-                if clauses:
-                    sql += " WHERE " + " AND ".join(clauses)
-                sql += " ORDER BY failed_at_us DESC, task_id ASC LIMIT ?"
-                rows = connection.execute(sql, [*values, _PAGE]).fetchall()
+                fetch = min(_PAGE, limit + 1 - len(page))  # the page and one to tell "more"
+                parts = [select(where, params, position, fetch) for where, params in arms]
+                if len(parts) == 1:
+                    sql, values = parts[0]
+                else:  # each arm in its index order, merged
+                    union = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
+                    sql = f"SELECT task_id, doc, failed_at_us FROM ({union}){_LISTING}"
+                    values = [value for _, part_values in parts for value in part_values]
+                    values.append(fetch)
+                rows = connection.execute(sql, values).fetchall()
                 for task_id, doc, failed_at_us in rows:
                     position = (-failed_at_us, task_id)
                     task = self._decode(task_id, doc)
@@ -453,7 +507,7 @@ class SQLiteStore:
                         more = True
                         break
                     page.append(task)
-                if len(rows) < _PAGE:
+                if len(rows) < fetch:
                     break
             next_cursor = None
             if more:
@@ -535,10 +589,18 @@ def _as_exception(error: BaseException) -> Exception:
     raise error  # a cancellation or an interrupt is not an item's failure
 
 
-def _parsed(doc: str) -> Any:
-    """A stored document as JSON, or the text itself when it is not JSON (then the
-    record's decoding refuses it, and the text is what an operator is shown)."""
+def _decoded(row: tuple[str, Any]) -> FailedTask:
+    """The record of a row ``(task_id, doc)``; ``ValueError`` or ``TypeError`` when its
+    text is not JSON, not a record this version reads, or the record of another id
+    (a row written by hand: read as it stands, it would be claimed under a wrong id)."""
+    task_id, doc = row
     try:
-        return json.loads(doc)
-    except (ValueError, RecursionError):
-        return doc
+        source = json.loads(doc)
+    except RecursionError as exc:
+        raise ValueError("the stored text is not JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, or bytes of no Unicode encoding
+        raise ValueError(f"the stored text is not JSON: {exc}") from exc
+    task = documents.from_document(source)
+    if task.task_id != task_id:
+        raise ValueError(f"the stored record is task {task.task_id!r}, in the row of {task_id!r}")
+    return task

@@ -13,12 +13,18 @@ Rows
     ``fingerprint``, and the microsecond times ``failed_at_us`` (listing order),
     ``updated_at_us`` (purge) and ``due_us`` (when the task becomes claimable:
     ``next_retry_at`` while pending, ``lease_expires_at`` while retrying, NULL
-    otherwise). Indexes serve listing, claims, purges and fingerprints.
+    otherwise). Indexes serve listing, claims, purges and fingerprints (one, on
+    open rows only, finds a fingerprint's oldest open task however many closed
+    ones came before it). It is a rowid table with ``task_id`` UNIQUE rather than
+    keyed by the id: rows are appended in the order they are written, so a
+    transaction of 100 new tasks dirties a few table pages instead of one per task
+    (twice the commit rate of a ``WITHOUT ROWID`` table, measured).
 
 Counts
     ``counts`` keeps how many rows have each status, category and policy, and how
     many open rows share each fingerprint, maintained by triggers in the same
-    transaction as the row, so statistics never scan the table.
+    transaction as the row, so statistics never scan the table. An update moves
+    only the counts of the columns it changed (a claim: two, not eight).
 
 Tombstones
     ``tombstones`` records deletions a failover journal must carry to its primary
@@ -51,14 +57,21 @@ from mahavishnu_dlq.storage.base import FingerprintCount, StoreStatistics
 
 __all__ = [
     "MIGRATIONS",
+    "PRAGMAS",
     "SCHEMA_VERSION",
     "STATUS_VALUES",
     "TEXT_FUNCTION",
     "filter_sql",
+    "ordered_arms",
     "read_statistics",
     "row_values",
     "text_matches",
 ]
+
+#: Set on every connection: each acknowledged commit is on disk (``synchronous=FULL``;
+#: the file is in WAL mode); statement journals and sorts stay in memory (written to a
+#: temporary file they cost a third of an insert, and they are never needed after a crash).
+PRAGMAS = ("synchronous = FULL", "temp_store = MEMORY")
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
@@ -70,35 +83,51 @@ OPEN_VALUES = tuple(sorted(status.value for status in OPEN_STATUSES))
 _OPEN_SQL = "(" + ", ".join(f"'{value}'" for value in OPEN_VALUES) + ")"
 
 
-def _count_change(sign: str, row: str, condition: str = "1") -> str:
-    """Statements adding ``sign`` 1 to the counts of the ``row`` (NEW or OLD)."""
-    statements = [
-        f"INSERT INTO counts(kind, key, n) SELECT '{kind}', {row}.{column}, {sign}1 "
-        f"WHERE {condition} ON CONFLICT(kind, key) DO UPDATE SET n = n {sign} 1;"
-        for kind, column in (
-            ("status", "status"),
-            ("category", "error_category"),
-            ("policy", "retry_policy"),
-        )
-    ]
-    statements.append(
+_KINDS = (("status", "status"), ("category", "error_category"), ("policy", "retry_policy"))
+_UPSERT_COUNTS = "ON CONFLICT(kind, key) DO UPDATE SET n = n + excluded.n;"
+
+
+def _counted(row: str) -> str:
+    """Whether ``row`` (NEW or OLD) counts toward its fingerprint: open, with one."""
+    return f"({row}.status IN {_OPEN_SQL} AND {row}.fingerprint != '')"
+
+
+def _count_row(sign: str, row: str) -> str:
+    """Statements adding ``sign`` 1 to every count of the ``row`` (NEW or OLD)."""
+    values = ", ".join(f"('{kind}', {row}.{column}, {sign}1)" for kind, column in _KINDS)
+    return (
+        f"INSERT INTO counts(kind, key, n) VALUES {values} {_UPSERT_COUNTS}\n    "
         f"INSERT INTO counts(kind, key, n) SELECT 'fingerprint', {row}.fingerprint, {sign}1 "
-        f"WHERE {condition} AND {row}.status IN {_OPEN_SQL} AND {row}.fingerprint != '' "
-        "ON CONFLICT(kind, key) DO UPDATE SET n = n " + sign + " 1;"
+        f"WHERE {_counted(row)} {_UPSERT_COUNTS}"
     )
-    return "\n    ".join(statements)
 
 
-_CHANGED = (
-    "OLD.status IS NOT NEW.status OR OLD.error_category IS NOT NEW.error_category "
-    "OR OLD.retry_policy IS NOT NEW.retry_policy OR OLD.fingerprint IS NOT NEW.fingerprint"
-)
+def _count_update(kind: str, column: str) -> str:
+    """A trigger moving one count from the old value of ``column`` to the new one,
+    only when that column changed (a claim changes the status alone: two counts
+    change, not eight)."""
+    return f"""CREATE TRIGGER tasks_counted_{kind} AFTER UPDATE OF {column} ON tasks
+WHEN OLD.{column} IS NOT NEW.{column} BEGIN
+    INSERT INTO counts(kind, key, n) VALUES ('{kind}', OLD.{column}, -1),
+        ('{kind}', NEW.{column}, 1) {_UPSERT_COUNTS}
+END"""
+
+
+_FINGERPRINT_UPDATE = f"""CREATE TRIGGER tasks_counted_fingerprint
+AFTER UPDATE OF status, fingerprint ON tasks
+WHEN {_counted("OLD")} IS NOT {_counted("NEW")}
+    OR ({_counted("NEW")} AND OLD.fingerprint IS NOT NEW.fingerprint) BEGIN
+    INSERT INTO counts(kind, key, n) SELECT 'fingerprint', OLD.fingerprint, -1
+        WHERE {_counted("OLD")} {_UPSERT_COUNTS}
+    INSERT INTO counts(kind, key, n) SELECT 'fingerprint', NEW.fingerprint, 1
+        WHERE {_counted("NEW")} {_UPSERT_COUNTS}
+END"""
 
 #: Statements of each schema version, from the one before it (version 0: an empty file).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE tasks (
-            task_id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL UNIQUE,
             doc TEXT NOT NULL,
             status TEXT NOT NULL,
             error_category TEXT NOT NULL,
@@ -108,12 +137,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             failed_at_us INTEGER NOT NULL,
             updated_at_us INTEGER NOT NULL,
             due_us INTEGER
-        ) WITHOUT ROWID""",
+        )""",
         "CREATE INDEX tasks_listing ON tasks (failed_at_us DESC, task_id)",
         "CREATE INDEX tasks_status ON tasks (status, failed_at_us DESC, task_id)",
         "CREATE INDEX tasks_due ON tasks (due_us, task_id) WHERE due_us IS NOT NULL",
         "CREATE INDEX tasks_updated ON tasks (status, updated_at_us)",
         "CREATE INDEX tasks_fingerprint ON tasks (fingerprint, failed_at_us)",
+        # the oldest open task of a fingerprint (statistics), however many closed ones
+        # came before it: through tasks_fingerprint that is a walk over all of them
+        (
+            "CREATE INDEX tasks_open_fingerprint ON tasks (fingerprint, failed_at_us, task_id) "
+            f"WHERE status IN {_OPEN_SQL}"
+        ),
         "CREATE INDEX tasks_workflow ON tasks (workflow, failed_at_us DESC, task_id)",
         """CREATE TABLE counts (
             kind TEXT NOT NULL,
@@ -123,15 +158,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID""",
         "CREATE TABLE tombstones (task_id TEXT PRIMARY KEY, deleted_us INTEGER NOT NULL)",
         f"""CREATE TRIGGER tasks_counted_in AFTER INSERT ON tasks BEGIN
-    {_count_change("+", "NEW")}
+    {_count_row("+", "NEW")}
 END""",
         f"""CREATE TRIGGER tasks_counted_out AFTER DELETE ON tasks BEGIN
-    {_count_change("-", "OLD")}
+    {_count_row("-", "OLD")}
 END""",
-        f"""CREATE TRIGGER tasks_counted_again AFTER UPDATE ON tasks WHEN {_CHANGED} BEGIN
-    {_count_change("-", "OLD")}
-    {_count_change("+", "NEW")}
-END""",
+        *(_count_update(kind, column) for kind, column in _KINDS),
+        _FINGERPRINT_UPDATE,
     ),
 }
 
@@ -249,6 +282,20 @@ def filter_sql(flt: TaskFilter | None) -> tuple[str, list[Any]]:
     return "WHERE " + " AND ".join(clauses), params
 
 
+def ordered_arms(flt: TaskFilter | None) -> list[tuple[str, list[Any]]]:
+    """The ``filter_sql`` of ``flt`` split into arms that each read one ordered index
+    range: one per status when it names several (else one per workflow when it names
+    several), else ``flt`` whole. A page of a filter naming several statuses is then
+    the merge of each arm's first rows, not a sort of every matching row (which is
+    most of a large file: 1.1 s for two statuses at a million rows)."""
+    for field in ("status", "workflow"):
+        values = getattr(flt, field, None)
+        if values is not None and len(values) > 1:
+            assert flt is not None  # noqa: S101 - values come from it
+            return [filter_sql(flt.model_copy(update={field: (value,)})) for value in values]
+    return [filter_sql(flt)]
+
+
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
@@ -293,12 +340,18 @@ def read_statistics(
         for fingerprint, n in rows:
             example = connection.execute(
                 "SELECT json_extract(doc, '$.error_type'), json_extract(doc, '$.error') "
-                f"FROM tasks WHERE fingerprint = ? AND status IN ({_marks(OPEN_VALUES)}) "
+                # the same condition as tasks_open_fingerprint's: read through that index
+                f"FROM tasks WHERE fingerprint = ? AND status IN {_OPEN_SQL} "
+                "AND json_valid(doc) "  # json_extract fails on a row that is not JSON
                 "ORDER BY failed_at_us, task_id LIMIT 1",
-                (fingerprint, *OPEN_VALUES),
+                (fingerprint,),
             ).fetchone()
-            error_type, error = example if example is not None else ("", "")
-            top.append(FingerprintCount(fingerprint, n, error_type or "", (error or "")[:200]))
+            error_type, error = (
+                (value if isinstance(value, str) else "" for value in example)
+                if example is not None
+                else ("", "")
+            )
+            top.append(FingerprintCount(fingerprint, n, error_type, error[:200]))
     return StoreStatistics(
         total=sum(by_status.values()),
         by_status={status: by_status.get(status.value, 0) for status in DeadLetterStatus},

@@ -1,33 +1,37 @@
-"""A worker process for the multi-process OpenSearch tests (run with ``python -m``).
+"""A worker process for the multi-process tests (run with ``python -m``), on any shared store.
+
+``STORE`` names the store every process of a test shares: ``opensearch:URL:INDEX``
+(an index on a node; asyncio only) or ``sqlite:PATH`` (a file on this host).
+``--loop asyncio|trio`` picks the event loop the process runs on.
 
 Modes (first argument):
 
-``process URL INDEX WORKER_ID LOG [options]``
+``process STORE WORKER_ID LOG [options]``
     Runs a :class:`RetryProcessor` (``run_once`` cycles, so leases are never
-    renewed) against the index until no open task is left or ``--timeout``
+    renewed) against the store until no open task is left or ``--timeout``
     passes (exit code 3). Every execution of the handler appends JSON lines to
     ``LOG``: ``{"event": "start", ...}`` when it begins and ``{"event": "end",
-    "task_id", "pid", "start", "end"}`` when it ends (``time.time()``). A task
+    "task_id", "pid", "loop", "start", "end"}`` when it ends (``time.time()``). A task
     whose payload has ``"block": true`` blocks for an hour when ``--block`` is
     given. ``--ready``/``--go``: touch the first file once connected, then wait
     for the second to exist before claiming (a start barrier).
 
-``enqueue URL INDEX``
+``enqueue STORE``
     Enqueues the tasks of :data:`RESTART_TASKS` through a ``DeadLetterQueue``,
     prints their ids as one JSON list, and closes the queue.
 
-``dump URL INDEX``
+``dump STORE``
     Prints ``{task_id: status}`` of every stored task as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,9 @@ import anyio
 
 from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.processor import RetryProcessor
-from mahavishnu_dlq.storage.opensearch import OpenSearchStore
+from mahavishnu_dlq.storage import Store
+from mahavishnu_dlq.storage.base import event_loop_kind
+from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
 WORKFLOW = "proc-wf"
 
@@ -47,6 +53,20 @@ RESTART_TASKS: list[tuple[str, str, str]] = [
     ("restart-exp-2", "exponential", "timeout talking to upstream"),
     ("restart-linear-1", "linear", "resource exhausted"),
 ]
+
+
+def open_store(spec: str) -> Store:
+    """The (unopened) store ``spec`` names: ``opensearch:URL:INDEX`` or ``sqlite:PATH``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        return SQLiteStore(rest)
+    if kind == "opensearch":
+        url, _, index = rest.rpartition(":")  # the URL has colons of its own
+        if url and index:
+            from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415
+
+            return OpenSearchStore(hosts=[url], index=index)
+    raise ValueError(f"a store is opensearch:URL:INDEX or sqlite:PATH, got {spec!r}")
 
 
 class _Log:
@@ -73,6 +93,7 @@ def _wait_for_file(path: Path, timeout: float) -> None:
 async def _process(args: argparse.Namespace) -> int:
     log = _Log(args.log)
     pid = os.getpid()
+    loop = event_loop_kind()
 
     async def handler(task: dict[str, Any], repos: list[str]) -> str:
         start = time.time()
@@ -80,12 +101,11 @@ async def _process(args: argparse.Namespace) -> int:
         if args.block and task.get("block"):
             await anyio.sleep(3600)
         await anyio.sleep(0.001)
-        log.write(
-            {"event": "end", "task_id": task["id"], "pid": pid, "start": start, "end": time.time()}
-        )
+        ended = {"event": "end", "task_id": task["id"], "pid": pid, "loop": loop}
+        log.write({**ended, "start": start, "end": time.time()})
         return "ok"
 
-    store = OpenSearchStore(hosts=[args.url], index=args.index)
+    store = open_store(args.store)
     dlq = DeadLetterQueue(store, worker_id=args.worker_id)
     dlq.register_handler(WORKFLOW, handler)
     processor = RetryProcessor(
@@ -116,8 +136,7 @@ async def _process(args: argparse.Namespace) -> int:
 
 
 async def _enqueue(args: argparse.Namespace) -> int:
-    store = OpenSearchStore(hosts=[args.url], index=args.index)
-    async with DeadLetterQueue(store, worker_id="enqueuer") as dlq:
+    async with DeadLetterQueue(open_store(args.store), worker_id="enqueuer") as dlq:
         for task_id, policy, error in RESTART_TASKS:
             await dlq.enqueue(
                 task_id,
@@ -134,8 +153,7 @@ async def _enqueue(args: argparse.Namespace) -> int:
 
 
 async def _dump(args: argparse.Namespace) -> int:
-    store = OpenSearchStore(hosts=[args.url], index=args.index)
-    async with DeadLetterQueue(store, worker_id="dumper") as dlq:
+    async with DeadLetterQueue(open_store(args.store), worker_id="dumper") as dlq:
         statuses: dict[str, str] = {}
         for task_id, _, _ in RESTART_TASKS:
             task = await dlq.get_task(task_id)
@@ -145,11 +163,11 @@ async def _dump(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="_os_worker")
+    parser = argparse.ArgumentParser(prog="_worker")
+    parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
     modes = parser.add_subparsers(dest="mode", required=True)
     proc = modes.add_parser("process")
-    proc.add_argument("url")
-    proc.add_argument("index")
+    proc.add_argument("store")
     proc.add_argument("worker_id")
     proc.add_argument("log")
     proc.add_argument("--concurrency", type=int, default=10)
@@ -161,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--ready")
     proc.add_argument("--go")
     for name in ("enqueue", "dump"):
-        sub = modes.add_parser(name)
-        sub.add_argument("url")
-        sub.add_argument("index")
+        modes.add_parser(name).add_argument("store")
     args = parser.parse_args(argv)
     run = {"process": _process, "enqueue": _enqueue, "dump": _dump}[args.mode]
-    return asyncio.run(run(args))
+    code: int = anyio.run(partial(run, args), backend=args.loop)
+    return code
 
 
 if __name__ == "__main__":

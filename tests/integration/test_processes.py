@@ -1,15 +1,19 @@
-"""Several OS processes share one OpenSearch index: claims stay exclusive, a killed
-worker's tasks are recovered after its lease, and nothing lives only in memory.
+"""Several OS processes share one store: claims stay exclusive, a killed worker's tasks are
+recovered after its lease, and nothing lives only in memory.
 
-The workers are real subprocesses (``tests/integration/_os_worker.py``); the test
-process enqueues and inspects with ``asyncio.run`` (OpenSearchStore is asyncio
-only). Writes of other processes become searchable within the index refresh
-interval (1 s), so every wait is a poll with a deadline.
+Every test runs on each store processes can share: an OpenSearch index (marker
+``opensearch``; a fresh index per test, dropped afterwards) and a SQLite file in
+the test's directory. The workers are real subprocesses
+(``tests/integration/_worker.py``) given the store as a spec (``opensearch:URL:INDEX``,
+``sqlite:PATH``). OpenSearch runs on asyncio only; on SQLite the workers and this
+process alternate between trio and asyncio (:attr:`Target.loops`), so processes
+on different event loops share one file. Writes of other processes become
+searchable on OpenSearch within the index refresh interval (1 s), so every wait
+is a poll with a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -19,32 +23,50 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
-from mahavishnu_dlq.storage.opensearch import OpenSearchStore
-from tests.integration._os_worker import RESTART_TASKS, WORKFLOW
-
-pytestmark = pytest.mark.opensearch
+from mahavishnu_dlq.storage import Store
+from tests.integration._worker import RESTART_TASKS, WORKFLOW, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = "tests.integration._os_worker"
+WORKER = "tests.integration._worker"
 
 _COMPLETED = DeadLetterStatus.COMPLETED
 _RETRYING = DeadLetterStatus.RETRYING
+
+T = TypeVar("T")
 
 
 # -- helpers -------------------------------------------------------------------------
 
 
-def _index(kind: str) -> str:
-    return f"dlq-procs-{kind}-{uuid.uuid4().hex[:10]}"
+@dataclass(frozen=True)
+class Target:
+    """The store a test's processes share, and the event loops they run on."""
+
+    backend: str
+    spec: str  # what the workers are given: opensearch:URL:INDEX or sqlite:PATH
+    loops: tuple[str, ...]  # process n runs on loops[n % len(loops)]
+
+    def store(self) -> Store:
+        return open_store(self.spec)
+
+    def loop(self, n: int) -> str:
+        return self.loops[n % len(self.loops)]
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any, n: int = 0) -> T:
+        """``fn(*args)`` in this process, on event loop ``n`` (see :meth:`loop`)."""
+        return anyio.run(partial(fn, *args), backend=self.loop(n))
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -59,19 +81,20 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class _Procs:
     """Worker subprocesses of one test: stdout/stderr kept in files, all reaped at the end."""
 
-    def __init__(self, url: str, index: str, tmp: Path) -> None:
-        self.url = url
-        self.index = index
+    def __init__(self, target: Target, tmp: Path) -> None:
+        self.target = target
         self.tmp = tmp
         self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(self, name: str, mode: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, mode: str, *args: str, n: int = 0) -> subprocess.Popen[bytes]:
+        """Start worker ``name`` in ``mode`` on event loop ``n`` of the target."""
+        loop = f"--loop={self.target.loop(n)}"
         with (
             (self.tmp / f"{name}.out").open("wb") as out,
             (self.tmp / f"{name}.err").open("wb") as err,
         ):
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", WORKER, mode, self.url, self.index, *args],
+                [sys.executable, "-m", WORKER, loop, mode, self.target.spec, *args],
                 cwd=ROOT,
                 stdout=out,
                 stderr=err,
@@ -102,65 +125,87 @@ class _Procs:
             proc.wait()
 
 
-@pytest.fixture
-def procs(opensearch_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[_Procs]:
-    """Subprocess bookkeeping on a fresh index, which is dropped afterwards."""
-    kind = request.node.name.removeprefix("test_")[:20].replace("_", "-")
-    workers = _Procs(opensearch_url, _index(kind), tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("opensearch", marks=pytest.mark.opensearch)])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """The shared store: a fresh OpenSearch index (dropped afterwards) or a new SQLite file."""
+    if request.param == "sqlite":
+        yield Target("sqlite", f"sqlite:{tmp_path / 'shared.sqlite3'}", ("trio", "asyncio"))
+        return
+    url = request.getfixturevalue("opensearch_url")
+    kind = request.node.name.removeprefix("test_")[:20].replace("_", "-").split("[")[0]
+    index = f"dlq-procs-{kind}-{uuid.uuid4().hex[:10]}"
+    opensearch = Target("opensearch", f"opensearch:{url}:{index}", ("asyncio",))
     try:
-        yield workers
+        yield opensearch
     finally:
-        workers.reap()
-        asyncio.run(_drop(opensearch_url, workers.index))
+        opensearch.run(_drop, opensearch)
 
 
-async def _drop(url: str, index: str) -> None:
-    store = OpenSearchStore(hosts=[url], index=index)
+async def _drop(target: Target) -> None:
+    from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
+
+    store = target.store()
+    assert isinstance(store, OpenSearchStore)
     try:
         await store.drop()
     finally:
         await store.close()
 
 
+@pytest.fixture
+def procs(target: Target, tmp_path: Path) -> Iterator[_Procs]:
+    """Subprocess bookkeeping, every worker killed and reaped at the end."""
+    workers = _Procs(target, tmp_path)
+    try:
+        yield workers
+    finally:
+        workers.reap()
+
+
 async def _enqueue_due(
-    url: str, index: str, ids: list[str], payload: Callable[[int, str], dict[str, Any]]
+    target: Target, ids: list[str], payload: Callable[[int, str], dict[str, Any]]
 ) -> None:
     """Enqueue ``ids`` as due tasks (policy "immediate"), then make them searchable."""
-    store = OpenSearchStore(hosts=[url], index=index)
+    store = target.store()
+
+    async def enqueue(dlq: DeadLetterQueue, i: int, task_id: str) -> None:
+        await dlq.enqueue(
+            task_id,
+            payload(i, task_id),
+            error=RuntimeError("original failure"),
+            retry_policy="immediate",
+            max_retries=3,
+            workflow=WORKFLOW,
+        )
+
     async with DeadLetterQueue(store, worker_id="enqueuer", max_size=100_000) as dlq:
         for start in range(0, len(ids), 200):
-            await asyncio.gather(
-                *(
-                    dlq.enqueue(
-                        task_id,
-                        payload(start + i, task_id),
-                        error=RuntimeError("original failure"),
-                        retry_policy="immediate",
-                        max_retries=3,
-                        workflow=WORKFLOW,
-                    )
-                    for i, task_id in enumerate(ids[start : start + 200])
-                )
-            )
+            async with anyio.create_task_group() as tg:
+                for i, task_id in enumerate(ids[start : start + 200]):
+                    tg.start_soon(enqueue, dlq, start + i, task_id)
         # our own search refreshes the index first: every worker sees all tasks at once
         assert await store.count() == len(ids)
 
 
-async def _get_all(url: str, index: str, ids: list[str]) -> dict[str, FailedTask]:
+async def _get_all(target: Target, ids: list[str]) -> dict[str, FailedTask]:
     """Every task by id, read in realtime (``get`` needs no refresh)."""
-    store = OpenSearchStore(hosts=[url], index=index)
+    store = target.store()
     await store.open()
+    found: dict[str, FailedTask | None] = {}
+
+    async def get(task_id: str) -> None:
+        found[task_id] = await store.get(task_id)
+
     try:
-        found: dict[str, FailedTask] = {}
         for start in range(0, len(ids), 100):
-            chunk = ids[start : start + 100]
-            tasks = await asyncio.gather(*(store.get(task_id) for task_id in chunk))
-            for task_id, task in zip(chunk, tasks, strict=True):
-                assert task is not None, f"{task_id} is missing from the index"
-                found[task_id] = task
-        return found
+            async with anyio.create_task_group() as tg:
+                for task_id in ids[start : start + 100]:
+                    tg.start_soon(get, task_id)
     finally:
         await store.close()
+    missing = [task_id for task_id in ids if found[task_id] is None]
+    assert not missing, f"{missing[:5]} ({len(missing)}) are missing from the store"
+    return {task_id: task for task_id, task in found.items() if task is not None}
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -187,14 +232,13 @@ def _assert_no_overlap(executions: dict[str, list[tuple[float, float]]]) -> None
 # -- 1. exactly once across three processes ----------------------------------------------
 
 
-def test_three_processes_run_every_task_exactly_once(procs: _Procs) -> None:
+def test_three_processes_run_every_task_exactly_once(procs: _Procs, target: Target) -> None:
     count = 2000
     ids = [f"eo-{i:05d}" for i in range(count)]
-    asyncio.run(
-        _enqueue_due(procs.url, procs.index, ids, lambda i, task_id: {"id": task_id, "i": i})
-    )
+    target.run(_enqueue_due, target, ids, lambda i, task_id: {"id": task_id, "i": i})
     go = procs.tmp / "go"
     workers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    loop_of: dict[str, str] = {}  # each process's event loop: on SQLite, trio, asyncio, trio
     for n in range(1, 4):
         worker_id = f"proc-worker-{n}"
         log = procs.tmp / f"{worker_id}.jsonl"
@@ -208,8 +252,10 @@ def test_three_processes_run_every_task_exactly_once(procs: _Procs) -> None:
             "--timeout=60",
             f"--ready={procs.tmp / f'{worker_id}.ready'}",
             f"--go={go}",
+            n=n - 1,
         )
         workers[worker_id] = (proc, log)
+        loop_of[worker_id] = target.loop(n - 1)
     _wait_for(
         lambda: (
             all((procs.tmp / f"{w}.ready").exists() for w in workers)
@@ -231,6 +277,7 @@ def test_three_processes_run_every_task_exactly_once(procs: _Procs) -> None:
         assert len(_starts(records)) == len(_ends(records)), f"{worker_id} left an attempt open"
         for record in _ends(records):
             assert record["pid"] == proc.pid
+            assert record["loop"] == loop_of[worker_id]
             assert record["start"] <= record["end"]
             executions[record["task_id"]].append((record["start"], record["end"]))
             ran_by[record["task_id"]] = worker_id
@@ -244,8 +291,8 @@ def test_three_processes_run_every_task_exactly_once(procs: _Procs) -> None:
     busy = [w for w in workers if per_worker[w] > 0]
     assert len(busy) >= 2, f"only {busy} did any work: {dict(per_worker)}"
 
-    # the index agrees: completed once, by the process that logged the execution
-    stored = asyncio.run(_get_all(procs.url, procs.index, ids))
+    # the store agrees: completed once, by the process that logged the execution
+    stored = target.run(_get_all, target, ids)
     for task_id, task in stored.items():
         assert task.status is _COMPLETED, f"{task_id} is {task.status.value}"
         assert task.retry_count == 1
@@ -259,18 +306,15 @@ def test_three_processes_run_every_task_exactly_once(procs: _Procs) -> None:
 # -- 2. a worker killed mid-attempt --------------------------------------------------------
 
 
-def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(procs: _Procs) -> None:
+def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(
+    procs: _Procs, target: Target
+) -> None:
     count = 60
     lease = 2.0
     ids = [f"kill-{i:03d}" for i in range(count)]
     blocking = {task_id for i, task_id in enumerate(ids) if i % 4 == 0}  # 15 tasks
-    asyncio.run(
-        _enqueue_due(
-            procs.url,
-            procs.index,
-            ids,
-            lambda _, task_id: {"id": task_id, "block": task_id in blocking},
-        )
+    target.run(
+        _enqueue_due, target, ids, lambda _, task_id: {"id": task_id, "block": task_id in blocking}
     )
     log_a = procs.tmp / "worker-a.jsonl"
     log_b = procs.tmp / "worker-b.jsonl"
@@ -287,6 +331,7 @@ def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(procs: _Procs) -
         f"--lease-seconds={lease}",
         "--attempt-timeout=7200",
         "--timeout=120",
+        n=0,  # on SQLite: trio
     )
 
     def a_is_stuck() -> bool:
@@ -299,11 +344,11 @@ def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(procs: _Procs) -
     def a_recorded_the_others() -> bool:
         # a handler's "end" line comes before its outcome is written: kill A only
         # once every finished task is COMPLETED, so B has exactly the held ones to do
-        tasks = asyncio.run(_get_all(procs.url, procs.index, ids))
+        tasks = target.run(_get_all, target, ids)
         return all((t.status is _COMPLETED) != (i in blocking) for i, t in tasks.items())
 
     _wait_for(a_recorded_the_others, 30, "worker-a to record the tasks it finished")
-    held = asyncio.run(_get_all(procs.url, procs.index, sorted(blocking)))
+    held = target.run(_get_all, target, sorted(blocking))
     for task_id, task in held.items():
         assert task.status is _RETRYING, f"{task_id} is {task.status.value}"
         assert task.lease_owner == "worker-a"
@@ -314,15 +359,17 @@ def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(procs: _Procs) -
     assert proc_a.wait(timeout=10) == -signal.SIGKILL
     killed_at = time.time()
 
-    proc_b = procs.spawn("worker-b", "process", "worker-b", str(log_b), "--timeout=60")
+    proc_b = procs.spawn("worker-b", "process", "worker-b", str(log_b), "--timeout=60", n=1)
     procs.finish("worker-b", proc_b, timeout=75)
 
     ended_b = _ends(_read_log(log_b))
     ran_b = Counter(r["task_id"] for r in ended_b)
     assert set(ran_b) == blocking, "worker-b should run exactly the tasks worker-a held"
     assert all(n == 1 for n in ran_b.values()), f"worker-b ran some twice: {ran_b}"
+    assert {r["loop"] for r in _ends(_read_log(log_a))} == {target.loop(0)}
+    assert {r["loop"] for r in ended_b} == {target.loop(1)}
 
-    stored = asyncio.run(_get_all(procs.url, procs.index, ids))
+    stored = target.run(_get_all, target, ids, n=1)
     executions: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for record in _ends(_read_log(log_a)):
         executions[record["task_id"]].append((record["start"], record["end"]))
@@ -359,7 +406,7 @@ def test_tasks_of_a_killed_worker_are_recovered_after_its_lease(procs: _Procs) -
 # -- 3. across processes and a restart ---------------------------------------------------------
 
 
-async def _operate(url: str, index: str, ids: list[str], origin_pid: int) -> list[Any]:
+async def _operate(target: Target, ids: list[str], origin_pid: int) -> list[Any]:
     """A fresh queue in this process: see the other process's tasks, retry one, archive one."""
     calls: list[Any] = []
 
@@ -367,8 +414,7 @@ async def _operate(url: str, index: str, ids: list[str], origin_pid: int) -> lis
         calls.append((task, repos))
         return f"done {task['id']}"
 
-    store = OpenSearchStore(hosts=[url], index=index)
-    async with DeadLetterQueue(store, worker_id="operator") as dlq:
+    async with DeadLetterQueue(target.store(), worker_id="operator") as dlq:
         dlq.register_handler(WORKFLOW, handler)
         deadline = time.monotonic() + 15
         while True:
@@ -376,7 +422,7 @@ async def _operate(url: str, index: str, ids: list[str], origin_pid: int) -> lis
             if sorted(t.task_id for t in listed) == sorted(ids):
                 break
             assert time.monotonic() < deadline, f"listing shows {[t.task_id for t in listed]}"
-            await asyncio.sleep(0.2)
+            await anyio.sleep(0.2)
         assert {t.status for t in listed} == {DeadLetterStatus.PENDING}
 
         shown = await dlq.get_task("restart-never-1")
@@ -398,10 +444,9 @@ async def _operate(url: str, index: str, ids: list[str], origin_pid: int) -> lis
     return calls
 
 
-async def _reopen(url: str, index: str) -> dict[str, FailedTask]:
-    """A brand-new queue and store on the same index: the changes are all there."""
-    store = OpenSearchStore(hosts=[url], index=index)
-    async with DeadLetterQueue(store, worker_id="restarted") as dlq:
+async def _reopen(target: Target) -> dict[str, FailedTask]:
+    """A brand-new queue and store on the same index or file: the changes are all there."""
+    async with DeadLetterQueue(target.store(), worker_id="restarted") as dlq:
         tasks: dict[str, FailedTask] = {}
         for task_id, _, _ in RESTART_TASKS:
             task = await dlq.get_task(task_id)
@@ -425,25 +470,25 @@ async def _reopen(url: str, index: str) -> dict[str, FailedTask]:
             if got == want:
                 break
             assert time.monotonic() < deadline, f"listings after restart: {got}"
-            await asyncio.sleep(0.2)
+            await anyio.sleep(0.2)
         stats = await dlq.get_statistics()
-        assert stats["backend"] == "opensearch"
+        assert stats["backend"] == target.backend
         assert stats["total_stored"] == len(RESTART_TASKS)
         breakdown = stats["status_breakdown"]
         assert (breakdown["completed"], breakdown["archived"], breakdown["pending"]) == (1, 1, 3)
         return tasks
 
 
-def test_tasks_survive_processes_and_a_restart(procs: _Procs) -> None:
-    enqueuer = procs.spawn("enqueuer", "enqueue")
+def test_tasks_survive_processes_and_a_restart(procs: _Procs, target: Target) -> None:
+    enqueuer = procs.spawn("enqueuer", "enqueue", n=0)  # on SQLite: trio
     procs.finish("enqueuer", enqueuer, timeout=60)
     ids = json.loads((procs.tmp / "enqueuer.out").read_text())
     assert ids == [task_id for task_id, _, _ in RESTART_TASKS]
 
-    calls = asyncio.run(_operate(procs.url, procs.index, ids, enqueuer.pid))
+    calls = target.run(_operate, target, ids, enqueuer.pid, n=1)
     assert calls == [({"id": "restart-never-1", "n": len("restart-never-1")}, ["repo-a", "repo-b"])]
 
-    tasks = asyncio.run(_reopen(procs.url, procs.index))
+    tasks = target.run(_reopen, target)
     retried = tasks["restart-never-1"]
     assert retried.status is _COMPLETED
     assert retried.completed_at is not None
@@ -463,7 +508,7 @@ def test_tasks_survive_processes_and_a_restart(procs: _Procs) -> None:
         assert tasks[task_id].total_attempts == 1
 
     # and a third process, which never saw any of it, reads the same
-    dumper = procs.spawn("dumper", "dump")
+    dumper = procs.spawn("dumper", "dump", n=1)  # on SQLite: asyncio
     procs.finish("dumper", dumper, timeout=60)
     assert json.loads((procs.tmp / "dumper.out").read_text()) == {
         "restart-never-1": "completed",
