@@ -24,9 +24,10 @@ Re-sync
     the journal. When the primary answers, each journaled record is merged into it
     with a compare-and-set mutation — the newer ``updated_at`` wins and the attempt
     histories of both are kept — and records deleted during the outage are deleted
-    there unless the primary holds a newer version. Only when the journal is empty
-    does the circuit close. Two processes re-syncing at once cannot overwrite each
-    other's newer changes: every merge is conditional.
+    there unless the primary holds a newer version; the merges go in batches of
+    ``mutate_many``, each bounded by ``timeout`` (:mod:`~mahavishnu_dlq.storage.resync`).
+    Only when the journal is empty does the circuit close. Two processes re-syncing
+    at once cannot overwrite each other's newer changes: every merge is conditional.
 
 Fail-closed
     With ``fallback=None`` nothing is served from memory: a failing primary call
@@ -71,12 +72,12 @@ from mahavishnu_dlq.errors import (
     StoreOverloadedError,
     StoreUnavailableError,
     TaskBusyError,
-    UnreadableRecordError,
 )
-from mahavishnu_dlq.models import Attempt, DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
 from mahavishnu_dlq.storage.memory import MemoryStore
+from mahavishnu_dlq.storage.resync import Resync, merge_versions
 
 __all__ = ["FailoverStore", "merge_versions"]
 
@@ -84,32 +85,6 @@ _log = library_logger(__name__)
 T = TypeVar("T")
 
 _SEEN_KEPT = 10_000  # recent records remembered to seed the fallback
-_RESYNC_CONCURRENCY = 64  # merges in flight (the primary batches them into bulk requests)
-
-
-def merge_versions(stored: FailedTask | None, incoming: FailedTask) -> FailedTask:
-    """Two versions of one record: the newer ``updated_at`` wins, attempts of both kept.
-
-    Attempts are told apart by ``(number, started_at)``; when both versions hold
-    one, the winner's copy is kept (it may have finished it). The merged history is
-    ordered by start (each side was bounded already, so the sum is too).
-    """
-    if stored is None:
-        return incoming
-    winner, loser = (
-        (incoming, stored)
-        if incoming.updated_at >= stored.updated_at
-        else (
-            stored,
-            incoming,
-        )
-    )
-    known = {(a.number, a.started_at) for a in winner.attempts}
-    extra = [a for a in loser.attempts if (a.number, a.started_at) not in known]
-    if not extra:
-        return winner
-    attempts: list[Attempt] = sorted([*winner.attempts, *extra], key=lambda a: a.started_at)
-    return winner.evolve(attempts=attempts)
 
 
 class FailoverStore:
@@ -160,6 +135,10 @@ class FailoverStore:
         self.on_transition: Callable[[str], object] | None = None
         self.degraded_since: datetime | None = None  # first call the fallback served
         self.last_resync: tuple[int, float] | None = None  # (changes, seconds)
+        self._resyncer: Resync | None = None
+        if self.fallback is not None:  # only a fallback journals
+            journal = (self._journal, self._deleted, self._unsynced)
+            self._resyncer = Resync(primary, self.fallback, *journal)
 
     # -- health ------------------------------------------------------------------------
 
@@ -521,15 +500,12 @@ class FailoverStore:
         """Merge every journaled change into the primary, then close the circuit."""
         started = time.perf_counter()
         done = 0
-        while self._journal or self._deleted:
-            size = _RESYNC_CONCURRENCY * 16
-            writes = list(self._journal.items())[:size]
-            deletions = list(self._deleted.items())[:size]
-            failure = await self._resync_round(writes, deletions)
+        while self._resyncer is not None and (self._journal or self._deleted):
+            changes, failure = await self._resyncer.run(self.timeout)
             if failure is not None:
                 self._trip(failure)
                 raise self._unavailable("re-sync", failure)
-            done += len(writes) + len(deletions)
+            done += changes
         self.resynced_total += done
         if done:
             self.last_resync = (done, time.perf_counter() - started)
@@ -547,67 +523,3 @@ class FailoverStore:
                 time.perf_counter() - started,
                 extra={"action": "dlq.failover", "to": "primary", "resynced": done},
             )
-
-    async def _resync_round(
-        self, writes: list[tuple[str, int]], deletions: list[tuple[str, datetime]]
-    ) -> BaseException | None:
-        """One batch of merges and deletions, ``_RESYNC_CONCURRENCY`` at a time."""
-        limiter = anyio.Semaphore(_RESYNC_CONCURRENCY)
-        failures: list[BaseException] = []
-
-        async def guarded(task_id: str, step: Awaitable[None]) -> None:
-            async with limiter:
-                try:
-                    await step
-                except (StoreUnavailableError, TimeoutError) as exc:
-                    failures.append(exc)  # the primary is down again: stop, keep the journal
-                except Exception as exc:  # noqa: BLE001 - this change only: set it aside
-                    self._set_aside(task_id, exc)
-
-        async with anyio.create_task_group() as group:
-            for task_id, change in writes:
-                group.start_soon(guarded, task_id, self._resync_one(task_id, change))
-            for task_id, when in deletions:
-                group.start_soon(guarded, task_id, self._resync_delete(task_id, when))
-        return failures[0] if failures else None
-
-    def _set_aside(self, task_id: str, exc: BaseException) -> None:
-        """A change the primary refuses (its record there cannot be read, …): kept in the
-        fallback (calls about the id stay there), reported once, no longer re-synced."""
-        why = f"{type(exc).__name__}: {exc}"
-        self._unsynced[task_id] = why
-        self._journal.pop(task_id, None)
-        self._deleted.pop(task_id, None)
-        _log.error(
-            "dlq.failover: the change of task %r cannot be re-synced to %s (%s); it stays in "
-            "the fallback of this process",
-            task_id,
-            self.primary.backend,
-            why,
-            extra={"action": "dlq.failover", "task_id": task_id, "outcome": "unsynced"},
-        )
-
-    async def _resync_one(self, task_id: str, change: int) -> None:
-        assert self.fallback is not None  # noqa: S101
-        record = await self.fallback.get(task_id)
-        if record is None:  # deleted meanwhile: the tombstone handles it
-            if self._journal.get(task_id) == change:
-                del self._journal[task_id]
-            return
-        with anyio.fail_after(self.timeout):
-            await self.primary.mutate(task_id, lambda stored: merge_versions(stored, record))
-        if self._journal.get(task_id) == change:  # not changed again meanwhile
-            del self._journal[task_id]
-            await self.fallback.delete(task_id)
-
-    async def _resync_delete(self, task_id: str, when: datetime) -> None:
-        with anyio.fail_after(self.timeout):
-            try:
-                stored = await self.primary.get(task_id)
-            except UnreadableRecordError:  # unreadable there: the deletion stands
-                await self.primary.delete(task_id)
-            else:
-                if stored is not None and stored.updated_at <= when:
-                    await self.primary.delete(task_id)
-        if self._deleted.get(task_id) == when:
-            del self._deleted[task_id]

@@ -19,7 +19,9 @@ Compare-and-set
     (pure) function again, up to ``conflict_retries`` times, then
     :class:`~mahavishnu_dlq.errors.TaskBusyError`. Every write carries a random
     ``write_id``, so a 409 that answers the transport's retry of a write that had
-    in fact been applied is recognised as our own success.
+    in fact been applied is recognised as our own success. :meth:`~OpenSearchStore.mutate_many`
+    does the same for many ids at once: one ``_mget`` and one conditional bulk write
+    per chunk of ids (:mod:`~mahavishnu_dlq.storage.opensearch_batch`).
 
 Writes
     Every write goes through ``_bulk`` in bounded, group-committed requests, and a
@@ -68,7 +70,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -100,10 +101,10 @@ from mahavishnu_dlq.storage.base import (
     Mutation,
     StoreStatistics,
     UnreadableRecords,
-    mutate_each,
 )
+from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
-from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Doc, Entry, Item
+from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Doc, Entry, LastWrites
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import OpenSearchSettings
@@ -188,11 +189,9 @@ class OpenSearchStore:
         )
         self._refreshed = 0  # bulk requests known to be searchable (see _ensure_visible)
         self._refresh_lock = asyncio.Lock()
-        # doc id -> (document, (seq_no, primary_term)) of our own last write: a mutation
-        # of a record this process just wrote (a claim, then its finish) starts from it
-        # instead of a read; the write is conditional, so a stale entry costs a 409 and
-        # a read, never a lost update.
-        self._known: OrderedDict[str, tuple[Doc, tuple[int, int]]] = OrderedDict()
+        # our own last write per document: a mutation of a record this process just
+        # wrote (a claim, then its finish) starts from it instead of a read
+        self._known = LastWrites(_KNOWN_LIMIT)
         self._ids = KeyedLock()  # one mutation of an id at a time in this process
         # documents a read here found undecodable (claims skip them)
         self._unreadable = UnreadableRecords(
@@ -201,6 +200,16 @@ class OpenSearchStore:
             reason=q.unreadable_reason,
             raw=_raw,
             kept=_UNREADABLE_KEPT,
+        )
+        self._batch = BatchMutations(
+            self._writer,
+            self._conn.read_many,
+            self._known,
+            self._unreadable,
+            self._ids,
+            self._item_error,
+            self._conflict_retries,
+            chunk_ids=self._batch_size,
         )
 
     @property
@@ -284,7 +293,7 @@ class OpenSearchStore:
         require_asyncio()
         task_id = require_str(task_id, "task_id")
         doc_id = q.doc_id(task_id)
-        source, _ = await self._read(doc_id)
+        source, _ = await self._conn.read(doc_id)
         return self._current(task_id, doc_id, source)
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
@@ -295,12 +304,12 @@ class OpenSearchStore:
             return await self._mutate(task_id, doc_id, fn)
 
     async def _mutate(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask:
-        known = self._known.pop(doc_id, None)
+        known = self._known.take(doc_id)
         if known is None:
             created = await self._create_if_absent(task_id, doc_id, fn)
             if created is not None:
                 return created
-            source, version = await self._read(doc_id)
+            source, version = await self._conn.read(doc_id)
         else:
             source, version = json.loads(known[0].text), known[1]
         cached = known is not None
@@ -314,7 +323,7 @@ class OpenSearchStore:
                 if not cached:
                     raise
                 cached = False  # judged on our last write: ask the index before refusing
-                source, version = await self._read(doc_id)
+                source, version = await self._conn.read(doc_id)
                 current = (
                     None
                     if source is None
@@ -332,11 +341,11 @@ class OpenSearchStore:
                 action = {"index": {**meta, "if_seq_no": version[0], "if_primary_term": version[1]}}
             [item] = await self._writer.write([(action, doc)], "mutate")
             if item["status"] in _OK:
-                self._remember(doc_id, doc, item)
+                self._known.remember(doc_id, doc, item)
                 return new
             if item["status"] != 409:
                 raise self._item_error(item, "mutate")
-            source, version = await self._read(doc_id)
+            source, version = await self._conn.read(doc_id)
             if source is not None and source.get("write_id") == doc.write_id:
                 return new  # our write was applied; the 409 answered the transport's retry
         raise TaskBusyError(
@@ -349,10 +358,11 @@ class OpenSearchStore:
     async def mutate_many(
         self, items: Sequence[tuple[str, Mutation]]
     ) -> list[FailedTask | Exception]:
-        """Each item as :meth:`mutate`, concurrently per id: the group commit sends the
-        writes of many ids together, in bulk requests."""
+        """Each item as :meth:`mutate`, in bulk: one realtime ``_mget`` and one
+        conditional bulk write per chunk of ids, 409s read and written again (see
+        :mod:`~mahavishnu_dlq.storage.opensearch_batch`)."""
         require_asyncio()
-        return await mutate_each(self, items)
+        return await self._batch(items)
 
     async def _create_if_absent(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask | None:
         """Optimistic create: most enqueues are of new ids, so try ``fn(None)`` with
@@ -368,27 +378,19 @@ class OpenSearchStore:
         doc = self._writer.document(new)
         [item] = await self._writer.write([({"create": {"_id": doc_id}}, doc)], "mutate")
         if item["status"] in _OK:
-            self._remember(doc_id, doc, item)
+            self._known.remember(doc_id, doc, item)
             return new
         if item["status"] == 409:
-            source, _ = await self._read(doc_id)
+            source, _ = await self._conn.read(doc_id)
             if source is not None and source.get("write_id") == doc.write_id:
                 return new  # our create was applied; the 409 answered the transport's retry
             return None
         raise self._item_error(item, "mutate")
 
-    def _remember(self, doc_id: str, doc: Doc, item: Item) -> None:
-        if "_seq_no" not in item or "_primary_term" not in item:
-            return
-        self._known[doc_id] = (doc, (item["_seq_no"], item["_primary_term"]))
-        self._known.move_to_end(doc_id)
-        if len(self._known) > _KNOWN_LIMIT:
-            self._known.popitem(last=False)
-
     async def delete(self, task_id: str) -> bool:
         require_asyncio()
         doc_id = q.doc_id(require_str(task_id, "task_id"))
-        self._known.pop(doc_id, None)
+        self._known.take(doc_id)
         self._unreadable.forget(doc_id)
         [item] = await self._writer.write([({"delete": {"_id": doc_id}}, None)], "delete")
         if item["status"] == 404:
@@ -461,7 +463,8 @@ class OpenSearchStore:
         for i, item in enumerate(items):
             if item["status"] in _OK:
                 won[i] = planned[i][0]
-                self._remember(next(iter(entries[i][0].values()))["_id"], planned[i][1], item)
+                doc_id = next(iter(entries[i][0].values()))["_id"]
+                self._known.remember(doc_id, planned[i][1], item)
             elif item["status"] == 409:
                 lost.append(i)  # someone else changed it first … unless the write was ours
             else:
@@ -608,15 +611,6 @@ class OpenSearchStore:
             body["search_after"] = hits[-1]["sort"]
 
     # -- requests ------------------------------------------------------------------
-
-    async def _read(self, doc_id: str) -> tuple[dict[str, Any] | None, tuple[int, int] | None]:
-        """The document's source and (seq_no, primary_term), realtime; (None, None) if absent."""
-        with self._translated("get"):
-            try:
-                found = await self._client.get(index=self._index, id=doc_id)
-            except NotFoundError:
-                return None, None
-        return found["_source"], (found["_seq_no"], found["_primary_term"])
 
     async def _search(self, body: dict[str, Any], action: str) -> list[dict[str, Any]]:
         with self._translated(action):

@@ -15,6 +15,10 @@ written into a host URL are taken out into the client's authentication when the
 connection is made (:func:`~mahavishnu_dlq.credentials.split_credentials`), and
 masked wherever they could still appear. opensearch-py's client runs on asyncio
 only; :func:`require_asyncio` refuses trio with a clear error.
+
+Compare-and-set starts from a realtime read: :meth:`Connection.read` and
+:meth:`Connection.read_many` (one ``_mget``) give each document's source with its
+``_seq_no`` and ``_primary_term`` (:data:`Versioned`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from opensearchpy import AsyncOpenSearch, ConnectionTimeout, TransportError
+from opensearchpy import AsyncOpenSearch, ConnectionTimeout, NotFoundError, TransportError
 from opensearchpy import ConnectionError as OpenSearchConnectionError
 from pydantic import SecretStr
 
@@ -35,7 +39,10 @@ from mahavishnu_dlq.errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["Connection", "error_info", "require_asyncio"]
+__all__ = ["Connection", "Versioned", "error_info", "require_asyncio"]
+
+#: A document's source and ``(seq_no, primary_term)``; ``(None, None)`` when absent.
+Versioned = tuple[dict[str, Any] | None, tuple[int, int] | None]
 
 _BACKEND = "opensearch"
 _TRIO_HINT = (
@@ -169,6 +176,30 @@ class Connection:
             raise StoreUnavailableError(_BACKEND, self.redact(detail)) from exc
         except TransportError as exc:
             raise self.failure(exc.status_code, *error_info(exc.info), action) from exc
+
+    async def read(self, doc_id: str) -> Versioned:
+        """The document and its version, realtime (a ``GET``)."""
+        with self.translated("get"):
+            try:
+                found = await self.client.get(index=self.index, id=doc_id)
+            except NotFoundError:
+                return None, None
+        return found["_source"], (found["_seq_no"], found["_primary_term"])
+
+    async def read_many(self, doc_ids: list[str]) -> list[Versioned | DLQError]:
+        """:meth:`read` of many documents in one realtime ``_mget``; a document the node
+        could not read (a shard failure) is its error instead."""
+        with self.translated("get"):
+            found = await self.client.mget(index=self.index, body={"ids": doc_ids})
+        read: list[Versioned | DLQError] = []
+        for doc in found["docs"]:
+            if "error" in doc:
+                read.append(self.failure(503, *error_info(doc), "get"))
+            elif doc.get("found"):
+                read.append((doc["_source"], (doc["_seq_no"], doc["_primary_term"])))
+            else:
+                read.append((None, None))
+        return read
 
     async def close(self) -> None:
         """Close the client if this connection made it."""

@@ -25,6 +25,12 @@ Back-pressure
     does the caller get :class:`~mahavishnu_dlq.errors.StoreOverloadedError`,
     which a failover store does not count toward opening its circuit.
     :attr:`BulkWriter.backpressure_at` tells when the node last pushed back.
+
+Last writes
+    :class:`LastWrites` remembers the document and version of the store's own last
+    write per document (bounded): a mutation of a record this process just wrote (a
+    claim, then its finish) starts from it instead of a read. The write that follows
+    is conditional, so a stale entry costs a 409 and a read, never a lost update.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import itertools
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
@@ -50,7 +57,7 @@ from mahavishnu_dlq.errors import PayloadTooLargeError, StoreOverloadedError
 from mahavishnu_dlq.models import FailedTask, encode_json
 from mahavishnu_dlq.storage import opensearch_query as q
 
-__all__ = ["BulkWriter", "Doc", "Entry", "Item"]
+__all__ = ["BulkWriter", "Doc", "Entry", "Item", "LastWrites"]
 
 Item = dict[str, Any]
 
@@ -73,6 +80,33 @@ class Doc(NamedTuple):
 Entry = tuple[dict[str, Any], Doc | None]
 
 
+class LastWrites:
+    """The document and ``(seq_no, primary_term)`` of our own last write, per document id."""
+
+    def __init__(self, kept: int = 4096) -> None:
+        self._kept = kept
+        self._entries: OrderedDict[str, tuple[Doc, tuple[int, int]]] = OrderedDict()
+
+    def remember(self, doc_id: str, doc: Doc, item: Item) -> None:
+        """Note ``doc`` as written with the version in ``item`` (a bulk item or a get)."""
+        if "_seq_no" not in item or "_primary_term" not in item:
+            return
+        self._entries[doc_id] = (doc, (item["_seq_no"], item["_primary_term"]))
+        self._entries.move_to_end(doc_id)
+        if len(self._entries) > self._kept:
+            self._entries.popitem(last=False)
+
+    def take(self, doc_id: str) -> tuple[Doc, tuple[int, int]] | None:
+        """The entry of ``doc_id``, forgotten (the mutation that takes it writes anew)."""
+        return self._entries.pop(doc_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
@@ -81,18 +115,14 @@ def _line(action: dict[str, Any]) -> str:
     return encode_json(action)
 
 
-def _entry_size(entry: Entry) -> int:
-    action, doc = entry
-    return len(_line(action)) + _OVERHEAD + (0 if doc is None else doc.size)
-
-
 def _overloaded(exc: BaseException) -> bool:
     return isinstance(exc, TransportError) and exc.status_code == 429
 
 
 class _Batch(NamedTuple):
-    entries: list[Entry]
-    size: int
+    lines: list[str]  # NDJSON: each action line, then its document (none for a delete)
+    entries: int  # how many
+    size: int  # bytes
     future: asyncio.Future[list[Item]]
 
 
@@ -187,23 +217,28 @@ class BulkWriter:
             parts = await asyncio.gather(*(self._submit(*chunk) for chunk in chunks))
         return [item for part in parts for item in part]
 
-    def _chunks(self, entries: list[Entry]) -> Iterator[tuple[list[Entry], int]]:
-        """``entries`` cut into pieces that fit a bulk request (by items and bytes)."""
-        chunk: list[Entry] = []
-        size = 0
-        for entry in entries:
-            entry_size = _entry_size(entry)
-            if chunk and (len(chunk) >= self.max_items or size + entry_size > self.max_bytes):
-                yield chunk, size
-                chunk, size = [], 0
-            chunk.append(entry)
+    def _chunks(self, entries: list[Entry]) -> Iterator[tuple[list[str], int, int]]:
+        """``entries`` as NDJSON lines (each encoded once), cut into pieces that fit a
+        bulk request: (lines, entries, bytes)."""
+        lines: list[str] = []
+        count = size = 0
+        for action, doc in entries:
+            line = _line(action)
+            entry_size = len(line) + _OVERHEAD + (0 if doc is None else doc.size)
+            if count and (count >= self.max_items or size + entry_size > self.max_bytes):
+                yield lines, count, size
+                lines, count, size = [], 0, 0
+            lines.append(line)
+            if doc is not None:
+                lines.append(doc.text)
+            count += 1
             size += entry_size
-        yield chunk, size
+        yield lines, count, size
 
-    async def _submit(self, entries: list[Entry], size: int) -> list[Item]:
+    async def _submit(self, lines: list[str], count: int, size: int) -> list[Item]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Item]] = loop.create_future()
-        self._queue.append(_Batch(entries, size, future))
+        self._queue.append(_Batch(lines, count, size, future))
         if len(self._workers) < self._max_in_flight:
             worker = loop.create_task(self._drain())
             self._workers.add(worker)
@@ -218,11 +253,11 @@ class BulkWriter:
         count = items = size = 0
         for batch in self._queue:
             if count and (
-                items + len(batch.entries) > self.max_items or size + batch.size > self.max_bytes
+                items + batch.entries > self.max_items or size + batch.size > self.max_bytes
             ):
                 break
             count += 1
-            items += len(batch.entries)
+            items += batch.entries
             size += batch.size
         taken = self._queue[:count]
         del self._queue[:count]
@@ -235,10 +270,7 @@ class BulkWriter:
                 taken = self._take()
                 lines: list[str] = []  # NDJSON, encoded here: the client sends it as is
                 for batch in taken:
-                    for action, doc in batch.entries:
-                        lines.append(_line(action))
-                        if doc is not None:
-                            lines.append(doc.text)
+                    lines += batch.lines
                 lines.append("")
                 try:
                     items = await self._send("\n".join(lines))
@@ -255,8 +287,8 @@ class BulkWriter:
                 start = 0
                 for batch in taken:
                     if not batch.future.done():
-                        batch.future.set_result(items[start : start + len(batch.entries)])
-                    start += len(batch.entries)
+                        batch.future.set_result(items[start : start + batch.entries])
+                    start += batch.entries
         finally:
             # leave the set in the same step as the loop ends: a submit that comes
             # next must see the free slot and start a worker, or its items would wait

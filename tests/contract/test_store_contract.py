@@ -250,6 +250,74 @@ async def test_mutate_many_must_keep_the_id(store: Store) -> None:
         assert await store.get(task_id) is None
 
 
+async def test_mutate_many_of_many_ids_some_stored_some_new_some_refused(store: Store) -> None:
+    """2,500 distinct ids (more than one round of reads and writes on OpenSearch)."""
+    stored = [make_task(task_id=f"m{i:04d}", retry_count=1) for i in range(0, 2500, 2)]
+    assert await store.mutate_many([(t.task_id, put(t)) for t in stored]) == stored
+    refusal = TaskBusyError("m")
+    items: list[tuple[str, Any]] = []
+    for i in range(2500):
+        task_id = f"m{i:04d}"
+        if i % 7 == 0:
+            items.append((task_id, refusing(refusal)))  # stored or not: nothing written
+        elif i % 2 == 0:
+            items.append((task_id, bumper))  # stored: bumped
+        else:
+            items.append((task_id, put(make_task(task_id=task_id))))  # new
+    results = await store.mutate_many(items)
+    for i, result in enumerate(results):
+        if i % 7 == 0:
+            assert result is refusal
+        else:
+            assert isinstance(result, FailedTask)
+            assert result.task_id == f"m{i:04d}"
+            assert result.retry_count == (2 if i % 2 == 0 else 0)
+    assert await store.count() == 1250 + len([i for i in range(1, 2500, 2) if i % 7])
+
+    def stored_count(i: int) -> int | None:
+        """retry_count of m<i> as stored now; None when absent."""
+        if i % 2 == 0:
+            return 1 if i % 7 == 0 else 2
+        return None if i % 7 == 0 else 0
+
+    for i in (0, 1, 2, 3, 7, 14, 2499):
+        found = await store.get(f"m{i:04d}")
+        assert (None if found is None else found.retry_count) == stored_count(i), i
+
+
+async def test_batches_and_single_mutations_of_overlapping_ids_all_apply(store: Store) -> None:
+    """Concurrent mutate_many calls (ids in any order, some twice) and mutate calls on
+    the same ids: every change applied once, each seeing the one before it."""
+    ids = [f"o{i:03d}" for i in range(300)]
+    await store.mutate_many([(task_id, put(make_task(task_id=task_id))) for task_id in ids])
+    failures: list[BaseException] = []
+
+    async def batch(order: list[int]) -> None:
+        results = await store.mutate_many([(ids[k], bumper) for k in order])
+        failures.extend(r for r in results if isinstance(r, BaseException))
+
+    async def single(task_id: str) -> None:
+        try:
+            await store.mutate(task_id, bumper)
+        except Exception as exc:
+            failures.append(exc)
+
+    with anyio.fail_after(120):  # a deadlock between batches fails here, not forever
+        async with anyio.create_task_group() as group:
+            group.start_soon(batch, list(range(300)))
+            group.start_soon(batch, list(reversed(range(300))))
+            group.start_soon(batch, list(range(0, 300, 3)))
+            group.start_soon(batch, [k for k in range(100) for _ in range(2)])
+            for k in range(0, 300, 10):
+                group.start_soon(single, ids[k])
+    assert failures == []
+    for k, task_id in enumerate(ids):
+        found = await store.get(task_id)
+        assert found is not None
+        expected = 2 + (k % 3 == 0) + (2 if k < 100 else 0) + (k % 10 == 0)
+        assert found.retry_count == expected, task_id
+
+
 @pytest.mark.parametrize(
     "task_id",
     ["with/slash", "with space", "ünïcødé-✓", "_underscore", "..", "a" * 512, "q?x=1&y#frag"],

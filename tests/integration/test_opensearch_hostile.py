@@ -262,6 +262,43 @@ async def test_a_failover_resync_sets_aside_a_change_its_primary_cannot_read(
     assert kept.task == {"during": "outage"}
 
 
+async def test_a_batch_gives_each_unreadable_record_its_error_and_writes_the_rest(
+    store: OpenSearchStore, client: Any, index_name: str
+) -> None:
+    healthy = await store.mutate("healthy", replacing(_record("healthy")))
+    ids = await write_poison(client, index_name, healthy)
+    raw_before = {
+        task_id: (await client.get(index=index_name, id=q.doc_id(task_id)))["_source"]
+        for task_id in ids.values()
+    }
+    items: list[tuple[str, Mutation]] = [
+        (task_id, replacing(healthy.evolve(task_id=task_id))) for task_id in ids.values()
+    ]
+    items.insert(2, ("healthy", lambda current: _present(current).evolve(metadata={"n": 1})))
+    items.append(("new", replacing(_record("new"))))
+    items.append((ids["bad-status"], replacing(_record("x").evolve(task_id=ids["bad-status"]))))
+
+    results = await store.mutate_many(items)
+
+    for (task_id, _), result in zip(items, results, strict=True):
+        if task_id in ("healthy", "new"):
+            assert isinstance(result, FailedTask)
+            assert await store.get(task_id) == result
+        else:  # each item of an unreadable record: its error, the stored source shown
+            assert isinstance(result, UnreadableRecordError), task_id
+            assert result.task_id == task_id
+            assert result.source is not None
+            assert json.loads(result.source)["task_id"] == task_id
+    for task_id, source in raw_before.items():  # nothing overwrote them
+        stored = await client.get(index=index_name, id=q.doc_id(task_id))
+        assert stored["_source"] == source
+
+
+def _present(task: FailedTask | None) -> FailedTask:
+    assert task is not None
+    return task
+
+
 # -- bounded writes ----------------------------------------------------------------------
 
 

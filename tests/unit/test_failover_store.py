@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,9 +21,10 @@ from rich.console import Console
 
 from mahavishnu_dlq import DeadLetterQueue, lifecycle
 from mahavishnu_dlq.cli.render import render_statistics
-from mahavishnu_dlq.errors import StoreUnavailableError
+from mahavishnu_dlq.errors import StoreUnavailableError, UnreadableRecordError
 from mahavishnu_dlq.models import Attempt, AttemptOutcome, DeadLetterStatus, FailedTask, TaskFilter
 from mahavishnu_dlq.storage import FailoverStore, MemoryStore
+from mahavishnu_dlq.storage.base import Mutation
 from mahavishnu_dlq.storage.failover import merge_versions
 from mahavishnu_dlq.testing import FakeClock, make_task
 
@@ -37,7 +38,11 @@ def at(seconds: float) -> datetime:
 
 
 class Switchable(MemoryStore):
-    """A memory store that can be down (refuses at once) or frozen (never answers)."""
+    """A memory store that can be down (refuses at once) or frozen (never answers).
+
+    ``mutate_many`` also notes the ids of each call (``batches``), awaits
+    ``during_batch`` first when set, and hands back ``refuse[task_id]`` for those ids
+    instead of applying them (a record it cannot read, a connection lost mid-batch)."""
 
     backend = "switchable"
 
@@ -46,6 +51,24 @@ class Switchable(MemoryStore):
         self.down = False
         self.frozen = False
         self.calls = 0
+        self.batches: list[list[str]] = []
+        self.during_batch: Callable[[], Awaitable[None]] | None = None
+        self.refuse: dict[str, Exception] = {}
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        self.batches.append([task_id for task_id, _ in items])
+        if self.during_batch is not None:
+            await self.during_batch()
+        results: list[FailedTask | Exception] = []
+        for task_id, fn in items:
+            refused = self.refuse.get(task_id)
+            if refused is not None:
+                results.append(refused)
+            else:
+                results += await super().mutate_many([(task_id, fn)])
+        return results
 
     async def _gate(self) -> None:
         self.calls += 1
@@ -70,6 +93,7 @@ _GATED = {
     "open",
     "get",
     "mutate",
+    "mutate_many",
     "claim_due",
     "next_due_at",
     "delete",
@@ -160,6 +184,102 @@ async def test_recovery_resyncs_then_closes_the_circuit(
     assert store.fallback is not None
     assert await store.fallback.count() == 0  # handed over, not kept twice
     assert any("re-synced" in r.getMessage() for r in caplog.records)
+
+
+async def outage(store: FailoverStore, primary: Switchable, count: int) -> None:
+    """``count`` records ``t0``… written while the primary is down; then it is back."""
+    primary.down = True
+    for i in range(count):
+        await store.mutate(f"t{i}", put(make_task(task_id=f"t{i}")))
+    assert store.pending_resync == count
+    primary.down = False
+
+
+async def test_the_resync_merges_in_batches_that_grow_while_they_are_fast(
+    primary: Switchable,
+) -> None:
+    store = FailoverStore(primary, failure_threshold=1, probe_interval=3600, timeout=5)
+    await store.open()
+    try:
+        await outage(store, primary, 3000)
+        calls = primary.calls
+        assert await store.probe()
+        asked = primary.calls - calls
+        assert await primary.count() == 3000
+        sizes = [len(ids) for ids in primary.batches]
+        assert sum(sizes) == 3000
+        assert sizes[0] == 256  # the first batch is small …
+        assert max(sizes) > 256  # … later ones grow (a memory primary answers at once)
+        assert max(sizes) <= 8192
+        assert asked == 1 + len(sizes)  # open, then one call per batch
+    finally:
+        await store.close()
+
+
+async def test_a_change_made_again_during_the_resync_follows_in_the_next_pass(
+    store: FailoverStore, primary: Switchable
+) -> None:
+    await outage(store, primary, 10)
+
+    async def change_t3() -> None:
+        primary.during_batch = None
+        # t3 is journaled: the change is made in the fallback, while its merge is on its way
+        await store.mutate("t3", lambda t: _present(t).evolve(metadata={"again": True}))
+
+    primary.during_batch = change_t3
+    assert await store.probe()
+    assert primary.batches == [[f"t{i}" for i in range(10)], ["t3"]]
+    stored = await primary.get("t3")
+    assert stored is not None
+    assert stored.metadata == {"again": True}
+    assert store.pending_resync == 0
+    assert store.fallback is not None
+    assert await store.fallback.count() == 0
+
+
+async def test_a_primary_that_fails_during_the_resync_keeps_what_it_did_not_take(
+    store: FailoverStore, primary: Switchable
+) -> None:
+    await outage(store, primary, 10)
+    lost = StoreUnavailableError("switchable", "connection reset during the batch")
+    primary.refuse = {"t7": lost, "t8": lost}
+    assert await store.probe() is False
+    assert store.pending_resync == 2  # the rest was taken and left the journal
+    assert store.health["circuit_open"]
+    assert "connection reset" in (store.last_error or "")
+    assert {t.task_id for t in await primary.query(TaskFilter(), limit=100)} == {
+        f"t{i}" for i in range(10) if i not in (7, 8)
+    }
+    primary.refuse = {}
+    assert await store.probe() is True
+    assert await primary.count() == 10
+
+
+async def test_a_change_the_primary_refuses_is_set_aside_and_the_rest_goes_on(
+    store: FailoverStore, primary: Switchable
+) -> None:
+    await outage(store, primary, 10)
+    primary.refuse = {"t2": UnreadableRecordError("t2", "written by a newer version")}
+    assert await store.probe() is True
+    health = store.health
+    assert (health["circuit_open"], health["pending_resync"], health["unsynced"]) == (False, 0, 1)
+    assert await primary.count() == 9
+    kept = await store.get("t2")  # served from the fallback of this process
+    assert kept is not None
+
+
+async def test_a_resync_batch_that_outlasts_the_timeout_keeps_the_journal(
+    store: FailoverStore, primary: Switchable
+) -> None:
+    await outage(store, primary, 10)
+    primary.during_batch = anyio.sleep_forever
+    with anyio.fail_after(5):  # 0.2 s timeout per batch, generous bound for a busy machine
+        assert await store.probe() is False
+    assert store.pending_resync == 10
+    assert store.last_error == "no answer within 0.2 s"
+    primary.during_batch = None
+    assert await store.probe() is True
+    assert await primary.count() == 10
 
 
 async def test_the_newer_version_wins_and_both_attempt_histories_are_kept(
