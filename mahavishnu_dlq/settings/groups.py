@@ -287,6 +287,15 @@ def state_dir() -> Path:
     return root / "mahavishnu-dlq"
 
 
+def _a_path(value: str | None) -> str | None:
+    """A path setting: no NUL, ``~`` expanded; None stays None (the default path)."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        raise ValueError("path must not contain a NUL character")
+    return str(Path(value).expanduser())
+
+
 class SQLiteSettings(_Group):
     """The SQLite store (``store: sqlite``): one durable file shared by a host's processes."""
 
@@ -307,11 +316,7 @@ class SQLiteSettings(_Group):
     @field_validator("path")
     @classmethod
     def _a_file_path(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if "\x00" in value:
-            raise ValueError("path must not contain a NUL character")
-        return str(Path(value).expanduser())
+        return _a_path(value)
 
     def file(self) -> Path:
         """The database file: ``path``, else the per-user default (read when asked)."""
@@ -321,8 +326,17 @@ class SQLiteSettings(_Group):
 class FailoverSettings(_Group):
     """The failover store: OpenSearch first, a fallback while it is down."""
 
-    fallback: Literal["memory", "none"] = Field(
-        default="memory", description="where writes go while OpenSearch is down"
+    fallback: Literal["sqlite", "memory", "none"] = Field(
+        default="sqlite",
+        description="where writes go while OpenSearch is down: sqlite (a journal file that "
+        "outlives the process), memory (lost if the process dies), none (refused)",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="the directory of the sqlite journals, created when needed; null: "
+        "$XDG_STATE_HOME/mahavishnu-dlq/failover/<opensearch.index>",
     )
     failure_threshold: int = Field(
         default=3, ge=1, le=100, description="consecutive failures that open the circuit"
@@ -333,3 +347,12 @@ class FailoverSettings(_Group):
     store_timeout_seconds: float = Field(
         default=5, ge=0.05, le=300, description="an OpenSearch call slower than this fails over"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _a_directory_path(cls, value: str | None) -> str | None:
+        return _a_path(value)
+
+    def directory(self, index: str) -> Path:
+        """The journals' directory for ``index``: ``path``, else the per-user default."""
+        return Path(self.path) if self.path is not None else state_dir() / "failover" / index

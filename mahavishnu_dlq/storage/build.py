@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from mahavishnu_dlq.storage.base import Store
 from mahavishnu_dlq.storage.failover import FailoverStore
+from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
@@ -34,8 +35,15 @@ def store_from_settings(settings: DLQSettings) -> Store:
     if settings.store == "opensearch":
         return search
     failover = settings.failover
+    fallback: Store | None = None
+    if failover.fallback == "sqlite":
+        fallback = JournalStore(
+            failover.directory(settings.opensearch.index),
+            busy_timeout=settings.sqlite.busy_timeout_seconds,
+        )
     return FailoverStore(
         search,
+        fallback,
         fail_closed=failover.fallback == "none",
         failure_threshold=failover.failure_threshold,
         probe_interval=failover.probe_interval_seconds,

@@ -51,9 +51,17 @@ record there cannot be read, say) is set aside — kept in the fallback, reporte
 once, counted as ``unsynced`` in :attr:`FailoverStore.health` — and the rest goes
 on; the probe logs an unexpected error and tries again at the next interval.
 
-What is at risk: the journal and the fallback live in this process. If the process
-dies during an outage, changes not yet re-synced are gone — ``fallback=None``
-avoids that by refusing them instead (the caller keeps the failure).
+Durability
+    With a :class:`~mahavishnu_dlq.storage.journal.JournalStore` as the fallback
+    (``failover.fallback: sqlite``, the default of settings) the fallback's records
+    and the deletions it served are in a file on this host before the caller is
+    acknowledged; the journal *is* that file. A process that opens finds what a
+    dead process left there (or in another journal of the same directory, which it
+    adopts) and re-syncs it when the primary answers. With a
+    :class:`MemoryStore` fallback (the default of this class, and
+    ``failover.fallback: memory``) the journal and the fallback live in this
+    process: if it dies during an outage, changes not yet re-synced are gone.
+    ``fallback=None`` refuses them instead (the caller keeps the failure).
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ from mahavishnu_dlq.errors import (
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
+from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.resync import Resync, merge_versions
 
@@ -171,6 +180,9 @@ class FailoverStore:
             "last_resync_changes": None if self.last_resync is None else self.last_resync[0],
             "last_resync_seconds": None if self.last_resync is None else self.last_resync[1],
             "unsynced": len(self._unsynced),
+            "journal": (
+                self.fallback.location if isinstance(self.fallback, JournalStore) else None
+            ),
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -179,11 +191,37 @@ class FailoverStore:
         """Open both stores; a primary that is down opens degraded (see :meth:`monitor`)."""
         if self.fallback is not None:
             await self.fallback.open()
+            await self._load_journal()
         try:
             with anyio.fail_after(self.timeout):
                 await self.primary.open()
         except (StoreUnavailableError, TimeoutError) as exc:
             self._trip(exc, at_start=True)  # start degraded (or failing fast); the probe recovers
+
+    async def _load_journal(self) -> None:
+        """Take up what the journal file holds: changes a process that died (this
+        one's predecessor, or one whose journal was adopted) did not re-sync."""
+        if not isinstance(self.fallback, JournalStore):
+            return
+        ids, tombstones = await self.fallback.entries()
+        for task_id in ids:
+            if task_id not in self._journal:
+                self._change += 1
+                self._journal[task_id] = self._change
+        for task_id, when in tombstones.items():
+            self._deleted.setdefault(task_id, when)
+        if ids or tombstones:
+            self.degraded_since = self.degraded_since or self.clock.now()
+            self._wake.set()
+            _log.warning(
+                "dlq.failover: the journal %s holds %d changes not yet re-synced to %s "
+                "(left by a process that ended during an outage); re-syncing them when it "
+                "answers",
+                self.fallback.location,
+                len(ids) + len(tombstones),
+                self.primary.backend,
+                extra={"action": "dlq.failover", "pending_resync": self.pending_resync},
+            )
 
     async def close(self) -> None:
         """Try a last re-sync (bounded by the timeout), then close both stores."""
@@ -404,10 +442,15 @@ class FailoverStore:
 
     async def _fallback_delete(self, task_id: str) -> bool:
         assert self.fallback is not None  # noqa: S101 - callers check fail_closed first
-        had = await self.fallback.delete(task_id) or task_id in self._seen
+        when = self.clock.now()
+        if isinstance(self.fallback, JournalStore):  # the tombstone is on disk before the ack
+            deleted = await self.fallback.delete_with_tombstone(task_id, when)
+        else:
+            deleted = await self.fallback.delete(task_id)
+        had = deleted or task_id in self._seen
         self._journal.pop(task_id, None)
         self._seen.pop(task_id, None)
-        self._deleted[task_id] = self.clock.now()
+        self._deleted[task_id] = when
         self._wake.set()
         return had
 

@@ -36,10 +36,12 @@ Failures
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from itertools import islice
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -48,7 +50,7 @@ from mahavishnu_dlq.models import Attempt, FailedTask
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store
 
-__all__ = ["Resync", "merge_versions"]
+__all__ = ["Journaled", "Resync", "merge_versions"]
 
 _log = library_logger("mahavishnu_dlq.storage.failover")  # the failover store's log
 
@@ -80,6 +82,18 @@ def merge_versions(stored: FailedTask | None, incoming: FailedTask) -> FailedTas
         return winner
     attempts: list[Attempt] = sorted([*winner.attempts, *extra], key=lambda a: a.started_at)
     return winner.evolve(attempts=attempts)
+
+
+@runtime_checkable
+class Journaled(Protocol):
+    """A fallback that keeps its journal itself (a :class:`~mahavishnu_dlq.storage.journal.
+    JournalStore`): what re-sync took over is removed from it in one transaction."""
+
+    async def records(self, task_ids: Sequence[str]) -> dict[str, FailedTask]: ...
+
+    async def discard(self, records: Sequence[FailedTask]) -> None: ...
+
+    async def forget_tombstones(self, items: Sequence[tuple[str, datetime]]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -132,11 +146,10 @@ class Resync:
         """Merge the fallback's records of ``task_ids`` into the primary with one
         ``mutate_many`` within ``timeout``; the failure that stops the pass, if any."""
         batch: list[tuple[str, int, FailedTask]] = []
-        for task_id in task_ids:
-            change = self.journal.get(task_id)
-            if change is None:  # deleted (or set aside) since the pass began
-                continue
-            record = await self.fallback.get(task_id)
+        changes = {t: c for t in task_ids if (c := self.journal.get(t)) is not None}
+        found = await self._records(list(changes))
+        for task_id, change in changes.items():  # else deleted (or set aside) meanwhile
+            record = found.get(task_id)
             if record is None:  # deleted meanwhile: its tombstone is re-synced instead
                 if self.journal.get(task_id) == change:
                     del self.journal[task_id]
@@ -156,15 +169,39 @@ class Resync:
             return exc
         self._resize(time.perf_counter() - started, timeout)
         failure: BaseException | None = None
-        for (task_id, change, _), result in zip(batch, results, strict=True):
+        synced: list[FailedTask] = []
+        for (task_id, change, record), result in zip(batch, results, strict=True):
             if isinstance(result, (StoreUnavailableError, TimeoutError)):
                 failure = failure or result  # the primary is down again: keep the journal
             elif isinstance(result, Exception):
                 self.set_aside(task_id, result)
             elif self.journal.get(task_id) == change:  # not changed again meanwhile
                 del self.journal[task_id]
-                await self.fallback.delete(task_id)
+                synced.append(record)
+        await self._discard(synced)
         return failure
+
+    async def _records(self, task_ids: list[str]) -> dict[str, FailedTask]:
+        """The fallback's records of ``task_ids`` (one read from a journal file)."""
+        if isinstance(self.fallback, Journaled):
+            return await self.fallback.records(task_ids)
+        found: dict[str, FailedTask] = {}
+        for task_id in task_ids:
+            record = await self.fallback.get(task_id)
+            if record is not None:
+                found[task_id] = record
+        return found
+
+    async def _discard(self, records: list[FailedTask]) -> None:
+        """Remove the re-synced ``records`` from the fallback, each only while it holds
+        that very version (no await between the journal's check and the removal's
+        queueing, so a change made meanwhile is applied after it, and stays)."""
+        if isinstance(self.fallback, Journaled):
+            await self.fallback.discard(records)
+            return
+        for record in records:
+            if await self.fallback.get(record.task_id) == record:
+                await self.fallback.delete(record.task_id)
 
     def _resize(self, seconds: float, timeout: float) -> None:
         """Double the next batch after one that took under a quarter of the timeout;
@@ -185,6 +222,8 @@ class Resync:
                     await self.primary.delete(task_id)
         if self.deleted.get(task_id) == when:
             del self.deleted[task_id]
+            if isinstance(self.fallback, Journaled):
+                await self.fallback.forget_tombstones([(task_id, when)])
 
     def set_aside(self, task_id: str, exc: BaseException) -> None:
         """A change the primary refuses (its record there cannot be read, …): kept in the

@@ -114,7 +114,10 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._unreadable = UnreadableRecords(
+        self._unreadable = self._unreadable_records()
+
+    def _unreadable_records(self) -> UnreadableRecords:
+        return UnreadableRecords(
             f"sqlite file {str(self.path)!r}",
             _decoded,  # of a row: (task_id, doc)
             reason=documents.unreadable_reason,

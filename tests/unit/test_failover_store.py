@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from mahavishnu_dlq.models import Attempt, AttemptOutcome, DeadLetterStatus, Fai
 from mahavishnu_dlq.storage import FailoverStore, MemoryStore
 from mahavishnu_dlq.storage.base import Mutation
 from mahavishnu_dlq.storage.failover import merge_versions
+from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.testing import FakeClock, make_task
 
 pytestmark = pytest.mark.anyio
@@ -115,9 +117,15 @@ def primary() -> Switchable:
     return Switchable()
 
 
-@pytest.fixture
-async def store(primary: Switchable) -> AsyncIterator[FailoverStore]:
-    failover = FailoverStore(primary, failure_threshold=2, probe_interval=3600, timeout=0.2)
+@pytest.fixture(params=["memory", "journal"])
+async def store(
+    request: pytest.FixtureRequest, primary: Switchable, tmp_path: Path
+) -> AsyncIterator[FailoverStore]:
+    """A failover store over ``primary``, its fallback in memory or a journal file."""
+    fallback = JournalStore(tmp_path / "journal") if request.param == "journal" else None
+    failover = FailoverStore(
+        primary, fallback, failure_threshold=2, probe_interval=3600, timeout=0.2
+    )
     await failover.open()
     yield failover
     primary.down = primary.frozen = False

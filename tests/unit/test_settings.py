@@ -94,7 +94,9 @@ def test_defaults() -> None:
     assert settings.opensearch.timeout_seconds == 10
     assert settings.opensearch.index == "mahavishnu-dlq-tasks"
     assert settings.opensearch.refresh == "false"
-    assert settings.failover.fallback == "memory"
+    assert settings.failover.fallback == "sqlite"
+    assert settings.failover.path is None
+    assert settings.failover.directory("dlq") == state_dir() / "failover" / "dlq"
     assert settings.failover.failure_threshold == 3
     assert settings.failover.probe_interval_seconds == 5
     assert settings.failover.store_timeout_seconds == 5
