@@ -41,13 +41,7 @@ Unreadable documents
     (``get``, ``mutate``) raises :class:`~mahavishnu_dlq.errors.UnreadableRecordError`
     with the stored source.
 
-Claims
-    :meth:`~OpenSearchStore.claim_due` searches ``due_us <= now`` (``due_us`` is
-    ``next_retry_at`` while pending, ``lease_expires_at`` while retrying), oldest
-    first, with ``seq_no_primary_term``, then writes every claim conditionally on
-    the version it saw, in one bulk request. A claim answered 409 was taken (or
-    changed) by someone else and is skipped, so any number of processes can claim
-    from one index and no task is claimed twice while its lease holds.
+Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`.
 
 Visibility (the trade-off)
     ``get`` and ``mutate`` are realtime. Searches and counts see a write only
@@ -78,13 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError
 from pydantic import SecretStr
 
-from mahavishnu_dlq.clock import from_micros, to_micros
-from mahavishnu_dlq.errors import (
-    ConfigurationError,
-    DLQError,
-    StoreUnavailableError,
-    TaskBusyError,
-)
+from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
@@ -103,8 +91,9 @@ from mahavishnu_dlq.storage.base import (
     UnreadableRecords,
 )
 from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
+from mahavishnu_dlq.storage.opensearch_claims import Claims
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
-from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Doc, Entry, LastWrites
+from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Entry, LastWrites
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.settings import OpenSearchSettings
@@ -210,6 +199,14 @@ class OpenSearchStore:
             self._item_error,
             self._conflict_retries,
             chunk_ids=self._batch_size,
+        )
+        self._claims = Claims(
+            self._writer,
+            self._search,
+            self._ensure_visible,
+            self._known,
+            self._unreadable,
+            self._item_error,
         )
 
     @property
@@ -402,101 +399,14 @@ class OpenSearchStore:
     # -- the processor's view ----------------------------------------------------
 
     async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+        """Searched due tasks claimed by conditional bulk writes (see
+        :mod:`~mahavishnu_dlq.storage.opensearch_claims`)."""
         require_asyncio()
-        if limit <= 0:
-            return []
-        await self._ensure_visible()
-        claimed: list[FailedTask] = []
-        body: dict[str, Any] = {  # unreadable documents: never looked at again here
-            "query": q.due_query(to_micros(now), skip=self._unreadable.keys),
-            "sort": q.DUE_SORT,
-            "seq_no_primary_term": True,
-            "track_total_hits": False,
-        }
-        while len(claimed) < limit:
-            body["size"] = min(2 * (limit - len(claimed)), _MAX_PAGE)
-            hits = await self._search(body, "claim_due")
-            start = 0
-            while start < len(hits) and len(claimed) < limit:
-                chunk = hits[start : start + limit - len(claimed)]
-                start += len(chunk)
-                claimed.extend(await self._claim(chunk, fn))
-            if len(hits) < body["size"]:
-                break
-            body["search_after"] = hits[-1]["sort"]
-        return claimed
-
-    def _plan(
-        self, hits: list[dict[str, Any]], fn: Mutation
-    ) -> tuple[list[tuple[FailedTask, Doc]], list[Entry]]:
-        """``fn`` applied to each readable hit it accepts: the claimed records and the
-        conditional writes of them."""
-        planned: list[tuple[FailedTask, Doc]] = []
-        entries: list[Entry] = []
-        for hit in hits:
-            current = self._unreadable.read(hit["_id"], hit["_source"])
-            if current is None:
-                continue  # unreadable: skipped (and counted)
-            try:
-                new = fn(current)
-                if new.task_id != current.task_id:
-                    raise ValueError(
-                        f"a mutation of {current.task_id!r} returned task {new.task_id!r}"
-                    )
-                doc = self._writer.document(new)
-            except DLQError:
-                continue  # refused (or too large to write): the task stays due
-            condition = {"if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"]}
-            entries.append(({"index": {"_id": hit["_id"], **condition}}, doc))
-            planned.append((new, doc))
-        return planned, entries
-
-    async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
-        """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
-        planned, entries = self._plan(hits, fn)
-        if not entries:
-            return []
-        items = await self._writer.write(entries, "claim_due")
-        won: list[FailedTask | None] = [None] * len(planned)
-        lost: list[int] = []
-        failures: list[DLQError] = []
-        for i, item in enumerate(items):
-            if item["status"] in _OK:
-                won[i] = planned[i][0]
-                doc_id = next(iter(entries[i][0].values()))["_id"]
-                self._known.remember(doc_id, planned[i][1], item)
-            elif item["status"] == 409:
-                lost.append(i)  # someone else changed it first … unless the write was ours
-            else:
-                failures.append(self._item_error(item, "claim_due"))
-        if lost:
-            ours = await self._writer.written([entries[i] for i in lost], "get")
-            for i, mine in zip(lost, ours, strict=True):
-                won[i] = planned[i][0] if mine else None
-        result = [task for task in won if task is not None]
-        if failures:
-            if not result:
-                raise failures[0]
-            _log.warning(
-                "dlq.claim: %d claims were not written: %s",
-                len(failures),
-                failures[0],
-                extra={"action": "dlq.claim", "outcome": "not_written", "count": len(failures)},
-            )
-        return result
+        return await self._claims.claim_due(now, limit, fn)
 
     async def next_due_at(self) -> datetime | None:
         require_asyncio()
-        await self._ensure_visible()
-        body = {
-            "query": {"exists": {"field": "due_us"}},
-            "sort": q.DUE_SORT,
-            "size": 1,
-            "_source": False,
-            "track_total_hits": False,
-        }
-        hits = await self._search(body, "next_due_at")
-        return from_micros(hits[0]["sort"][0]) if hits else None
+        return await self._claims.next_due_at()
 
     # -- many records ------------------------------------------------------------
 
