@@ -264,6 +264,13 @@ class FailedTask(BaseModel):
         known: tuple[str, str] | None = getattr(self, "_payload_json", None)
         return known
 
+    def keep_payload_json(self, payload_json: tuple[str, str]) -> FailedTask:
+        """Remember the JSON text of ``task`` and ``metadata`` (as read from a stored
+        document: the same values), so writing this record does not encode them again;
+        ``self``."""
+        object.__setattr__(self, "_payload_json", payload_json)
+        return self
+
     def evolve(self, **changes: Any) -> FailedTask:
         """A copy with ``changes`` applied (trusted values; no validation)."""
         values = self.__dict__.copy()

@@ -84,14 +84,20 @@ def merge_versions(stored: FailedTask | None, incoming: FailedTask) -> FailedTas
     return winner.evolve(attempts=attempts)
 
 
+#: What tells one stored version of a record from another (the journal's stored text;
+#: the record itself for other fallbacks): a re-synced record is removed only while
+#: its version is the one that was merged.
+Version = object
+
+
 @runtime_checkable
 class Journaled(Protocol):
     """A fallback that keeps its journal itself (a :class:`~mahavishnu_dlq.storage.journal.
     JournalStore`): what re-sync took over is removed from it in one transaction."""
 
-    async def records(self, task_ids: Sequence[str]) -> dict[str, FailedTask]: ...
+    async def records(self, task_ids: Sequence[str]) -> dict[str, tuple[FailedTask, Version]]: ...
 
-    async def discard(self, records: Sequence[FailedTask]) -> None: ...
+    async def discard(self, versions: Sequence[tuple[str, Version]]) -> None: ...
 
     async def forget_tombstones(self, items: Sequence[tuple[str, datetime]]) -> None: ...
 
@@ -145,20 +151,18 @@ class Resync:
     async def _merge(self, task_ids: list[str], timeout: float) -> BaseException | None:
         """Merge the fallback's records of ``task_ids`` into the primary with one
         ``mutate_many`` within ``timeout``; the failure that stops the pass, if any."""
-        batch: list[tuple[str, int, FailedTask]] = []
+        batch: list[tuple[str, int, FailedTask, Version]] = []
         changes = {t: c for t in task_ids if (c := self.journal.get(t)) is not None}
         found = await self._records(list(changes))
         for task_id, change in changes.items():  # else deleted (or set aside) meanwhile
-            record = found.get(task_id)
-            if record is None:  # deleted meanwhile: its tombstone is re-synced instead
-                if self.journal.get(task_id) == change:
-                    del self.journal[task_id]
+            if task_id not in found:
+                await self._missing(task_id, change)
                 continue
-            batch.append((task_id, change, record))
+            batch.append((task_id, change, *found[task_id]))
         if not batch:
             return None
         merges: list[tuple[str, Mutation]] = [
-            (task_id, partial(merge_versions, incoming=record)) for task_id, _, record in batch
+            (task_id, partial(merge_versions, incoming=record)) for task_id, _, record, _ in batch
         ]
         started = time.perf_counter()
         try:
@@ -169,39 +173,51 @@ class Resync:
             return exc
         self._resize(time.perf_counter() - started, timeout)
         failure: BaseException | None = None
-        synced: list[FailedTask] = []
-        for (task_id, change, record), result in zip(batch, results, strict=True):
+        synced: list[tuple[str, Version]] = []
+        for (task_id, change, _, version), result in zip(batch, results, strict=True):
             if isinstance(result, (StoreUnavailableError, TimeoutError)):
                 failure = failure or result  # the primary is down again: keep the journal
             elif isinstance(result, Exception):
                 self.set_aside(task_id, result)
             elif self.journal.get(task_id) == change:  # not changed again meanwhile
                 del self.journal[task_id]
-                synced.append(record)
+                synced.append((task_id, version))
         await self._discard(synced)
         return failure
 
-    async def _records(self, task_ids: list[str]) -> dict[str, FailedTask]:
-        """The fallback's records of ``task_ids`` (one read from a journal file)."""
+    async def _missing(self, task_id: str, change: int) -> None:
+        """A journaled record the fallback did not give: deleted meanwhile (its tombstone
+        is re-synced instead), or unreadable there (set aside: kept, reported)."""
+        try:
+            still = await self.fallback.get(task_id)
+        except UnreadableRecordError as exc:
+            self.set_aside(task_id, exc)
+            return
+        if still is None and self.journal.get(task_id) == change:
+            del self.journal[task_id]
+
+    async def _records(self, task_ids: list[str]) -> dict[str, tuple[FailedTask, Version]]:
+        """The fallback's records of ``task_ids`` with their versions (one read from a
+        journal file)."""
         if isinstance(self.fallback, Journaled):
             return await self.fallback.records(task_ids)
-        found: dict[str, FailedTask] = {}
+        found: dict[str, tuple[FailedTask, Version]] = {}
         for task_id in task_ids:
             record = await self.fallback.get(task_id)
             if record is not None:
-                found[task_id] = record
+                found[task_id] = (record, record)
         return found
 
-    async def _discard(self, records: list[FailedTask]) -> None:
-        """Remove the re-synced ``records`` from the fallback, each only while it holds
-        that very version (no await between the journal's check and the removal's
+    async def _discard(self, versions: list[tuple[str, Version]]) -> None:
+        """Remove the re-synced records from the fallback, each only while it holds the
+        version that was merged (no await between the journal's check and the removal's
         queueing, so a change made meanwhile is applied after it, and stays)."""
         if isinstance(self.fallback, Journaled):
-            await self.fallback.discard(records)
+            await self.fallback.discard(versions)
             return
-        for record in records:
-            if await self.fallback.get(record.task_id) == record:
-                await self.fallback.delete(record.task_id)
+        for task_id, version in versions:
+            if await self.fallback.get(task_id) == version:
+                await self.fallback.delete(task_id)
 
     def _resize(self, seconds: float, timeout: float) -> None:
         """Double the next batch after one that took under a quarter of the timeout;

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError
-from mahavishnu_dlq.models import FailedTask, TaskFilter
+from mahavishnu_dlq.models import FailedTask, TaskFilter, encode_json
 from mahavishnu_dlq.settings import DLQSettings, state_dir
 from mahavishnu_dlq.storage import FailoverStore, MemoryStore
 from mahavishnu_dlq.storage.build import store_from_settings
@@ -114,13 +114,16 @@ async def test_tombstones_revive_discard_and_forget(tmp_path: Path) -> None:
         await journal.mutate("t", put(task))  # written again: no longer deleted
         assert await journal.entries() == (["t"], {})
 
-        stored = await journal.get("t")
-        assert stored is not None
+        stored, version = (await journal.records(["t", "unknown"]))["t"]
+        assert stored == task
+        # read with the JSON text of its payload, so its re-sync does not encode it again
+        assert stored.payload_json() == (encode_json(task.task), encode_json(task.metadata))
         changed = stored.evolve(retry_count=5)
         await journal.mutate("t", put(changed))
-        await journal.discard([stored])  # a stale version: the newer one stays
+        await journal.discard([("t", version)])  # a stale version: the newer one stays
         assert await journal.get("t") == changed
-        await journal.discard([changed])
+        assert list(await journal.records(["t"])) == ["t"]
+        await journal.discard([("t", (await journal.records(["t"]))["t"][1])])
         assert await journal.get("t") is None
 
         await journal.delete_with_tombstone("u", T0)
@@ -285,3 +288,25 @@ def test_the_journal_directory_is_a_setting(tmp_path: Path) -> None:
     assert store.fallback.directory == tmp_path / "j"
     with pytest.raises(ConfigurationError, match=r"failover\.path"):
         DLQSettings.load(store="failover", failover={"path": "bad\x00path"})
+
+
+async def test_a_journal_record_that_cannot_be_read_is_set_aside_not_lost(tmp_path: Path) -> None:
+    primary = Switchable()
+    primary.down = True
+    journal = JournalStore(tmp_path)
+    store = FailoverStore(primary, journal, failure_threshold=1, probe_interval=3600)
+    await store.open()
+    try:
+        for i in range(5):
+            await store.mutate(f"t{i}", put(make_task(task_id=f"t{i}")))
+        await journal._write(
+            lambda c: c.execute("UPDATE tasks SET doc = '{not json' WHERE task_id = 't2'")
+        )
+        primary.down = False
+        assert await store.probe() is True
+        assert await primary.count() == 4
+        assert await primary.get("t2") is None
+        assert store.health["unsynced"] == 1  # reported, and still in the file
+        assert "t2" in (await journal.entries())[0]
+    finally:
+        await store.close()
