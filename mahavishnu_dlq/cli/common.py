@@ -44,6 +44,7 @@ from mahavishnu_dlq.errors import (
 )
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.settings import DLQSettings
+from mahavishnu_dlq.storage import FailoverStore
 
 __all__ = [
     "APP_ENV_VAR",
@@ -288,15 +289,22 @@ def run(
 ) -> T:
     """Run ``body`` on the opened queue; library errors become one line and an exit status.
 
-    A failover store that opened degraded serves from this process's own, empty,
-    fallback: only commands that say so (``degraded_ok``: status, the processor)
-    run then; the others stop with exit status 1 rather than show or change nothing.
+    A failover store that opened degraded serves from this process's fallback: only
+    commands that say so (``degraded_ok``: status, the processor) run then; the
+    others stop with exit status 1 rather than show or change a part of the queue.
+    A store degraded only because its journal holds changes a process that ended
+    left (OpenSearch answers) is re-synced first, and the command runs.
     """
 
     async def main() -> T:
         async with opened(state, app) as dlq:
-            if not degraded_ok and getattr(dlq.store, "degraded", False):
-                health = getattr(dlq.store, "health", {})
+            store = dlq.store
+            if not degraded_ok and getattr(store, "degraded", False):
+                health = getattr(store, "health", {})
+                if not health.get("circuit_open") and isinstance(store, FailoverStore):
+                    await store.probe()  # a failure leaves it degraded: refused below
+            if not degraded_ok and getattr(store, "degraded", False):
+                health = getattr(store, "health", {})
                 raise CliError(
                     f"the store is degraded (serving: {health.get('serving')}; last error: "
                     f"{health.get('last_error')}); only status and processor run work now"

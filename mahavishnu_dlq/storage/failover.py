@@ -152,6 +152,14 @@ class FailoverStore:
     # -- health ------------------------------------------------------------------------
 
     @property
+    def location(self) -> str | None:
+        """Where the records are: the primary's location, and the journal file."""
+        primary = getattr(self.primary, "location", None)
+        if not isinstance(self.fallback, JournalStore):
+            return primary
+        return f"{primary or self.primary.backend}; journal {self.fallback.location}"
+
+    @property
     def degraded(self) -> bool:
         """True while the fallback serves or holds changes the primary has not got."""
         return self._open or bool(self._journal) or bool(self._deleted)

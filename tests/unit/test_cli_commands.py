@@ -39,6 +39,8 @@ from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory, FailedTask, T
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.settings import state_dir
 from mahavishnu_dlq.storage import build as build_module
+from mahavishnu_dlq.storage.failover import FailoverStore
+from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock, FlakyHandler
 from tests.unit import cli_fixtures as fx
@@ -1626,3 +1628,22 @@ def test_a_degraded_failover_store_shows_in_status_and_stops_other_commands(
         assert "the store is degraded (serving: fallback" in line
         assert f"127.0.0.1:{port}" in line
         assert "pw-secret" not in line
+
+
+def test_a_journal_left_by_a_dead_process_is_resynced_before_a_command(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """OpenSearch answers, but the journal holds what a process that died during an
+    outage acknowledged: the command re-syncs it first instead of refusing."""
+    from tests.unit.test_journal import outage_then_death  # noqa: PLC0415
+
+    primary = anyio.run(outage_then_death, tmp_path, 3)
+    primary.down = False
+    fx.holder.dlq = DeadLetterQueue(
+        FailoverStore(primary, JournalStore(tmp_path), probe_interval=3600)
+    )
+    ran = cli("--app", f"{MODULE}:holder.dlq", "list", "--json")
+    assert ran.code == 0, ran.err
+    assert sorted(t["task_id"] for t in ran.json()["tasks"]) == ["t0", "t1", "t2"]
+    assert anyio.run(primary.count) == 3
+    assert anyio.run(primary.get, "old") is None  # the deletion it journaled, too

@@ -205,6 +205,7 @@ async def outage_then_death(directory: Path, count: int) -> Switchable:
     await store.delete("old")
     assert store.pending_resync == count + 1
     assert store.health["journal"] == str(directory / "journal-1.sqlite3")
+    assert store.location == f"switchable; journal {directory / 'journal-1.sqlite3'}"
     die(store)
     return primary
 
