@@ -126,6 +126,20 @@ def sync_in_a_new_process(settings: Path) -> dict[str, Any]:
     return report
 
 
+async def killed_during_an_outage(
+    node: ChaosNode, index: str, tmp_path: Path, fallback: str
+) -> tuple[list[str], dict[str, Any]]:
+    """The node killed, a producer SIGKILLed mid-stream, the node started again, a new
+    process with the same settings until its re-sync is done: the ids the producer was
+    acknowledged, and the new process's report."""
+    settings = settings_file(tmp_path, node.url, index, fallback)
+    await anyio.to_thread.run_sync(node.kill)
+    acked = await anyio.to_thread.run_sync(produce_then_die, tmp_path, settings)
+    await anyio.to_thread.run_sync(node.restart)
+    report = await anyio.to_thread.run_sync(sync_in_a_new_process, settings)
+    return acked, report
+
+
 async def test_a_producer_killed_during_an_outage_loses_nothing_with_the_sqlite_journal(
     chaos_node: ChaosNode,
     index_name: str,
@@ -133,11 +147,7 @@ async def test_a_producer_killed_during_an_outage_loses_nothing_with_the_sqlite_
     tmp_path: Path,
     chaos_timing: Record,
 ) -> None:
-    settings = settings_file(tmp_path, chaos_node.url, index_name, "sqlite")
-    await anyio.to_thread.run_sync(chaos_node.kill)
-    acked = await anyio.to_thread.run_sync(produce_then_die, tmp_path, settings)
-    await anyio.to_thread.run_sync(chaos_node.restart)
-    report = await anyio.to_thread.run_sync(sync_in_a_new_process, settings)
+    acked, report = await killed_during_an_outage(chaos_node, index_name, tmp_path, "sqlite")
 
     assert report["pending_at_start"] >= len(acked)  # found in the dead process's journal
     assert report["pending_resync"] == 0
@@ -170,11 +180,7 @@ async def test_the_memory_fallback_loses_what_a_killed_producer_was_acknowledged
     chaos_timing: Record,
 ) -> None:
     """The loss the journal prevents, asserted: the same run with ``fallback: memory``."""
-    settings = settings_file(tmp_path, chaos_node.url, index_name, "memory")
-    await anyio.to_thread.run_sync(chaos_node.kill)
-    acked = await anyio.to_thread.run_sync(produce_then_die, tmp_path, settings)
-    await anyio.to_thread.run_sync(chaos_node.restart)
-    report = await anyio.to_thread.run_sync(sync_in_a_new_process, settings)
+    acked, report = await killed_during_an_outage(chaos_node, index_name, tmp_path, "memory")
 
     assert report["pending_at_start"] == 0  # nothing survived the process
     assert report["journal"] is None
