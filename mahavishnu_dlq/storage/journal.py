@@ -100,6 +100,8 @@ class JournalStore(SQLiteStore):
     re-sync needs.
     """
 
+    _setting = "failover.path"  # the setting that names the journals' directory
+
     def __init__(self, directory: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.directory = Path(directory).expanduser()
         super().__init__(self.directory / "journal-N.sqlite3", busy_timeout=busy_timeout)

@@ -69,6 +69,7 @@ from mahavishnu_dlq.models import (
     encode_cursor,
 )
 from mahavishnu_dlq.storage import opensearch_query as documents
+from mahavishnu_dlq.storage import sqlite_errors as errors
 from mahavishnu_dlq.storage import sqlite_schema as s
 from mahavishnu_dlq.storage.base import (
     Mutation,
@@ -101,6 +102,7 @@ class SQLiteStore:
     """Failed tasks in one SQLite file, durable, shared safely by the processes of a host."""
 
     backend = "sqlite"
+    _setting = "sqlite.path"  # the setting that names the file, as messages say it
 
     def __init__(
         self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, readers: int = 4
@@ -180,8 +182,8 @@ class SQLiteStore:
             raise ConfigurationError(
                 f"sqlite file {str(self.path)!r} has schema version {version}, written by a "
                 f"newer mahavishnu-dlq (this one knows up to {s.SCHEMA_VERSION}): upgrade "
-                "mahavishnu-dlq, or use another sqlite.path",
-                field="sqlite.path",
+                f"mahavishnu-dlq, or use another {self._setting}",
+                field=self._setting,
             )
         if version == s.SCHEMA_VERSION:
             return
@@ -242,43 +244,14 @@ class SQLiteStore:
         return limiter
 
     def _unusable(self, exc: BaseException, what: str) -> DLQError:
-        detail = f"{type(exc).__name__}: {exc}"
-        return StoreUnavailableError(
-            _BACKEND, f"sqlite file {str(self.path)!r}: {what} ({detail}); {self._hint(exc)}"
+        return errors.unusable(
+            self.path, exc, what, busy_timeout=self._busy_timeout, setting=self._setting
         )
 
     def _failure(self, exc: sqlite3.Error) -> DLQError:
-        return StoreUnavailableError(
-            _BACKEND,
-            f"sqlite file {str(self.path)!r}: {type(exc).__name__}: {exc}; {self._hint(exc)}",
+        return errors.failure(
+            self.path, exc, busy_timeout=self._busy_timeout, setting=self._setting
         )
-
-    def _hint(self, exc: BaseException) -> str:
-        """What to do about ``exc``, in a few words."""
-        text = str(exc)
-        if "disk is full" in text or "disk I/O error" in text:
-            return (
-                "the disk is full (or failing): free space where the file lives; "
-                "what was written before is kept"
-            )
-        if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return (
-                "this process cannot write the file or its directory (SQLite keeps -wal and "
-                "-shm files beside it): fix the permissions, or set sqlite.path elsewhere"
-            )
-        if "locked" in text or "busy" in text:
-            return (
-                f"another process held its write lock longer than {self._busy_timeout:g} s "
-                "(sqlite.busy_timeout_seconds)"
-            )
-        if "malformed" in text or "not a database" in text:
-            return (
-                "it is not a mahavishnu-dlq database or it is damaged, and was left as it is: "
-                "move it aside (a new file is then started) or restore a copy"
-            )
-        if isinstance(exc, OSError):
-            return "check the path and its permissions, or set sqlite.path elsewhere"
-        return "see the SQLite error"
 
     # -- the writer -----------------------------------------------------------------
 
