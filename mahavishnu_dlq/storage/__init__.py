@@ -9,12 +9,14 @@ from typing import Any
 
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, Store, StoreStatistics
 from mahavishnu_dlq.storage.failover import FailoverStore
+from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.sqlite import SQLiteStore
 
 __all__ = [
     "FailoverStore",
     "FingerprintCount",
+    "JournalStore",
     "MemoryStore",
     "Mutation",
     "OpenSearchStore",
