@@ -36,6 +36,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -158,6 +159,7 @@ class JournalStore(SQLiteStore):
         finally:
             lock, self._slot_lock = self._slot_lock, None
             self.slot = None
+            self._opening = None  # a store opened again may be on another event loop
             if lock is not None:
                 lock.close()
 
@@ -223,24 +225,23 @@ class JournalStore(SQLiteStore):
             return 0
         finally:
             await orphan.close()
+        refused = 0  # records this journal could not take (its own copy is unreadable, …)
         for start in range(0, len(records), _ADOPTED_AT_ONCE):
             chunk = records[start : start + _ADOPTED_AT_ONCE]
             merges: list[tuple[str, Mutation]] = [
                 (record.task_id, partial(merge_versions, incoming=record)) for record in chunk
             ]
-            for result in await self.mutate_many(merges):
-                if isinstance(result, Exception):
-                    raise result  # the orphan stays: nothing of it was removed
-        for task_id, when in tombstones.items():
-            await self.delete_with_tombstone(task_id, when, unless_newer=True)
-        if rows > len(records):  # some cannot be read: the file is kept, out of the slots
-            kept = path.with_name(f"unreadable-{path.name}")
-            await anyio.to_thread.run_sync(_remove, kept)
+            results = await self.mutate_many(merges)
+            refused += sum(1 for result in results if isinstance(result, Exception))
+        await self._adopt_tombstones(tombstones)
+        left = rows - len(records) + refused
+        if left:  # kept whole, out of the slots, for an operator
+            kept = path.with_name(f"unreadable-{path.stem}-{time.time_ns()}.sqlite3")
             await anyio.to_thread.run_sync(_move, path, kept)
             _log.error(
-                "dlq.failover: %d records of the journal %s cannot be read; the others were "
-                "adopted, and the file is kept as %s for an operator",
-                rows - len(records),
+                "dlq.failover: %d records of the journal %s cannot be read or taken over; "
+                "the others were adopted, and the file is kept as %s for an operator",
+                left,
                 path,
                 kept,
                 extra={"action": "dlq.failover", "outcome": "journal_unreadable"},
@@ -257,6 +258,26 @@ class JournalStore(SQLiteStore):
                 extra={"action": "dlq.failover", "outcome": "journal_adopted", "count": changes},
             )
         return changes
+
+    async def _adopt_tombstones(self, tombstones: dict[str, datetime]) -> None:
+        """A dead process's deletions, in one transaction: each removes this journal's
+        record of that id unless it was changed after the deletion."""
+        rows = [(task_id, to_micros(when)) for task_id, when in tombstones.items()]
+
+        def apply(connection: sqlite3.Connection) -> None:
+            connection.executemany(
+                "DELETE FROM tasks WHERE task_id = ? AND updated_at_us <= ?", rows
+            )
+            connection.executemany(
+                "INSERT INTO tombstones(task_id, deleted_us) SELECT ?1, ?2 WHERE NOT EXISTS "
+                "(SELECT 1 FROM tasks WHERE task_id = ?1) "
+                "ON CONFLICT(task_id) DO UPDATE SET "
+                "deleted_us = max(deleted_us, excluded.deleted_us)",
+                rows,
+            )
+
+        if rows:
+            await self._write(apply, undo="transaction")
 
     # -- what the failover store asks of its journal --------------------------------------
 
@@ -295,20 +316,11 @@ class JournalStore(SQLiteStore):
                     found[task_id] = (record, doc)
         return found
 
-    async def delete_with_tombstone(
-        self, task_id: str, when: datetime, *, unless_newer: bool = False
-    ) -> bool:
+    async def delete_with_tombstone(self, task_id: str, when: datetime) -> bool:
         """Delete ``task_id`` and keep its tombstone (``when``), in one transaction;
-        True when a record was deleted. ``unless_newer``: not when the journal holds a
-        version changed after ``when`` (adopting a dead process's deletion)."""
+        True when a record was deleted."""
 
         def apply(connection: sqlite3.Connection) -> bool:
-            if unless_newer:
-                row = connection.execute(
-                    "SELECT updated_at_us FROM tasks WHERE task_id = ?", (task_id,)
-                ).fetchone()
-                if row is not None and row[0] > to_micros(when):
-                    return False
             deleted = connection.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
             connection.execute(
                 "INSERT INTO tombstones(task_id, deleted_us) VALUES (?, ?) "
