@@ -237,10 +237,16 @@ class FailoverStore:
             with anyio.move_on_after(self.timeout):
                 await self._resync()
         if self.pending_resync:
+            kept = (
+                f"they stay in the journal {self.fallback.location} for the next process"
+                if isinstance(self.fallback, JournalStore)
+                else "they are lost with this process"
+            )
             _log.warning(
-                "dlq.failover: closing with %d changes not re-synced to %s",
+                "dlq.failover: closing with %d changes not re-synced to %s; %s",
                 self.pending_resync,
                 self.primary.backend,
+                kept,
                 extra={"action": "dlq.failover", "pending_resync": self.pending_resync},
             )
         with anyio.CancelScope(shield=True):

@@ -318,3 +318,22 @@ async def test_a_journal_record_that_cannot_be_read_is_set_aside_not_lost(tmp_pa
         assert "t2" in (await journal.entries())[0]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["journal", "memory"])
+async def test_closing_mid_outage_says_where_the_changes_are(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, durable: bool
+) -> None:
+    primary = Switchable()
+    primary.down = True
+    fallback = JournalStore(tmp_path) if durable else MemoryStore()
+    store = FailoverStore(primary, fallback, failure_threshold=1, probe_interval=3600)
+    await store.open()
+    await store.mutate("a", put(make_task(task_id="a")))
+    with caplog.at_level(logging.WARNING, logger="mahavishnu_dlq.storage.failover"):
+        await store.close()
+    (message,) = [r.getMessage() for r in caplog.records if "closing with" in r.getMessage()]
+    if durable:
+        assert f"stay in the journal {tmp_path / 'journal-1.sqlite3'}" in message
+    else:
+        assert "lost with this process" in message
