@@ -53,6 +53,7 @@ from mahavishnu_dlq.models import (
 from mahavishnu_dlq.settings import DLQSettings, OpenSearchSettings
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
 from tests.integration import cli_app
+from tests.integration._children import side_by_side
 from tests.integration.cli_app import (
     FAIL_WORKFLOW,
     HANDLER_ERROR,
@@ -123,29 +124,7 @@ class Cli:
 
     def many(self, *commands: Sequence[str]) -> list[Run]:
         """Independent commands, run side by side; their results in order."""
-        procs = [
-            subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                _argv(command),
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for command in commands
-        ]
-        runs: list[Run] = []
-        try:
-            for proc in procs:
-                out, err = proc.communicate(timeout=TIMEOUT)
-                runs.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
-        return runs
+        return side_by_side([_argv(command) for command in commands], self.env, TIMEOUT)
 
 
 def ok(run: Run) -> str:

@@ -65,6 +65,7 @@ from mahavishnu_dlq.storage import sqlite_schema
 from mahavishnu_dlq.storage.sqlite import SQLiteStore
 from mahavishnu_dlq.storage.sqlite_writer import Op
 from mahavishnu_dlq.testing import make_task
+from tests.integration._children import side_by_side
 from tests.integration._confined import CANNOT_CONFINE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,29 +112,8 @@ def cli(path: Path, *args: str, confine: Sequence[str] = ()) -> Run:
 
 def cli_many(path: Path, *commands: Sequence[str]) -> list[Run]:
     """Independent ``mahavishnu-dlq`` commands on ``path``, run side by side; in order."""
-    procs = [
-        subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "mahavishnu_dlq", *command],
-            cwd=ROOT,
-            env=env_for(path),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for command in commands
-    ]
-    runs: list[Run] = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=TIMEOUT)
-            runs.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return runs
+    argvs = [[sys.executable, "-m", "mahavishnu_dlq", *command] for command in commands]
+    return side_by_side(argvs, env_for(path), TIMEOUT)
 
 
 def describe(run: Run) -> str:
