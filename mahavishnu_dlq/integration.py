@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from mahavishnu_dlq.attempt import call_handler, is_async
 from mahavishnu_dlq.models import (
@@ -461,3 +462,94 @@ class DLQIntegration:
             if failed
             else 0.0,
         }
+
+
+class WorkflowWrapping:
+    """The wrapping methods of :class:`~mahavishnu_dlq.queue.DeadLetterQueue`
+    (``execute_with_dlq``, ``workflow``, ``guard``): each calls this module's function
+    of the same name with the queue."""
+
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, R]],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
+
+    @overload
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R: ...
+
+    async def execute_with_dlq(
+        self,
+        fn: Callable[..., Awaitable[R]] | Callable[..., R],
+        task: Mapping[str, Any],
+        repos: Iterable[str] | None = None,
+        *,
+        task_id: str | None = None,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> R:
+        """Run ``fn(task, repos)``; on failure store it and re-raise the original exception.
+
+        Success returns the workflow's result untouched. On failure the original
+        exception propagates with ``dlq_task_id`` set (and ``dlq_error`` plus a
+        note when the DLQ could not store it).
+        """
+        return await execute_with_dlq(
+            cast("DeadLetterQueue", self),
+            fn,
+            task,
+            repos,
+            task_id=task_id,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )
+
+    def workflow(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
+        """Decorator: register ``fn`` as the retry handler of ``name`` and wrap its calls."""
+        return workflow_decorator(cast("DeadLetterQueue", self), name)
+
+    def guard(
+        self,
+        task_id: str | None = None,
+        task: Mapping[str, Any] | None = None,
+        repos: Iterable[str] | None = None,
+        *,
+        workflow: str | None = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_retries: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with dlq.guard(...)``: a failure inside the block is stored, then re-raised."""
+        return guard(
+            cast("DeadLetterQueue", self),
+            task_id,
+            task or {},
+            repos,
+            workflow=workflow,
+            retry_policy=retry_policy,
+            max_retries=max_retries,
+            metadata=metadata,
+        )

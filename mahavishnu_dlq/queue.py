@@ -5,9 +5,10 @@ policy; :mod:`mahavishnu_dlq.capture`), enforces the limits (``max_size`` and
 :class:`~mahavishnu_dlq.limits.Limits`), applies the state machine of
 :mod:`mahavishnu_dlq.lifecycle` through :meth:`Store.mutate`, keeps the lifetime
 counters, and owns the background :class:`RetryProcessor`. Operator actions
-(retry now, replay, archive, purge) live in :mod:`mahavishnu_dlq.operations` and
-wrapping workflows (``execute_with_dlq``, ``workflow``, ``guard``) in
-:mod:`mahavishnu_dlq.integration`; the methods here delegate to them.
+(retry now, replay, archive, purge) live in :mod:`mahavishnu_dlq.operations`, and
+the methods here delegate to them; wrapping workflows (``execute_with_dlq``,
+``workflow``, ``guard``) are methods it inherits from
+:class:`~mahavishnu_dlq.integration.WorkflowWrapping`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,7 +31,7 @@ from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.clock import Clock, SystemClock
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks
-from mahavishnu_dlq.integration import execute_with_dlq, guard, workflow_decorator
+from mahavishnu_dlq.integration import WorkflowWrapping
 from mahavishnu_dlq.limits import Limits, require_str
 from mahavishnu_dlq.models import (
     ErrorCategory,
@@ -85,7 +85,7 @@ _LIFETIME_KEYS = (
 )
 
 
-class DeadLetterQueue:
+class DeadLetterQueue(WorkflowWrapping):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
@@ -541,90 +541,3 @@ class DeadLetterQueue:
             # it (``with CancelScope(shield=True)``) corrupts the task's cancel-scope stack.
             group.cancel_scope.shield = True
             await group.__aexit__(None, None, None)
-
-    # -- wrapping workflows (see mahavishnu_dlq.integration) ---------------------------------
-
-    @overload
-    async def execute_with_dlq(
-        self,
-        fn: Callable[..., Coroutine[Any, Any, R]],
-        task: Mapping[str, Any],
-        repos: Iterable[str] | None = None,
-        *,
-        task_id: str | None = None,
-        workflow: str | None = None,
-        retry_policy: RetryPolicy | str | None = None,
-        max_retries: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> R: ...
-
-    @overload
-    async def execute_with_dlq(
-        self,
-        fn: Callable[..., R],
-        task: Mapping[str, Any],
-        repos: Iterable[str] | None = None,
-        *,
-        task_id: str | None = None,
-        workflow: str | None = None,
-        retry_policy: RetryPolicy | str | None = None,
-        max_retries: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> R: ...
-
-    async def execute_with_dlq(
-        self,
-        fn: Callable[..., Awaitable[R]] | Callable[..., R],
-        task: Mapping[str, Any],
-        repos: Iterable[str] | None = None,
-        *,
-        task_id: str | None = None,
-        workflow: str | None = None,
-        retry_policy: RetryPolicy | str | None = None,
-        max_retries: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> R:
-        """Run ``fn(task, repos)``; on failure store it and re-raise the original exception.
-
-        Success returns the workflow's result untouched. On failure the original
-        exception propagates with ``dlq_task_id`` set (and ``dlq_error`` plus a
-        note when the DLQ could not store it).
-        """
-        return await execute_with_dlq(
-            self,
-            fn,
-            task,
-            repos,
-            task_id=task_id,
-            workflow=workflow,
-            retry_policy=retry_policy,
-            max_retries=max_retries,
-            metadata=metadata,
-        )
-
-    def workflow(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
-        """Decorator: register ``fn`` as the retry handler of ``name`` and wrap its calls."""
-        return workflow_decorator(self, name)
-
-    def guard(
-        self,
-        task_id: str | None = None,
-        task: Mapping[str, Any] | None = None,
-        repos: Iterable[str] | None = None,
-        *,
-        workflow: str | None = None,
-        retry_policy: RetryPolicy | str | None = None,
-        max_retries: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> AbstractAsyncContextManager[None]:
-        """``async with dlq.guard(...)``: a failure inside the block is stored, then re-raised."""
-        return guard(
-            self,
-            task_id,
-            task or {},
-            repos,
-            workflow=workflow,
-            retry_policy=retry_policy,
-            max_retries=max_retries,
-            metadata=metadata,
-        )
