@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from mahavishnu_dlq import classifier as classifier_module
+from mahavishnu_dlq import fingerprints
 from mahavishnu_dlq.classifier import (
     ClassifierRule,
     ErrorClassifier,
@@ -674,7 +675,7 @@ def test_normalise_masks_what_varies(first: int, second: int, id_a: Any, id_b: A
 
 def _normalise_by_every_pattern(message: str) -> str:
     """The normalisation with every mask applied, none skipped (the reference)."""
-    for regex, replacement, _ in classifier_module._MASKS:
+    for regex, replacement, _ in fingerprints._MASKS:
         message = regex.sub(replacement, message)
     return message.strip().lower()[:500]
 
@@ -782,21 +783,21 @@ def test_library_frames_are_skipped() -> None:
     first = caught(lambda: parse_payload("[1, 2"))
     second = caught(lambda: parse_payload("[10, 20, 30"))
     other = caught(lambda: parse_other_payload("[1, 2"))
-    assert classifier_module._user_frame(first.__traceback__).endswith(":parse_payload")
+    assert fingerprints.user_frame(first.__traceback__).endswith(":parse_payload")
     assert CLASSIFIER.fingerprint(first) == CLASSIFIER.fingerprint(second)
     assert CLASSIFIER.fingerprint(first) != CLASSIFIER.fingerprint(other)
 
 
 def test_package_frames_are_skipped() -> None:
     error = caught(make_bad_rule)
-    assert classifier_module._user_frame(error.__traceback__).endswith(":make_bad_rule")
+    assert fingerprints.user_frame(error.__traceback__).endswith(":make_bad_rule")
 
 
 def test_generated_code_is_judged_by_its_module() -> None:
     namespace: dict[str, Any] = {"__name__": "generated_workflows"}
     exec(compile("def run():\n    raise ValueError('x')\n", "<string>", "exec"), namespace)  # noqa: S102 - a literal
     error = caught(namespace["run"])
-    assert classifier_module._user_frame(error.__traceback__) == "generated_workflows:run"
+    assert fingerprints.user_frame(error.__traceback__) == "generated_workflows:run"
 
 
 @pytest.mark.parametrize(
@@ -814,11 +815,11 @@ def test_generated_code_is_judged_by_its_module() -> None:
     ],
 )
 def test_user_files(filename: str, is_user: bool) -> None:
-    assert classifier_module._is_user_file(filename) is is_user
+    assert fingerprints._is_user_file(filename) is is_user
 
 
 def test_no_traceback_means_no_frame() -> None:
-    assert classifier_module._user_frame(None) == ""
+    assert fingerprints.user_frame(None) == ""
     error = ValueError("bad input 3")
     assert CLASSIFIER.fingerprint(error) == CLASSIFIER.fingerprint(
         "bad input 7", error_type="ValueError"
