@@ -16,11 +16,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mahavishnu_dlq.models import FailedTask, TaskFilter
+from mahavishnu_dlq.storage.opensearch import OpenSearchStore
 from tests.chaos.node import ChaosNode
 
 _HERE = Path(__file__).resolve().parent
@@ -114,3 +117,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("chaos timings")
     for test, what, seconds in timings:
         terminalreporter.write_line(f"{seconds:7.2f} s  {what}  ({test})")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """AsyncOpenSearch runs on asyncio only."""
+    return "asyncio"
+
+
+@pytest.fixture
+def index_name() -> str:
+    """An index of the test's own on the module's node."""
+    return f"dlq-chaos-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def reader(chaos_node: ChaosNode, index_name: str) -> AsyncIterator[OpenSearchStore]:
+    """Reads the index afterwards, as another process would (opened when first used)."""
+    store = OpenSearchStore(hosts=[chaos_node.url], index=index_name)
+    try:
+        yield store
+    finally:
+        if chaos_node.is_up():
+            await store.open()
+            await store.drop()
+        await store.close()
+
+
+async def everything(store: OpenSearchStore) -> list[FailedTask]:
+    """Every record of ``store``'s index, page by page."""
+    await store.open()  # the writers closed their stores: what they wrote is searchable
+    found: list[FailedTask] = []
+    cursor: str | None = None
+    while True:
+        page = await store.query(TaskFilter(), limit=1000, cursor=cursor)
+        found += page
+        if page.cursor is None:
+            return found
+        cursor = page.cursor

@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,38 +26,14 @@ import pytest
 from mahavishnu_dlq.models import DeadLetterStatus
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
 from mahavishnu_dlq.storage.sqlite import SQLiteStore
-from tests.chaos.conftest import Record
+from tests.chaos.conftest import Record, everything
 from tests.chaos.node import ChaosNode
-from tests.chaos.test_failover_chaos import everything
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCERS, EACH = 50, 100  # 5,000 ids
 KILL_AFTER = 2_000  # acknowledged ids before the SIGKILL
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """AsyncOpenSearch runs on asyncio only."""
-    return "asyncio"
-
-
-@pytest.fixture
-def index_name() -> str:
-    return f"dlq-durable-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def reader(chaos_node: ChaosNode, index_name: str) -> AsyncIterator[OpenSearchStore]:
-    store = OpenSearchStore(hosts=[chaos_node.url], index=index_name)
-    try:
-        yield store
-    finally:
-        if chaos_node.is_up():
-            await store.open()
-            await store.drop()
-        await store.close()
 
 
 def settings_file(tmp_path: Path, url: str, index: str, fallback: str) -> Path:

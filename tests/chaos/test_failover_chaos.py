@@ -13,8 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ import anyio
 import pytest
 
 from mahavishnu_dlq import DeadLetterQueue
-from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask, TaskFilter
+from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus
 from mahavishnu_dlq.storage import FailoverStore
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
-from tests.chaos.conftest import Record
+from tests.chaos.conftest import Record, everything
 from tests.chaos.node import ChaosNode
 
 pytestmark = pytest.mark.anyio
@@ -35,45 +34,9 @@ TIMEOUT = 2.0  # the failover store's per-call bound
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """AsyncOpenSearch runs on asyncio only."""
-    return "asyncio"
-
-
-@pytest.fixture
-def index_name() -> str:
-    return f"dlq-chaos-{uuid.uuid4().hex[:10]}"
-
-
 def failover_store(url: str, index: str) -> FailoverStore:
     search = OpenSearchStore(hosts=[url], index=index, timeout=5.0)
     return FailoverStore(search, failure_threshold=3, probe_interval=0.5, timeout=TIMEOUT)
-
-
-@pytest.fixture
-async def reader(chaos_node: ChaosNode, index_name: str) -> AsyncIterator[OpenSearchStore]:
-    """Reads the index afterwards, as another process would (opened when first used)."""
-    store = OpenSearchStore(hosts=[chaos_node.url], index=index_name)
-    try:
-        yield store
-    finally:
-        if chaos_node.is_up():
-            await store.open()
-            await store.drop()
-        await store.close()
-
-
-async def everything(store: OpenSearchStore) -> list[FailedTask]:
-    await store.open()  # the writers closed their stores: what they wrote is searchable
-    found: list[FailedTask] = []
-    cursor: str | None = None
-    while True:
-        page = await store.query(TaskFilter(), limit=1000, cursor=cursor)
-        found += page
-        if page.cursor is None:
-            return found
-        cursor = page.cursor
 
 
 async def until(what: str, condition: Callable[[], Awaitable[bool] | bool], timeout: float) -> None:

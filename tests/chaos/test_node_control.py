@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -33,17 +32,6 @@ from tests.chaos.node import ChaosNode, PortTakenError
 
 #: The ``chaos_timing`` fixture: ``record(what, seconds)``.
 Record = Callable[[str, float], None]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """AsyncOpenSearch runs on asyncio only."""
-    return "asyncio"
-
-
-@pytest.fixture
-def index_name() -> str:
-    return f"chaos-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
