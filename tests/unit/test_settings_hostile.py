@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,23 +28,10 @@ from mahavishnu_dlq.models import ErrorCategory
 from mahavishnu_dlq.settings import DLQSettings, OpenSearchSettings, problems
 from mahavishnu_dlq.settings.sources import MAX_ENV_BYTES
 from mahavishnu_dlq.settings.yamlfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+from tests.unit.settings_support import clean_environment, write  # noqa: F401 - an autouse fixture
 
 PASSWORD = "p@ss:w/rd 50%"  # noqa: S105 - made up; '@', ':', '/', ' ', '%': never shown
 ENCODED = quote(PASSWORD, safe="")  # p%40ss%3Aw%2Frd%2050%25
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No MAHAVISHNU_DLQ_* variable of the machine running the tests leaks in."""
-    for name in list(os.environ):
-        if name.upper().startswith("MAHAVISHNU_DLQ_"):
-            monkeypatch.delenv(name)
-
-
-def write(tmp_path: Path, text: str, name: str = "dlq.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 def refused(path: Path | None = None, **overrides: Any) -> str:
