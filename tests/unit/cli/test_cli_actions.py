@@ -1,0 +1,555 @@
+"""The CLI's actions in-process, against a queue the test owns: retry, replay, archive,
+purge, clear and processor run (how these tests work: ``test_cli_commands``)."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from mahavishnu_dlq.models import DeadLetterStatus
+from mahavishnu_dlq.queue import DeadLetterQueue
+from mahavishnu_dlq.storage import build as build_module
+from mahavishnu_dlq.storage.memory import MemoryStore
+from mahavishnu_dlq.testing import FakeClock
+from tests.unit.cli.conftest import (
+    APP,
+    MODULE,
+    REPLAY_KEYS,
+    WORKER,
+    Cli,
+    complete,
+    enqueue,
+    flaky,
+    lease,
+    prompted,
+    record,
+    records,
+    snapshot,
+)
+
+# -- retry ------------------------------------------------------------------------------
+
+
+def test_retry_success(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1")
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 0, ran.err
+    assert "✓ task t-1 succeeded on retry 1" in ran.out
+    task = record(dlq, "t-1")
+    assert task.status is DeadLetterStatus.COMPLETED
+    assert task.retry_count == 1
+    assert task.attempts[-1].trigger == "manual"
+    assert flaky("ok").calls == [({"id": "t-1"}, ["repo-a"])]
+
+
+def test_retry_success_json(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1")
+    data = cli(*APP, "retry", "t-1", "--json").json()
+    assert set(data) == {"success", "task_id", "result", "message", "status", "next_retry_at"}
+    assert data["success"] is True
+    assert data["task_id"] == "t-1"
+    assert data["result"] == "ok"
+    assert data["status"] == "completed"
+    assert data["next_retry_at"] is None
+
+
+def test_retry_failure_counts_and_is_exit_1(
+    cli: Cli, dlq: DeadLetterQueue, clock: FakeClock
+) -> None:
+    enqueue(dlq, "t-1", workflow="bad")
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 1
+    assert "✗ retry 1 of task t-1 failed; task is now pending" in ran.out
+    assert "error: " in ran.out
+    assert "connection reset by peer" in ran.out
+    assert "next automatic retry: 2026-01-01" in ran.out
+    task = record(dlq, "t-1")
+    assert task.retry_count == 1
+    assert task.status is DeadLetterStatus.PENDING
+    assert task.next_retry_at is not None
+    assert task.next_retry_at > clock.now()
+
+    data = cli(*APP, "retry", "t-1", "--json").json()
+    assert set(data) == {"success", "task_id", "error", "message", "status", "next_retry_at"}
+    assert data["success"] is False
+    assert isinstance(data["error"], str)
+    assert data["status"] == "pending"
+    assert isinstance(data["next_retry_at"], str)
+    assert record(dlq, "t-1").retry_count == 2
+
+
+def test_retry_without_app_is_exit_2(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1")
+    ran = cli("retry", "t-1")
+    assert ran.code == 2
+    line = ran.one_error_line()
+    assert "--app MODULE:ATTR" in line
+    assert "$MAHAVISHNU_DLQ_APP" in line
+    assert record(dlq, "t-1").retry_count == 0
+
+
+def test_retry_unknown_id_is_exit_1(cli: Cli, dlq: DeadLetterQueue) -> None:
+    ran = cli(*APP, "retry", "nope")
+    assert ran.code == 1
+    assert "no task with id 'nope'" in ran.one_error_line()
+
+
+def test_retry_of_a_task_being_retried_is_busy(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1")
+    lease(dlq, "t-1")
+    before = record(dlq, "t-1")
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 1
+    line = ran.one_error_line()
+    assert "busy" in line
+    assert "other-worker" in line
+    assert record(dlq, "t-1") == before
+    assert flaky("ok").calls == []
+
+
+def test_retry_after_the_lease_expired_records_the_lost_attempt(
+    cli: Cli, dlq: DeadLetterQueue, clock: FakeClock
+) -> None:
+    enqueue(dlq, "t-1")
+    lease(dlq, "t-1")
+    clock.advance(601)  # the other worker vanished: its lease ran out
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 0, ran.err
+    task = record(dlq, "t-1")
+    assert task.status is DeadLetterStatus.COMPLETED
+    assert [a.outcome.value for a in task.attempts] == ["lost", "success"]
+
+
+def test_retry_of_a_completed_task_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "retry", "done-1", "--json")
+    assert ran.code == 1
+    assert ran.json()["success"] is False
+    assert "nothing to retry" in ran.json()["message"]
+
+
+def test_retry_without_a_handler_for_the_workflow_is_exit_1(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1", workflow="orphan")
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 1
+    assert "no handler registered for workflow 'orphan'" in ran.out
+    assert record(dlq, "t-1").retry_count == 0
+
+
+# -- replay ------------------------------------------------------------------------------
+
+
+def test_replay_dry_run_changes_nothing(cli: Cli, mixed: DeadLetterQueue) -> None:
+    before = snapshot(mixed)
+    ran = cli(*APP, "replay", "--dry-run", "--json")
+    assert ran.code == 0, ran.err
+    data = ran.json()
+    assert set(data) == REPLAY_KEYS | {"failures"}
+    assert data["dry_run"] is True
+    assert data["matched"] == data["replayed"] == 4  # pending and exhausted
+    assert {item["outcome"] for item in data["items"]} == {"would_replay"}
+    assert {item["task_id"] for item in data["items"]} == {"net-1", "net-2", "val-1", "exh-1"}
+    assert data["failures"] == []
+    assert snapshot(mixed) == before
+
+    ran = cli(*APP, "replay", "--dry-run")
+    assert ran.code == 0
+    assert "4 matched, 4 would replay" in ran.out
+    assert "dry run: nothing was changed" in ran.out
+    assert re.search(r"would replay: .*exh-1", ran.out)
+    assert snapshot(mixed) == before
+
+
+def test_replay_makes_tasks_due_now(cli: Cli, mixed: DeadLetterQueue, clock: FakeClock) -> None:
+    clock.advance(30)
+    untouched = {k: v for k, v in snapshot(mixed).items() if k in {"done-1", "arch-1"}}
+    ran = cli(*APP, "replay", "--json")
+    assert ran.code == 0, ran.err
+    data = ran.json()
+    assert data["dry_run"] is False
+    assert data["matched"] == data["replayed"] == 4
+    assert data["succeeded"] == data["failed"] == data["skipped"] == 0
+    now = clock.now()
+    after = records(mixed)
+    for task_id in ("net-1", "net-2", "val-1", "exh-1"):
+        assert after[task_id].status is DeadLetterStatus.PENDING
+        assert after[task_id].next_retry_at == now
+        assert after[task_id].updated_at == now
+    assert after["exh-1"].max_retries == 1  # one more retry for the exhausted task
+    assert {k: v.model_dump() for k, v in after.items() if k in untouched} == untouched
+
+
+def test_replay_human_output(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "replay")
+    assert ran.code == 0, ran.err
+    assert "4 matched, 4 replayed" in ran.out
+    assert "0 skipped" in ran.out
+    assert ran.err.strip() == ""  # the progress bar leaves nothing behind
+
+
+def test_replay_is_paced_by_the_queue_clock(
+    cli: Cli, dlq: DeadLetterQueue, clock: FakeClock
+) -> None:
+    for n in range(5):
+        enqueue(dlq, f"t-{n}")
+    start = clock.now()
+    ran = cli(*APP, "replay", "--rate", "2/s", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json()["replayed"] == 5
+    assert clock.now() - start == timedelta(seconds=2)
+    assert sum(clock.slept) == pytest.approx(2.0)
+    due = sorted(task.next_retry_at - start for task in records(dlq).values() if task.next_retry_at)
+    assert due == [timedelta(seconds=s) for s in (0, 0.5, 1.0, 1.5, 2.0)]
+
+
+def test_a_dry_run_is_not_paced(cli: Cli, dlq: DeadLetterQueue, clock: FakeClock) -> None:
+    for n in range(5):
+        enqueue(dlq, f"t-{n}")
+    start = clock.now()
+    ran = cli(*APP, "replay", "--rate", "1/min", "--dry-run", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json()["replayed"] == 5
+    assert clock.now() == start
+    assert clock.slept == []
+
+
+def test_replay_limit(cli: Cli, dlq: DeadLetterQueue, clock: FakeClock) -> None:
+    for n in range(5):
+        enqueue(dlq, f"t-{n}")
+    clock.advance(5)
+    data = cli(*APP, "replay", "--limit", "2", "--json").json()
+    assert data["matched"] == data["replayed"] == 2
+    due_now = [t for t in records(dlq).values() if t.next_retry_at == clock.now()]
+    assert len(due_now) == 2
+
+
+def test_replay_run_retries_inline_and_counts(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "replay", "--run", "--workflow", "ok", "--json")
+    assert ran.code == 0, ran.err
+    data = ran.json()
+    assert data["matched"] == data["succeeded"] == data["replayed"] == 2  # net-1, exh-1
+    assert data["failed"] == 0
+    after = records(mixed)
+    assert after["net-1"].status is DeadLetterStatus.COMPLETED
+    assert after["exh-1"].status is DeadLetterStatus.COMPLETED
+
+
+def test_replay_run_with_a_failure_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "replay", "--run", "--status", "pending", "--json")
+    assert ran.code == 1
+    data = ran.json()
+    assert data["matched"] == 3  # net-1 (ok), net-2 (bad), val-1 (no handler)
+    assert data["succeeded"] == 1
+    assert data["failed"] == 2
+    failures = {item["task_id"]: item for item in data["failures"]}
+    assert set(failures) == {"net-2", "val-1"}
+    assert all(item["outcome"] == "failed" for item in failures.values())
+    assert failures["val-1"]["detail"] == "no handler"
+    after = records(mixed)
+    assert after["net-1"].status is DeadLetterStatus.COMPLETED
+    assert after["net-2"].retry_count == 1
+    assert after["net-2"].status is DeadLetterStatus.PENDING
+
+
+def test_replay_run_human_output_lists_what_failed(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "replay", "--run", "--status", "pending")
+    assert ran.code == 1
+    assert "3 matched, 1 replayed, 1 succeeded, 2 failed, 0 skipped" in ran.out
+    assert "not replayed" in ran.out
+    row = next(line for line in ran.out.splitlines() if "net-2" in line)
+    assert "failed" in row
+
+
+def test_replay_run_without_app_is_exit_2(cli: Cli, mixed: DeadLetterQueue) -> None:
+    before = snapshot(mixed)
+    ran = cli("replay", "--run")
+    assert ran.code == 2
+    assert "--app" in ran.one_error_line()
+    assert snapshot(mixed) == before
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--status", "exhausted"], {"exh-1"}),
+        (["--category", "validation"], {"val-1"}),
+        (["--category", "network,transient"], {"net-1", "net-2", "exh-1"}),
+        (["--workflow", "bad"], {"net-2"}),  # arch-1 is bad's too, but archived
+        (["--text", "timed out"], {"exh-1"}),
+        (
+            ["--since", "2026-01-01T00:00:01Z", "--until", "2026-01-01T00:00:03Z"],
+            {"net-2", "val-1"},
+        ),
+    ],
+)
+def test_replay_filters(
+    cli: Cli, mixed: DeadLetterQueue, clock: FakeClock, options: list[str], expected: set[str]
+) -> None:
+    clock.advance(60)
+    before = snapshot(mixed)
+    data = cli(*APP, "replay", "--json", *options).json()
+    assert {item["task_id"] for item in data["items"]} == expected
+    assert data["replayed"] == len(expected)
+    after = snapshot(mixed)
+    changed = {task_id for task_id in before if after[task_id] != before[task_id]}
+    assert changed == expected
+    assert all(records(mixed)[task_id].next_retry_at == clock.now() for task_id in expected)
+
+
+def test_replay_skips_what_it_cannot_replay_and_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
+    lease(mixed, "net-1")
+    ran = cli(*APP, "replay", "--status", "completed,retrying", "--json")
+    assert ran.code == 1
+    data = ran.json()
+    assert data["matched"] == data["skipped"] == 2
+    reasons = {item["task_id"]: item["detail"] for item in data["failures"]}
+    assert set(reasons) == {"done-1", "net-1"}
+    assert "completed" in reasons["done-1"]
+    assert "other-worker" in reasons["net-1"]
+
+
+# -- archive -------------------------------------------------------------------------------
+
+
+def test_archive_several_with_one_unknown(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "archive", "net-1", "nope", "val-1")
+    assert ran.code == 1
+    assert ran.out.splitlines() == ["archived net-1", "archived val-1"]
+    assert ran.one_error_line() == "mahavishnu-dlq: nope: not found"
+    after = records(mixed)
+    assert after["net-1"].status is DeadLetterStatus.ARCHIVED
+    assert after["val-1"].status is DeadLetterStatus.ARCHIVED
+    assert after["net-2"].status is DeadLetterStatus.PENDING
+
+
+def test_archive_json(cli: Cli, mixed: DeadLetterQueue) -> None:
+    lease(mixed, "net-2")
+    ran = cli(*APP, "archive", "net-1", "nope", "net-2", "--json")
+    assert ran.code == 1
+    data = ran.json()
+    assert data["archived"] == ["net-1"]
+    reasons = {item["task_id"]: item["reason"] for item in data["failed"]}
+    assert reasons["nope"] == "not found"
+    assert "busy" in reasons["net-2"]
+    assert records(mixed)["net-2"].status is DeadLetterStatus.RETRYING
+
+
+def test_archive_all_known_is_exit_0(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "archive", "exh-1", "arch-1", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json() == {"archived": ["exh-1", "arch-1"], "failed": []}
+
+
+# -- purge -------------------------------------------------------------------------------------
+
+
+def test_purge_deletes_completed_and_archived_by_default(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "purge", "--yes", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json() == {
+        "matched": 2,
+        "purged": 2,
+        "dry_run": False,
+        "statuses": ["completed", "archived"],
+        "updated_before": None,
+    }
+    assert set(records(mixed)) == {"net-1", "net-2", "val-1", "exh-1"}
+    assert "Delete" not in ran.err  # --yes: no question
+
+
+def test_purge_human_output(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "purge", "-y")
+    assert ran.code == 0, ran.err
+    assert ran.out == "purged 2 task(s)\n"
+
+
+def test_purge_older_than_uses_the_queue_clock(
+    cli: Cli, dlq: DeadLetterQueue, clock: FakeClock
+) -> None:
+    enqueue(dlq, "old")
+    complete(dlq, "old")
+    clock.advance(timedelta(days=10))
+    enqueue(dlq, "new")
+    complete(dlq, "new")
+    clock.advance(timedelta(days=1))
+    ran = cli(*APP, "purge", "--older-than", "5d", "--yes", "--json")
+    assert ran.code == 0, ran.err
+    data = ran.json()
+    assert data["matched"] == data["purged"] == 1
+    cutoff = clock.now() - timedelta(days=5)
+    assert data["updated_before"] == cutoff.isoformat().replace("+00:00", "Z")
+    assert set(records(dlq)) == {"new"}
+
+
+def test_purge_dry_run_deletes_nothing(cli: Cli, mixed: DeadLetterQueue) -> None:
+    before = snapshot(mixed)
+    ran = cli(*APP, "purge", "--dry-run")
+    assert ran.code == 0, ran.err
+    assert ran.out == "would purge 2 task(s); nothing was deleted\n"
+    data = cli(*APP, "purge", "--dry-run", "--json").json()
+    assert data["matched"] == 2
+    assert data["purged"] == 0
+    assert data["dry_run"] is True
+    assert snapshot(mixed) == before
+
+
+def test_purge_asks_and_no_keeps_everything(mixed: DeadLetterQueue) -> None:
+    before = snapshot(mixed)
+    result = prompted([*APP, "purge"], "n\n")
+    assert result.exit_code == 1
+    assert "Delete 2 task(s) (completed, archived) for good?" in result.stderr
+    assert "aborted: nothing was changed" in result.stderr
+    assert "purged" not in result.stdout
+    assert snapshot(mixed) == before
+
+
+def test_purge_asks_and_yes_deletes(mixed: DeadLetterQueue) -> None:
+    result = prompted([*APP, "purge"], "y\n")
+    assert result.exit_code == 0, result.output
+    assert "Delete 2 task(s)" in result.stderr
+    assert result.stdout.strip().endswith("purged 2 task(s)")
+    assert set(records(mixed)) == {"net-1", "net-2", "val-1", "exh-1"}
+
+
+def test_purge_of_open_statuses_warns_in_the_question(mixed: DeadLetterQueue) -> None:
+    result = prompted([*APP, "purge", "--status", "pending"], "n\n")
+    assert result.exit_code == 1
+    assert "Delete 3 task(s) (pending; pending tasks still need handling) for good?" in (
+        result.stderr
+    )
+    assert len(records(mixed)) == 6
+
+
+def test_purge_question_names_the_cutoff(mixed: DeadLetterQueue, clock: FakeClock) -> None:
+    clock.advance(timedelta(days=2))
+    result = prompted([*APP, "purge", "--older-than", "1d"], "n\n")
+    assert result.exit_code == 1
+    assert "last updated before 2026-01-02 00:00:05.000 UTC" in result.stderr
+
+
+def test_purge_with_no_answer_on_stdin_aborts(
+    cli: Cli, mixed: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # end of input: no
+    ran = cli(*APP, "purge")
+    assert ran.code == 1
+    assert "aborted: nothing was changed (pass --yes to skip this question)" in ran.err
+    assert "Traceback" not in ran.err
+    assert len(records(mixed)) == 6
+
+
+def test_purge_with_nothing_to_delete_does_not_ask(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1")
+    ran = cli(*APP, "purge")
+    assert ran.code == 0, ran.err
+    assert ran.out == "purged 0 task(s)\n"
+    assert ran.err == ""
+
+
+# -- clear --------------------------------------------------------------------------------------
+
+
+def test_clear_asks_first(mixed: DeadLetterQueue) -> None:
+    result = prompted([*APP, "clear"], "n\n")
+    assert result.exit_code == 1
+    assert "Delete all 6 task(s) in the dead-letter queue?" in result.stderr
+    assert len(records(mixed)) == 6
+
+    result = prompted([*APP, "clear"], "y\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("cleared 6 task(s)")
+    assert records(mixed) == {}
+
+
+def test_clear_yes(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "clear", "--yes", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json() == {"matched": 6, "purged": 6}
+    assert records(mixed) == {}
+    ran = cli(*APP, "clear")  # empty: nothing to ask
+    assert ran.code == 0
+    assert ran.out == "cleared 0 task(s)\n"
+    assert ran.err == ""
+
+
+# -- processor run ----------------------------------------------------------------------------
+
+
+def test_processor_drain_completes_what_was_made_due(
+    cli: Cli, mixed: DeadLetterQueue, clock: FakeClock
+) -> None:
+    # the summary counts this run only: done-1 succeeded and exh-1 was exhausted
+    # while the fixture seeded the queue, before the command
+    assert (mixed.lifetime["retry_success"], mixed.lifetime["exhausted"]) == (1, 1)
+    ran = cli(*APP, "replay", "--workflow", "bad", "--text", "net-")  # net-2 only
+    assert ran.code == 0, ran.err
+    clock.advance(1)  # net-1's own retry (one minute after it failed) is not due yet
+    ran = cli(*APP, "processor", "run", "--drain", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json() == {
+        "worker_id": WORKER,
+        "attempts": 1,
+        "retry_success": 0,
+        "retry_failed": 1,
+        "exhausted": 0,
+    }
+    assert records(mixed)["net-2"].retry_count == 1
+
+    assert cli(*APP, "replay", "--workflow", "ok").code == 0  # net-1 and exh-1
+    ran = cli(*APP, "processor", "run", "--drain", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json()["attempts"] == 2
+    assert ran.json()["retry_success"] == 2
+    after = records(mixed)
+    assert after["net-1"].status is DeadLetterStatus.COMPLETED
+    assert after["exh-1"].status is DeadLetterStatus.COMPLETED
+    assert after["net-2"].status is DeadLetterStatus.PENDING  # its next retry is not due
+    assert after["net-2"].retry_count == 1
+    assert after["val-1"].retry_count == 0  # never policy: awaiting an operator
+
+
+def test_processor_drain_human_output(cli: Cli, dlq: DeadLetterQueue) -> None:
+    enqueue(dlq, "t-1", retry_policy="immediate")
+    ran = cli(*APP, "processor", "run", "--drain")
+    assert ran.code == 0, ran.err
+    assert ran.out == (
+        f"processor {WORKER} stopped; 1 attempts: 1 retry success, 0 retry failed, 0 exhausted\n"
+    )
+    assert record(dlq, "t-1").status is DeadLetterStatus.COMPLETED
+
+
+def test_processor_drain_with_a_mapping_of_handlers(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mapping gets a queue from the settings (system clock); tasks failed "in the
+    # future" are not due for it until replay makes them due at its now.
+    future = FakeClock(datetime(2100, 1, 1, tzinfo=timezone.utc))
+    seeded = DeadLetterQueue(MemoryStore(), clock=future)
+    store = seeded.store
+    monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "memory")
+    monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
+    for task_id, workflow in [("a", "ok"), ("b", "ok"), ("c", "bad")]:
+        enqueue(seeded, task_id, workflow=workflow)
+    spec = f"{MODULE}:handlers"
+    assert cli("--app", spec, "processor", "run", "--drain", "--json").json()["attempts"] == 0
+    assert cli("--app", spec, "replay", "--workflow", "ok").code == 0
+    ran = cli("--app", spec, "processor", "run", "--drain", "--json")
+    assert ran.code == 0, ran.err
+    assert ran.json()["attempts"] == 2
+    assert ran.json()["retry_success"] == 2
+    after = records(seeded)
+    assert after["a"].status is after["b"].status is DeadLetterStatus.COMPLETED
+    assert after["c"].status is DeadLetterStatus.PENDING
+    assert after["c"].retry_count == 0
+    assert len(flaky("bad").calls) == 0
+
+
+def test_processor_without_app_is_exit_2(cli: Cli) -> None:
+    ran = cli("processor", "run", "--drain")
+    assert ran.code == 2
+    line = ran.one_error_line()
+    assert "--app MODULE:ATTR" in line
+    assert "$MAHAVISHNU_DLQ_APP" in line
