@@ -1,4 +1,5 @@
-"""What the settings tests share: a clean environment, YAML files, the refused load."""
+"""What the settings tests share: a clean environment, YAML files, the refused load, a
+made-up password and the one-line refusal of the hostile-settings tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import textwrap
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -37,3 +39,33 @@ def config_error(path: Path | None = None, **overrides: Any) -> ConfigurationErr
     with pytest.raises(ConfigurationError) as info:
         DLQSettings.load(path, **overrides)
     return info.value
+
+
+PASSWORD = "p@ss:w/rd 50%"  # noqa: S105 - made up; '@', ':', '/', ' ', '%': never shown
+ENCODED = quote(PASSWORD, safe="")  # p%40ss%3Aw%2Frd%2050%25
+
+
+def refused(path: Path | None = None, **overrides: Any) -> str:
+    """The message of the ConfigurationError ``load`` raises: it must be one line."""
+    with pytest.raises(ConfigurationError) as info:
+        DLQSettings.load(path, **overrides)
+    return str(info.value)
+
+
+def one_line(message: str) -> str:
+    assert "\n" not in message, message
+    return message
+
+
+def nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_dict(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
