@@ -17,6 +17,8 @@ from mahavishnu_dlq.errors import (
     ConfigurationError,
     DLQError,
     InvalidPayloadError,
+    JobNotFoundError,
+    JobStateError,
     PayloadTooLargeError,
     QueueFullError,
     RetryAfter,
@@ -28,6 +30,7 @@ from mahavishnu_dlq.errors import (
 )
 from mahavishnu_dlq.hooks import Hooks
 from mahavishnu_dlq.integration import DLQIntegration
+from mahavishnu_dlq.jobs import Job, JobKind, JobState
 from mahavishnu_dlq.limits import Limits
 from mahavishnu_dlq.models import (
     Attempt,
@@ -71,6 +74,11 @@ __all__ = [
     "Hooks",
     "InvalidPayloadError",
     "Jitter",
+    "Job",
+    "JobKind",
+    "JobNotFoundError",
+    "JobState",
+    "JobStateError",
     "Limits",
     "MemoryStore",
     "OpenSearchStore",

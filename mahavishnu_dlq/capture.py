@@ -188,6 +188,7 @@ class Capture:
                 "updated_at": now,
                 "completed_at": None,
                 "archived_at": None,
+                "last_job_id": None,
             },
             payload_json,
         )

@@ -15,6 +15,8 @@ __all__ = [
     "ConfigurationError",
     "DLQError",
     "InvalidPayloadError",
+    "JobNotFoundError",
+    "JobStateError",
     "PayloadTooLargeError",
     "QueueFullError",
     "RetryAfter",
@@ -51,6 +53,22 @@ class TaskNotFoundError(DLQError, LookupError):
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         super().__init__(f"no task with id {task_id!r} in the dead-letter queue")
+
+
+class JobNotFoundError(DLQError, LookupError):
+    """No bulk job with this id is stored."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class JobStateError(DLQError):
+    """The job's state refuses the change (resuming a finished job, say)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r}: {reason}")
 
 
 class TaskBusyError(DLQError):

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from mahavishnu_dlq.jobs.model import Job
 from mahavishnu_dlq.models import FailedTask
 from mahavishnu_dlq.printable import library_logger
 
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "ExhaustedHook",
     "Hooks",
+    "JobFinishedHook",
     "callable_name",
     "check_timeout",
     "guarded_call",
@@ -36,6 +38,9 @@ _log = library_logger(__name__)
 
 #: ``hook(task)``: a function or coroutine function; its return value is ignored.
 ExhaustedHook = Callable[[FailedTask], Any]
+
+#: ``hook(job)``: called when a bulk job ends; a function or coroutine function.
+JobFinishedHook = Callable[[Job], Any]
 
 #: How long one hook or alert callback call may run by default.
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -120,9 +125,11 @@ class Hooks:
         self,
         on_exhausted: Iterable[ExhaustedHook] = (),
         *,
+        on_job_finished: Iterable[JobFinishedHook] = (),
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.on_exhausted: list[ExhaustedHook] = list(on_exhausted)
+        self.on_job_finished: list[JobFinishedHook] = list(on_job_finished)
         self.timeout_seconds = check_timeout(timeout_seconds)
 
     def add_on_exhausted(self, hook: ExhaustedHook) -> ExhaustedHook:
@@ -146,4 +153,27 @@ class Hooks:
             action="dlq.hook_failed",
             role="hook",
             extra={"task_id": task.task_id, "workflow": task.workflow},
+        )
+
+    def add_on_job_finished(self, hook: JobFinishedHook) -> JobFinishedHook:
+        """Register ``hook``, called with each bulk job that ends; returns it."""
+        self.on_job_finished.append(hook)
+        return hook
+
+    async def job_finished(self, job: Job) -> None:
+        """Run every ``on_job_finished`` hook for ``job``; failures are logged, never raised."""
+        if not self.on_job_finished:
+            return
+        async with anyio.create_task_group() as group:
+            for hook in list(self.on_job_finished):
+                group.start_soon(self._run_job_hook, hook, job, name=callable_name(hook))
+
+    async def _run_job_hook(self, hook: JobFinishedHook, job: Job) -> None:
+        await guarded_call(
+            hook,
+            job,
+            timeout=self.timeout_seconds,
+            action="dlq.hook_failed",
+            role="hook",
+            extra={"job_id": job.job_id, "kind": job.kind.value},
         )

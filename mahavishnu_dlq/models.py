@@ -204,6 +204,9 @@ class FailedTask(BaseModel):
     updated_at: datetime
     completed_at: datetime | None = None
     archived_at: datetime | None = None
+    #: the bulk job (:mod:`mahavishnu_dlq.jobs`) that last acted on this task: a job
+    #: taken over after a crash knows what it already did
+    last_job_id: str | None = None
 
     @field_validator(
         "failed_at",

@@ -45,6 +45,7 @@ from mahavishnu_dlq.attempt import (
     run_attempt,
 )
 from mahavishnu_dlq.errors import TaskBusyError
+from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.printable import library_logger
 
@@ -94,6 +95,9 @@ class RetryProcessor:
         self._scope: anyio.CancelScope | None = None
         self._pool_scope: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
+        self._job_wake: anyio.Event | None = None
+        #: runs the bulk jobs this processor takes (:mod:`mahavishnu_dlq.jobs`)
+        self.jobs = JobRunner(dlq, worker_id=self.worker_id)
         self._fatal: BaseException | None = None  # a handler's KeyboardInterrupt, SystemExit …
 
     # -- claiming -----------------------------------------------------------------
@@ -254,11 +258,13 @@ class RetryProcessor:
     # -- deterministic driving ------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """One cycle: claim what is due now (up to ``batch_size``), run it all to the end.
+        """One cycle: run the bulk jobs waiting for a runner to their end, then claim
+        what is due now (up to ``batch_size``) and run it all to the end.
 
         Returns the number of attempts made. A handler's ``KeyboardInterrupt`` or
         ``SystemExit`` propagates as itself once every attempt of the cycle was given back.
         """
+        await self.jobs.run_pending()
         tasks = await self.claim(self.batch_size)
         if tasks:
             try:
@@ -304,9 +310,11 @@ class RetryProcessor:
             self._scope.cancel()
 
     def wakeup(self) -> None:
-        """Look for due work now instead of at the next planned check."""
+        """Look for due work and new jobs now instead of at the next planned check."""
         if self._wake is not None:
             self._wake.set()
+        if self._job_wake is not None:
+            self._job_wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Retry due tasks until stopped or cancelled.
@@ -329,6 +337,7 @@ class RetryProcessor:
                         async with anyio.create_task_group() as group:
                             group.start_soon(self._renew_leases)
                             group.start_soon(self._observe)
+                            group.start_soon(self._run_jobs)
                             group.start_soon(self._pool, receive, self.concurrency)
                             await self._loop(send)
                     except Exception as exc:  # noqa: BLE001 - never let the host's task die
@@ -405,6 +414,23 @@ class RetryProcessor:
         assert wake is not None  # noqa: S101 - set by run()
         with anyio.move_on_after(wait):
             await wake.wait()
+
+    async def _run_jobs(self) -> None:
+        """Take bulk jobs as they come (every ``job_poll_seconds``, or at once when one
+        is started in this process) and run each to its end, one at a time."""
+        while True:
+            self._job_wake = anyio.Event()
+            try:
+                await self.jobs.run_pending()
+            except Exception as exc:  # noqa: BLE001 - the job was given back or failed
+                _log.warning(
+                    "dlq.job run stopped: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "dlq.job", "outcome": "stopped"},
+                )
+            with anyio.move_on_after(self.dlq.job_poll_seconds):
+                await self._job_wake.wait()
 
     async def _renew_leases(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)

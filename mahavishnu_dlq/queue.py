@@ -30,8 +30,9 @@ from mahavishnu_dlq.capture import Capture, Failure
 from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.clock import Clock, SystemClock
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
-from mahavishnu_dlq.hooks import ExhaustedHook, Hooks
+from mahavishnu_dlq.hooks import ExhaustedHook, Hooks, JobFinishedHook
 from mahavishnu_dlq.integration import WorkflowWrapping
+from mahavishnu_dlq.jobs.control import JobMethods
 from mahavishnu_dlq.limits import Limits, require_str
 from mahavishnu_dlq.models import (
     ErrorCategory,
@@ -85,7 +86,7 @@ _LIFETIME_KEYS = (
 )
 
 
-class DeadLetterQueue(WorkflowWrapping):
+class DeadLetterQueue(WorkflowWrapping, JobMethods):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
@@ -112,6 +113,9 @@ class DeadLetterQueue(WorkflowWrapping):
         concurrency: int = 10,
         batch_size: int = 100,
         retry_interval_seconds: float = 60.0,
+        job_page_size: int = 500,
+        job_lease_seconds: float = 60.0,
+        job_poll_seconds: float = 2.0,
         enabled: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -152,6 +156,11 @@ class DeadLetterQueue(WorkflowWrapping):
         self.batch_size = batch_size
         self.enabled = enabled
         self.retry_interval_seconds = retry_interval_seconds
+        #: bulk jobs (:mod:`mahavishnu_dlq.jobs`): tasks per page, the runner's lease,
+        #: how often a processor looks for new jobs
+        self.job_page_size = job_page_size
+        self.job_lease_seconds = job_lease_seconds
+        self.job_poll_seconds = job_poll_seconds
         self.handlers: dict[str, Handler] = {}
         self.default_callback: Handler | None = None
         self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
@@ -189,6 +198,9 @@ class DeadLetterQueue(WorkflowWrapping):
             concurrency=settings.processor.concurrency,
             batch_size=settings.processor.batch_size,
             retry_interval_seconds=settings.retry_interval_seconds,
+            job_page_size=settings.jobs.page_size,
+            job_lease_seconds=settings.jobs.lease_seconds,
+            job_poll_seconds=settings.jobs.poll_seconds,
             enabled=settings.enabled,
             alert_rules=settings.alert_rules(),
         )
@@ -276,6 +288,11 @@ class DeadLetterQueue(WorkflowWrapping):
         """Call ``hook(task)`` (sync or async) whenever a task runs out of retries; a
         failing or slow hook is logged, never breaks the queue. Usable as a decorator."""
         return self.hooks.add_on_exhausted(hook)
+
+    def on_job_finished(self, hook: JobFinishedHook) -> JobFinishedHook:
+        """Call ``hook(job)`` (sync or async) when a bulk job ends (done, cancelled,
+        failed, or a dry run reported), in the process that ran it. Usable as a decorator."""
+        return self.hooks.add_on_job_finished(hook)
 
     def on_alert(self, callback: AlertCallback) -> AlertCallback:
         """Deliver every fired :class:`~mahavishnu_dlq.alerts.Alert` to ``callback``."""

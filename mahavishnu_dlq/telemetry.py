@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.jobs.model import TaskSummary
     from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
     from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics
 
@@ -154,6 +155,9 @@ class Telemetry:
             "dlq.attempt.duration", unit="s", description="how long one retry attempt ran"
         )
         made["failover"] = meter.create_counter("dlq.failover.transitions", unit="{transition}")
+        made["job_items"] = meter.create_counter(
+            "dlq.jobs.items", unit="{task}", description="tasks bulk jobs acted on, by outcome"
+        )
         meter.create_observable_gauge(
             "dlq.tasks.depth",
             callbacks=[self._depth],
@@ -203,6 +207,16 @@ class Telemetry:
             labels = {"dlq.workflow": self._labels(task)["dlq.workflow"], "dlq.outcome": outcome}
             instruments["duration"].record(seconds, labels)
 
+    def job_items(self, kind: str, done: int, skipped: int, failed: int) -> None:
+        """One page of a bulk job: ``dlq.jobs.items`` by kind and outcome."""
+        instruments = self._made()
+        if instruments is None:
+            return
+        counter = instruments["job_items"]
+        for outcome, amount in (("done", done), ("skipped", skipped), ("failed", failed)):
+            if amount:
+                counter.add(amount, {"dlq.kind": kind, "dlq.outcome": outcome})
+
     def failover(self, to: str) -> None:
         """The failover store switched to ``to`` ("fallback" or "primary")."""
         instruments = self._made()
@@ -231,6 +245,8 @@ class TracedStore:
         self.inner = store
         self._telemetry = telemetry
         self.backend = store.backend
+        #: the store's bulk jobs, untraced (a few small writes a second at most)
+        self.jobs = store.jobs
 
     async def _run(
         self,
@@ -289,6 +305,9 @@ class TracedStore:
 
     async def open_count(self) -> int:
         return await self._run("open_count", self.inner.open_count)
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        return await self._run("summarize", lambda: self.inner.summarize(flt, sample=sample))
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         return await self._run(

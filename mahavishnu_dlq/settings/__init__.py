@@ -19,7 +19,7 @@ URL are moved to ``opensearch.username``/``password`` so that nothing shows them
 The package, one module per concept:
 
 - :mod:`.model`: :class:`DLQSettings`, one build, the bridges to the core;
-- :mod:`.groups`: the nested groups (``processor``, ``policies`` …);
+- :mod:`.groups`: the nested groups (``processor``, ``jobs``, ``policies`` …);
 - :mod:`.hosts`: OpenSearch host entries and the credentials they carry;
 - :mod:`.sources`: environment, YAML file, keyword arguments, and their bounds;
 - :mod:`.yamlfile`: the hardened YAML loader of settings files;
@@ -32,6 +32,7 @@ from .groups import (
     ClassifierRuleSettings,
     ClassifierSettings,
     FailoverSettings,
+    JobSettings,
     OpenSearchSettings,
     PolicyOverrideSettings,
     PolicySettings,
@@ -50,6 +51,7 @@ __all__ = [
     "ClassifierSettings",
     "DLQSettings",
     "FailoverSettings",
+    "JobSettings",
     "OpenSearchSettings",
     "PolicyOverrideSettings",
     "PolicySettings",

@@ -37,6 +37,7 @@ __all__ = [
     "ClassifierRuleSettings",
     "ClassifierSettings",
     "FailoverSettings",
+    "JobSettings",
     "OpenSearchSettings",
     "PolicyOverrideSettings",
     "PolicySettings",
@@ -78,6 +79,26 @@ class ProcessorSettings(_Group):
         min_length=1,
         max_length=256,
         description="name of this worker in leases and attempts; host:pid:random when unset",
+    )
+
+
+class JobSettings(_Group):
+    """Bulk jobs (replay, retry, archive, purge by filter) run by the retry processors."""
+
+    page_size: int = Field(
+        default=500,
+        ge=1,
+        le=10000,
+        description="tasks a job reads and acts on per page; progress is recorded after each",
+    )
+    lease_seconds: float = Field(
+        default=60,
+        ge=1,
+        le=_DAY,
+        description="how long a job stays with its runner without news (crash takeover)",
+    )
+    poll_seconds: float = Field(
+        default=2, ge=0.05, le=3600, description="how often a processor looks for new jobs"
     )
 
 

@@ -37,6 +37,7 @@ from mahavishnu_dlq.policy import PolicyBook, PolicyParams
 from .groups import (
     ClassifierSettings,
     FailoverSettings,
+    JobSettings,
     OpenSearchSettings,
     PolicySettings,
     ProcessorSettings,
@@ -110,6 +111,7 @@ class DLQSettings(BaseSettings):
     )
 
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     policies: PolicySettings = Field(default_factory=PolicySettings)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     sqlite: SQLiteSettings = Field(default_factory=SQLiteSettings)

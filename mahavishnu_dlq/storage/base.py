@@ -30,6 +30,7 @@ backend.
 
 from __future__ import annotations
 
+import builtins
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -40,11 +41,14 @@ from typing import Any, Protocol, cast, runtime_checkable
 import anyio
 
 from mahavishnu_dlq.errors import UnreadableRecordError
+from mahavishnu_dlq.jobs.model import Job, JobState, TaskSummary
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.printable import library_logger
 
 __all__ = [
     "FingerprintCount",
+    "JobMutation",
+    "JobStore",
     "KeyedLock",
     "Mutation",
     "Store",
@@ -62,6 +66,9 @@ _REPORTED_KEPT = 100_000  # ids reported unreadable, remembered to log each once
 #: It must be pure: under contention a store may call it more than once. It
 #: aborts the change by raising (a :class:`~mahavishnu_dlq.errors.DLQError`).
 Mutation = Callable[[FailedTask | None], FailedTask]
+
+#: Computes a job's successor from the stored job; pure, aborts by raising.
+JobMutation = Callable[[Job], Job]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +105,51 @@ class StoreStatistics:
 
 
 @runtime_checkable
+class JobStore(Protocol):
+    """Where a store keeps its bulk jobs (:mod:`mahavishnu_dlq.jobs`), beside the tasks.
+
+    A handful of small records changed by compare-and-set, like the tasks: a job is
+    leased to one runner by a :meth:`mutate`. Every read sees every acknowledged
+    write (a listing too: jobs are few and rarely written).
+    """
+
+    async def create(self, job: Job) -> Job:
+        """Store a new job; ``ValueError`` when a job with its id exists."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None:
+        """The stored job, or None."""
+        ...
+
+    async def mutate(self, job_id: str, fn: JobMutation) -> Job:
+        """Atomically replace the job by ``fn(current)`` (compare-and-set, retried on a
+        conflict: ``fn`` may run more than once). If ``fn`` raises, nothing is written
+        and the exception propagates; an unknown id raises
+        :class:`~mahavishnu_dlq.errors.JobNotFoundError`. Returns the job as stored."""
+        ...
+
+    async def list(
+        self, *, states: Collection[JobState] | None = None, limit: int = 100
+    ) -> builtins.list[Job]:
+        """Jobs in ``states`` (all when None), newest ``created_at`` first (ties by id)."""
+        ...
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove one job; False when there was none."""
+        ...
+
+
+@runtime_checkable
 class Store(Protocol):
     """Where failed tasks live. All methods are coroutines; all timestamps UTC."""
 
     #: Short backend name shown in statistics: "memory", "opensearch", "failover".
     backend: str
+
+    @property
+    def jobs(self) -> JobStore:
+        """The store's bulk jobs, kept beside its tasks."""
+        ...
 
     async def open(self) -> None:
         """Connect and create whatever the store needs (idempotent)."""
@@ -171,6 +218,12 @@ class Store(Protocol):
 
     async def open_count(self) -> int:
         """How many records are pending, retrying or exhausted (checked against max_size)."""
+        ...
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        """How many records match ``flt``, by status, category and workflow, and the
+        first ``sample`` ids in listing order — counted by the store, not by reading
+        every record (a bulk job's dry run)."""
         ...
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:

@@ -62,6 +62,13 @@ Durability
     ``failover.fallback: memory``) the journal and the fallback live in this
     process: if it dies during an outage, changes not yet re-synced are gone.
     ``fallback=None`` refuses them instead (the caller keeps the failure).
+
+Jobs
+    Bulk jobs (:attr:`FailoverStore.jobs`) live on the primary only: a job is
+    long-lived shared state that a journal could not merge back. Each job call goes
+    to the primary's job store through the same timeout and circuit breaker; while
+    the primary is down it raises :class:`StoreUnavailableError` (jobs wait; the
+    tasks keep being served by the fallback).
 """
 
 from __future__ import annotations
@@ -81,9 +88,11 @@ from mahavishnu_dlq.errors import (
     StoreUnavailableError,
     TaskBusyError,
 )
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
+from mahavishnu_dlq.storage.failover_jobs import PrimaryJobs
 from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.resync import Resync, merge_versions
@@ -148,6 +157,7 @@ class FailoverStore:
         if self.fallback is not None:  # only a fallback journals
             journal = (self._journal, self._deleted, self._unsynced)
             self._resyncer = Resync(primary, self.fallback, *journal)
+        self.jobs = PrimaryJobs(self)  # the primary's (see the module's *Jobs*)
 
     # -- health ------------------------------------------------------------------------
 
@@ -489,6 +499,9 @@ class FailoverStore:
 
     async def open_count(self) -> int:
         return await self._read("open_count", lambda s: s.open_count())
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        return await self._read("summarize", lambda s: s.summarize(flt, sample=sample))
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         return await self._read(

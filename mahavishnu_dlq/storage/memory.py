@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import DLQError
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
@@ -41,6 +42,7 @@ from mahavishnu_dlq.models import (
     encode_json,
 )
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatistics
+from mahavishnu_dlq.storage.memory_jobs import MemoryJobStore
 
 __all__ = ["MemoryStore"]
 
@@ -112,6 +114,7 @@ class _Columns(NamedTuple):
     updated_at: datetime
     completed_at: datetime | None
     archived_at: datetime | None
+    last_job_id: str | None
     due: datetime | None
 
 
@@ -131,9 +134,17 @@ _TASK, _REPOS, _ATTEMPTS, _METADATA, _STATUS_AT, _CATEGORY_AT, _POLICY_AT = (
         "retry_policy",
     )
 )
-_ID, _ERROR, _ERROR_TYPE, _FINGERPRINT, _FAILED_AT, _UPDATED_AT = (
+_ID, _WORKFLOW, _ERROR, _ERROR_TYPE, _FINGERPRINT, _FAILED_AT, _UPDATED_AT = (
     _FIELDS.index(name)
-    for name in ("task_id", "error", "error_type", "error_fingerprint", "failed_at", "updated_at")
+    for name in (
+        "task_id",
+        "workflow",
+        "error",
+        "error_type",
+        "error_fingerprint",
+        "failed_at",
+        "updated_at",
+    )
 )
 _DUE = len(_FIELDS)
 _STATUS = {status.value: status for status in DeadLetterStatus}
@@ -211,6 +222,7 @@ class MemoryStore:
     backend = "memory"
 
     def __init__(self) -> None:
+        self.jobs = MemoryJobStore()
         self._reset()
 
     def _reset(self) -> None:
@@ -345,6 +357,24 @@ class MemoryStore:
 
     async def open_count(self) -> int:
         return sum(self._by_status.get(status, 0) for status in _OPEN)
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        by_status: dict[str, int] = {}
+        by_category: dict[str, int] = {}
+        by_workflow: dict[str, int] = {}
+        rows = list(self._select(flt))
+        for row in rows:
+            by_status[row[_STATUS_AT]] = by_status.get(row[_STATUS_AT], 0) + 1
+            by_category[row[_CATEGORY_AT]] = by_category.get(row[_CATEGORY_AT], 0) + 1
+            by_workflow[row[_WORKFLOW]] = by_workflow.get(row[_WORKFLOW], 0) + 1
+        first = heapq.nsmallest(sample, rows, key=_sort_key) if sample > 0 else []
+        return TaskSummary(
+            total=len(rows),
+            by_status=by_status,
+            by_category=by_category,
+            by_workflow=by_workflow,
+            sample=[row[_ID] for row in first],
+        )
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         top = [

@@ -41,7 +41,8 @@ Unreadable documents
     (``get``, ``mutate``) raises :class:`~mahavishnu_dlq.errors.UnreadableRecordError`
     with the stored source.
 
-Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`.
+Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`. Bulk jobs: in an
+index of their own, ``<index>-jobs`` (:mod:`~mahavishnu_dlq.storage.opensearch_jobs`).
 
 Visibility (the trade-off)
     ``get`` and ``mutate`` are realtime. Searches and counts see a write only
@@ -73,6 +74,7 @@ from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError
 from pydantic import SecretStr
 
 from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
@@ -93,6 +95,7 @@ from mahavishnu_dlq.storage.base import (
 from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
 from mahavishnu_dlq.storage.opensearch_claims import Claims
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
 from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Entry, LastWrites
 
 if TYPE_CHECKING:
@@ -200,6 +203,8 @@ class OpenSearchStore:
             self._conflict_retries,
             chunk_ids=self._batch_size,
         )
+        #: the bulk jobs, in the index ``<index>-jobs`` (:mod:`.opensearch_jobs`)
+        self.jobs = OpenSearchJobStore(self._conn, index, conflict_retries=conflict_retries)
         self._claims = Claims(
             self._writer,
             self._search,
@@ -263,6 +268,7 @@ class OpenSearchStore:
                     )
                 if update:
                     await indices.put_mapping(index=name, body=q.update_body())
+        await self.jobs.ensure()
 
     async def close(self) -> None:
         require_asyncio()
@@ -274,7 +280,8 @@ class OpenSearchStore:
         await self._conn.close()
 
     async def drop(self) -> None:
-        """Delete the index and its template (tests, decommissioning). Not undoable."""
+        """Delete the index, the jobs index and their templates (tests, decommissioning).
+        Not undoable."""
         require_asyncio()
         self._known.clear()
         self._unreadable.forget()
@@ -283,6 +290,7 @@ class OpenSearchStore:
                 await self._client.indices.delete(index=self._index)
             with suppress(NotFoundError):
                 await self._client.indices.delete_index_template(name=self._template)
+        await self.jobs.drop()
 
     # -- single records --------------------------------------------------------
 
@@ -464,6 +472,44 @@ class OpenSearchStore:
     async def open_count(self) -> int:
         require_asyncio()
         return await self._count(q.OPEN_QUERY, "open_count")
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        """One search: the sample's ids, the exact total and three terms aggregations."""
+        require_asyncio()
+        sample = min(max(sample, 0), _MAX_PAGE)
+        if q.needs_post_filter(flt):  # a long text: the index selects a superset
+            return await self._summary_of_listing(flt, sample)
+        await self._ensure_visible()
+        with self._translated("summarize"):
+            response = await self._client.search(
+                index=self._index, body=q.summary_body(flt, sample)
+            )
+        return q.read_summary(response)
+
+    async def _summary_of_listing(self, flt: TaskFilter, sample: int) -> TaskSummary:
+        """:meth:`summarize` by reading every match, each checked by the listing."""
+        counts: tuple[dict[str, int], ...] = ({}, {}, {})
+        ids: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await self.query(flt, limit=_MAX_PAGE - 1, cursor=cursor)
+            for task in page:
+                keys = (task.status.value, task.error_category.value, task.workflow)
+                for count, key in zip(counts, keys, strict=True):
+                    count[key] = count.get(key, 0) + 1
+                if len(ids) < sample:
+                    ids.append(task.task_id)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        by_status, by_category, by_workflow = counts
+        return TaskSummary(
+            total=sum(by_status.values()),
+            by_status=by_status,
+            by_category=by_category,
+            by_workflow=by_workflow,
+            sample=ids,
+        )
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         require_asyncio()

@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
     DeadLetterStatus,
@@ -66,7 +67,9 @@ __all__ = [
     "needs_post_filter",
     "purge_query",
     "read_statistics",
+    "read_summary",
     "statistics_body",
+    "summary_body",
     "template_body",
     "text_pattern",
     "to_document",
@@ -77,7 +80,7 @@ __all__ = [
 
 #: Bumped when the mapping changes; kept in the index's ``_meta``. Versions only
 #: ever add fields, so an index of an older version is upgraded in place.
-MAPPING_VERSION = 1
+MAPPING_VERSION = 2
 
 #: Longest keyword indexed (Lucene's term limit is 32766 bytes; 4 bytes a char).
 #: Longer values are stored but neither searchable nor aggregatable.
@@ -116,6 +119,7 @@ _PROPERTIES: dict[str, dict[str, Any]] = {
     "updated_at": _DATE,
     "completed_at": _DATE,
     "archived_at": _DATE,
+    "last_job_id": _KEYWORD,
     "failed_at_us": _LONG,
     "updated_at_us": _LONG,
     "due_us": _LONG,
@@ -279,6 +283,7 @@ def document_json(task: FailedTask, write_id: str) -> str:
         "updated_at": failed_iso if updated_at is failed_at else _iso(updated_at),
         "completed_at": _iso(v["completed_at"]),
         "archived_at": _iso(v["archived_at"]),
+        "last_job_id": v["last_job_id"],
         "failed_at_us": to_micros(failed_at),
         "updated_at_us": to_micros(updated_at),
         "due_us": None if due is None else to_micros(due),
@@ -516,6 +521,46 @@ def read_statistics(response: Mapping[str, Any]) -> StoreStatistics:
         oldest_pending_failed_at=from_micros(pending[0]["sort"][0]) if pending else None,
         top_fingerprints=top,
         unreadable=found["unreadable"]["doc_count"] if "unreadable" in found else 0,
+    )
+
+
+#: Most workflows a summary counts one by one: the largest (``total`` counts every task).
+SUMMARY_WORKFLOWS = 1000
+
+
+def summary_body(flt: TaskFilter, sample: int) -> dict[str, Any]:
+    """One search for :class:`TaskSummary`: the first ``sample`` hits of the listing
+    (ids only), the exact total, and terms aggregations per status, category and
+    workflow (exact: the index has one shard). Not for a filter that needs a post
+    filter (:func:`needs_post_filter`): its counts would be of the superset."""
+    return {
+        "query": filter_query(flt),
+        "sort": LISTING_SORT,
+        "size": sample,
+        "_source": ["task_id"],
+        "track_total_hits": True,
+        "aggs": {
+            "status": {"terms": {"field": "status", "size": 100}},
+            "category": {"terms": {"field": "error_category", "size": 100}},
+            "workflow": {"terms": {"field": "workflow", "size": SUMMARY_WORKFLOWS}},
+        },
+    }
+
+
+def read_summary(response: Mapping[str, Any]) -> TaskSummary:
+    """The :class:`TaskSummary` in a response to :func:`summary_body`."""
+    found = response["aggregations"]
+
+    def counts(name: str) -> dict[str, int]:
+        return {str(bucket["key"]): bucket["doc_count"] for bucket in found[name]["buckets"]}
+
+    ids = [hit.get("_source", {}).get("task_id") for hit in response["hits"]["hits"]]
+    return TaskSummary(
+        total=response["hits"]["total"]["value"],
+        by_status=counts("status"),
+        by_category=counts("category"),
+        by_workflow=counts("workflow"),
+        sample=[task_id for task_id in ids if isinstance(task_id, str)],
     )
 
 

@@ -27,6 +27,10 @@ Reads
     connection of its own thread; WAL lets them read while a transaction writes.
     They see every change acknowledged before they started.
 
+Jobs
+    The bulk jobs (:attr:`SQLiteStore.jobs`) live in the same file, written through
+    the same writer and read by the same readers (:mod:`.sqlite_jobs`).
+
 Records the store cannot read (written by a newer version, or damaged) are
 skipped by listings and claims, counted as ``unreadable``, logged once per id,
 and a read of that very id raises
@@ -59,6 +63,7 @@ from mahavishnu_dlq.errors import (
     DLQError,
     StoreUnavailableError,
 )
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
@@ -77,6 +82,7 @@ from mahavishnu_dlq.storage.base import (
     UnreadableRecords,
     event_loop_kind,
 )
+from mahavishnu_dlq.storage.sqlite_jobs import SQLiteJobStore
 from mahavishnu_dlq.storage.sqlite_writer import Op, Writer
 
 __all__ = ["SQLiteStore"]
@@ -117,6 +123,8 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._unreadable = self._unreadable_records()
+        #: the bulk jobs, in the ``jobs`` table of the same file (:mod:`.sqlite_jobs`)
+        self.jobs = SQLiteJobStore(self)
 
     def _unreadable_records(self) -> UnreadableRecords:
         return UnreadableRecords(
@@ -520,6 +528,11 @@ class SQLiteStore:
             return int(row[0])
 
         result: int = await self._read(read)
+        return result
+
+    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
+        """Counts by one ``GROUP BY``, the sample through the listing indexes."""
+        result: TaskSummary = await self._read(lambda c: s.read_summary(c, flt, sample))
         return result
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:

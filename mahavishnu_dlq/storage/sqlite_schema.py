@@ -30,6 +30,12 @@ Tombstones
     ``tombstones`` records deletions a failover journal must carry to its primary
     (unused by a plain store).
 
+Jobs
+    ``jobs`` (version 2) holds the bulk jobs (:mod:`mahavishnu_dlq.jobs`), one row
+    each: ``doc``, the job's JSON (``Job.to_dict()``), with its ``state`` and
+    ``created_at_us`` for listings and ``version``, the number of writes it had.
+    See :mod:`~mahavishnu_dlq.storage.sqlite_jobs`.
+
 Versions
     ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`. A file of an older
     version is migrated in place by :data:`MIGRATIONS` (each step adds, never
@@ -45,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mahavishnu_dlq.clock import from_micros, to_micros
+from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.models import (
     OPEN_STATUSES,
     DeadLetterStatus,
@@ -64,6 +71,7 @@ __all__ = [
     "filter_sql",
     "ordered_arms",
     "read_statistics",
+    "read_summary",
     "row_values",
     "text_matches",
 ]
@@ -74,7 +82,7 @@ __all__ = [
 PRAGMAS = ("synchronous = FULL", "temp_store = MEMORY")
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 STATUS_VALUES = tuple(status.value for status in DeadLetterStatus)
 CATEGORY_VALUES = tuple(category.value for category in ErrorCategory)
@@ -165,6 +173,16 @@ END""",
 END""",
         *(_count_update(kind, column) for kind, column in _KINDS),
         _FINGERPRINT_UPDATE,
+    ),
+    2: (
+        """CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            created_at_us INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            doc TEXT NOT NULL
+        )""",
+        "CREATE INDEX jobs_listing ON jobs (created_at_us DESC, job_id)",
     ),
 }
 
@@ -361,3 +379,53 @@ def read_statistics(
         top_fingerprints=top,
         unreadable=unreadable,
     )
+
+
+def read_summary(connection: sqlite3.Connection, flt: TaskFilter, sample: int) -> TaskSummary:
+    """The :class:`TaskSummary` of ``flt``: one ``GROUP BY`` over the matching rows for
+    the counts, and the first ``sample`` ids in listing order (through the listing
+    indexes, as ``SQLiteStore.query`` reads them), both in one read transaction so
+    they describe the same file."""
+    where, params = filter_sql(flt)
+    by_status: dict[str, int] = {}
+    by_category: dict[str, int] = {}
+    by_workflow: dict[str, int] = {}
+    connection.execute("BEGIN")
+    try:
+        groups = connection.execute(
+            f"SELECT status, error_category, workflow, COUNT(*) FROM tasks {where} "
+            "GROUP BY status, error_category, workflow",
+            params,
+        ).fetchall()
+        ids = _first_ids(connection, flt, sample) if sample > 0 else []
+    finally:
+        if connection.in_transaction:
+            connection.execute("COMMIT")
+    for status, category, workflow, n in groups:
+        by_status[status] = by_status.get(status, 0) + n
+        by_category[category] = by_category.get(category, 0) + n
+        by_workflow[workflow] = by_workflow.get(workflow, 0) + n
+    return TaskSummary(
+        total=sum(by_status.values()),
+        by_status=by_status,
+        by_category=by_category,
+        by_workflow=by_workflow,
+        sample=ids,
+    )
+
+
+def _first_ids(connection: sqlite3.Connection, flt: TaskFilter, limit: int) -> list[str]:
+    """The first ``limit`` ids ``flt`` selects in listing order (newest failure first,
+    then by id): each of :func:`ordered_arms` in its index order, merged."""
+    order = " ORDER BY failed_at_us DESC, task_id ASC LIMIT ?"
+    parts = [
+        (f"SELECT task_id, failed_at_us FROM tasks {where}{order}", [*params, limit])
+        for where, params in ordered_arms(flt)
+    ]
+    if len(parts) == 1:
+        sql, values = parts[0]
+    else:
+        union = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
+        sql = f"SELECT task_id, failed_at_us FROM ({union}){order}"
+        values = [value for _, part_values in parts for value in part_values] + [limit]
+    return [str(task_id) for task_id, _ in connection.execute(sql, values)]

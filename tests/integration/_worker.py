@@ -22,6 +22,11 @@ Modes (first argument):
 
 ``dump STORE``
     Prints ``{task_id: status}`` of every stored task as one JSON object.
+
+``jobs STORE WORKER_ID [--lease-seconds S] [--page-size N] [--timeout T]``
+    Runs a :class:`JobRunner` (the bulk-job side of a processor) against the store:
+    takes every claimable job and runs it, until no unfinished job is left (exit 0)
+    or ``--timeout`` passes (exit 3).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import anyio
 
 from mahavishnu_dlq import DeadLetterQueue
+from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage import Store
 from mahavishnu_dlq.storage.base import event_loop_kind
@@ -162,6 +168,30 @@ async def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _jobs(args: argparse.Namespace) -> int:
+    dlq = DeadLetterQueue(
+        open_store(args.store),
+        worker_id=args.worker_id,
+        job_lease_seconds=args.lease_seconds,
+        job_page_size=args.page_size,
+    )
+    await dlq.connect()
+    runner = JobRunner(dlq)
+    deadline = time.monotonic() + args.timeout
+    try:
+        while time.monotonic() < deadline:
+            job = await runner.claim_next()
+            if job is not None:
+                await runner.run(job)
+                continue
+            if all(job.finished for job in await dlq.list_jobs()):
+                return 0
+            await anyio.sleep(0.05)  # a job held by another runner: its lease runs
+        return 3
+    finally:
+        await dlq.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="_worker")
     parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
@@ -178,10 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--block", action="store_true")
     proc.add_argument("--ready")
     proc.add_argument("--go")
+    jobs = modes.add_parser("jobs")
+    jobs.add_argument("store")
+    jobs.add_argument("worker_id")
+    jobs.add_argument("--lease-seconds", type=float, default=60.0)
+    jobs.add_argument("--page-size", type=int, default=500)
+    jobs.add_argument("--timeout", type=float, default=60.0)
     for name in ("enqueue", "dump"):
         modes.add_parser(name).add_argument("store")
     args = parser.parse_args(argv)
-    run = {"process": _process, "enqueue": _enqueue, "dump": _dump}[args.mode]
+    run = {"process": _process, "enqueue": _enqueue, "dump": _dump, "jobs": _jobs}[args.mode]
     code: int = anyio.run(partial(run, args), backend=args.loop)
     return code
 

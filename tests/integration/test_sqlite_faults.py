@@ -489,9 +489,9 @@ def test_the_cli_shows_a_row_it_cannot_read_as_stored(tmp_path: Path) -> None:
     # a process that read no row counts what the columns tell (the unknown status)
     assert (counts["total_stored"], counts["unreadable"]) == (1 + len(BAD_ROWS), 1)
     assert dry.returncode == 0, describe(dry)
-    assert [item["task_id"] for item in json.loads(dry.stdout)["items"]] == ["healthy"]
-    for task_id in ("bad-json", "bad-type", "bad-id"):  # met by the replay: warned once each
-        assert dry.stderr.count(f"record '{task_id}'") == 1, describe(dry)
+    summary = json.loads(dry.stdout)["summary"]  # counted from the columns, as status is
+    assert "healthy" in summary["sample"], describe(dry)
+    assert summary["total"] == len(summary["sample"])
 
     line = refused(shown, 1, "'bad-json' is stored but cannot be read", "not JSON", "stdout")
     assert shown.stdout.strip() == stored["bad-json"]

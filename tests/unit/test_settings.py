@@ -141,6 +141,7 @@ def test_the_settings_package_keeps_its_public_names() -> None:
         "ClassifierSettings",
         "DLQSettings",
         "FailoverSettings",
+        "JobSettings",
         "OpenSearchSettings",
         "PolicyOverrideSettings",
         "PolicySettings",

@@ -1,0 +1,276 @@
+"""The bulk jobs of an OpenSearch store: an index of their own, ``<index>-jobs``.
+
+Jobs are few, small and rarely written, and a listing must see every acknowledged
+write (:class:`~mahavishnu_dlq.storage.base.JobStore`). So they live apart from the
+tasks: every job write asks for ``refresh=true``, which then refreshes only this
+small index, never the tasks' (whose refreshes the tasks store schedules itself).
+
+Layout
+    ``dynamic: strict``, one shard: ``job_id``, ``kind`` and ``state`` keywords,
+    ``created_at`` (a date, for people) and ``created_at_us`` (microseconds, the
+    listing order: a date keeps only milliseconds), and ``doc``, the whole job as
+    JSON (``Job.to_dict()``), stored but not indexed. The document ``_id`` is the
+    SHA-256 of the job id, as for tasks. :meth:`OpenSearchJobStore.ensure` puts a
+    template for the index (so one re-created by a write is strict too) and creates
+    it; :meth:`~OpenSearchJobStore.drop` deletes both.
+
+Compare-and-set
+    :meth:`~OpenSearchJobStore.mutate` reads the job in realtime with its
+    ``_seq_no``/``_primary_term``, computes the successor and writes it only if
+    nobody wrote in between (``if_seq_no``/``if_primary_term``); a 409 means another
+    process won, and the job is read and ``fn`` applied again, up to
+    ``conflict_retries`` times. Mutations of one job inside a process wait for each
+    other (a per-id lock), so they do not conflict at all.
+
+Errors are the store's (:class:`~mahavishnu_dlq.storage.opensearch_client.Connection`):
+an unreachable node is a :class:`~mahavishnu_dlq.errors.StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Collection
+from contextlib import suppress
+from typing import Any
+
+from opensearchpy import ConflictError, NotFoundError, RequestError
+
+from mahavishnu_dlq.clock import to_micros
+from mahavishnu_dlq.errors import ConfigurationError, JobNotFoundError, JobStateError
+from mahavishnu_dlq.jobs.model import Job, JobState
+from mahavishnu_dlq.limits import require_str
+from mahavishnu_dlq.storage.base import JobMutation, KeyedLock
+from mahavishnu_dlq.storage.memory_jobs import check_job_result
+from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_query import doc_id
+from mahavishnu_dlq.storage.stored_jobs import read_job
+
+__all__ = ["JOBS_MAPPING_VERSION", "OpenSearchJobStore", "jobs_index"]
+
+#: Kept in the jobs index's ``_meta``; versions only ever add fields.
+JOBS_MAPPING_VERSION = 1
+
+_MAX_PAGE = 10_000  # index.max_result_window
+_KEYWORD = {"type": "keyword"}
+_PROPERTIES: dict[str, dict[str, Any]] = {
+    "job_id": _KEYWORD,
+    "kind": _KEYWORD,
+    "state": _KEYWORD,
+    "created_at": {"type": "date"},
+    "created_at_us": {"type": "long"},
+    "doc": {"type": "object", "enabled": False},  # stored in _source, never indexed
+}
+_LISTING_SORT = [{"created_at_us": "desc"}, {"job_id": "asc"}]
+
+
+def jobs_index(index: str) -> str:
+    """The index holding the jobs of the tasks index ``index``."""
+    return f"{index}-jobs"
+
+
+def _mappings() -> dict[str, Any]:
+    return {
+        "dynamic": "strict",
+        "_meta": {"mahavishnu_dlq_jobs_mapping_version": JOBS_MAPPING_VERSION},
+        "properties": _PROPERTIES,
+    }
+
+
+def _index_body() -> dict[str, Any]:
+    settings = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
+    return {"settings": settings, "mappings": _mappings()}
+
+
+def _conflicts(mappings: dict[str, Any]) -> tuple[list[str], bool]:
+    """The fields an existing jobs index maps otherwise than we do, and whether it
+    lacks some (then its mapping is completed in place)."""
+    properties = mappings.get("properties") or {}
+    conflicts: list[str] = []
+    for name, wanted in _PROPERTIES.items():
+        have = properties.get(name)
+        if have is not None and have.get("type", "object") != wanted["type"]:
+            conflicts.append(f"field {name!r} is mapped as {have.get('type', 'object')!r}")
+        elif have is not None and wanted.get("enabled") is False and have.get("enabled", True):
+            conflicts.append(f"field {name!r} is an indexed object, expected 'enabled: false'")
+    return conflicts, any(name not in properties for name in _PROPERTIES)
+
+
+def _document(job: Job) -> dict[str, Any]:
+    doc = job.to_dict()
+    return {
+        "job_id": job.job_id,
+        "kind": doc["kind"],
+        "state": doc["state"],
+        "created_at": doc["created_at"],
+        "created_at_us": to_micros(job.created_at),
+        "doc": doc,
+    }
+
+
+class OpenSearchJobStore:
+    """The :class:`~mahavishnu_dlq.storage.base.JobStore` of an OpenSearch store (see
+    the module); ``conn`` is the store's connection, ``index`` its tasks index."""
+
+    def __init__(self, conn: Connection, index: str, *, conflict_retries: int = 20) -> None:
+        self._conn = conn
+        self._client = conn.client
+        self._translated = conn.translated
+        self.index = jobs_index(index)
+        self._template = f"mahavishnu-dlq-{self.index}"
+        self._conflict_retries = max(1, conflict_retries)
+        self._ids = KeyedLock()
+
+    def __repr__(self) -> str:
+        return f"OpenSearchJobStore(index={self.index!r})"
+
+    def _where(self) -> str:
+        return f"opensearch index {self.index!r}"
+
+    # -- the index ---------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Put the template and create the index (idempotent); an existing index that
+        maps a field otherwise is refused (``ConfigurationError``), one that lacks a
+        field is completed in place."""
+        indices = self._client.indices
+        template = {
+            "index_patterns": [self.index],
+            "priority": 200,
+            "template": _index_body(),
+            "_meta": {"managed_by": "mahavishnu-dlq"},
+        }
+        with self._translated("open jobs"):
+            await indices.put_index_template(name=self._template, body=template)
+            try:
+                await indices.create(index=self.index, body=_index_body())
+            except RequestError as exc:
+                if error_info(exc.info)[0] != "resource_already_exists_exception":
+                    raise
+            else:
+                return
+            found = await indices.get_mapping(index=self.index)
+            for name, entry in found.items():
+                conflicts, missing = _conflicts(entry.get("mappings") or {})
+                if conflicts:
+                    raise ConfigurationError(
+                        f"OpenSearch index {name!r} (the jobs of index "
+                        f"{self._conn.index!r}) has a mapping mahavishnu-dlq cannot use: "
+                        + "; ".join(conflicts)
+                        + ". Delete it (it holds bulk jobs only) or use another opensearch.index.",
+                        field="opensearch.index",
+                    )
+                if missing:
+                    await indices.put_mapping(index=name, body=_mappings())
+
+    async def drop(self) -> None:
+        """Delete the index and its template (with the store's :meth:`drop`)."""
+        with self._translated("drop jobs"):
+            with suppress(NotFoundError):
+                await self._client.indices.delete(index=self.index)
+            with suppress(NotFoundError):
+                await self._client.indices.delete_index_template(name=self._template)
+
+    # -- the JobStore protocol ------------------------------------------------------------
+
+    async def _read(self, job_id: str) -> tuple[Job | None, tuple[int, int] | None]:
+        """The job (realtime) and its ``(seq_no, primary_term)``."""
+        with self._translated("get job"):
+            try:
+                found = await self._client.get(index=self.index, id=doc_id(job_id))
+            except NotFoundError:  # no such job, or no jobs index yet
+                return None, None
+        source = found["_source"]
+        stored = source.get("doc") if isinstance(source, dict) else source
+        job = read_job(self._where(), job_id, stored, strict=True)
+        return job, (found["_seq_no"], found["_primary_term"])
+
+    async def create(self, job: Job) -> Job:
+        require_asyncio()
+        if not isinstance(job, Job):
+            raise TypeError(f"create takes a Job, got {type(job).__name__}")
+        with self._translated("create job"):
+            try:
+                await self._client.create(
+                    index=self.index, id=doc_id(job.job_id), body=_document(job), refresh="true"
+                )
+            except ConflictError as exc:
+                raise ValueError(f"a job with id {job.job_id!r} exists in {self._where()}") from exc
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        require_asyncio()
+        job, _ = await self._read(require_str(job_id, "job_id"))
+        return job
+
+    async def mutate(self, job_id: str, fn: JobMutation) -> Job:
+        require_asyncio()
+        job_id = require_str(job_id, "job_id")
+        async with self._ids.hold(job_id):
+            for _ in range(self._conflict_retries):
+                current, version = await self._read(job_id)
+                if current is None or version is None:
+                    raise JobNotFoundError(job_id)
+                new = check_job_result(job_id, fn(current))
+                with self._translated("mutate job"):
+                    try:
+                        await self._client.index(
+                            index=self.index,
+                            id=doc_id(job_id),
+                            body=_document(new),
+                            if_seq_no=version[0],
+                            if_primary_term=version[1],
+                            refresh="true",
+                        )
+                    except ConflictError:
+                        continue  # another process wrote it meanwhile: read it again
+                return new
+        raise JobStateError(
+            job_id, f"{self._conflict_retries} concurrent updates won the race; try again"
+        )
+
+    async def list(
+        self, *, states: Collection[JobState] | None = None, limit: int = 100
+    ) -> builtins.list[Job]:
+        require_asyncio()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        query: dict[str, Any] = {"match_all": {}}
+        if states is not None:
+            query = {"terms": {"state": sorted({JobState(state).value for state in states})}}
+        body: dict[str, Any] = {
+            "query": query,
+            "sort": _LISTING_SORT,
+            "size": min(max(limit, 1), _MAX_PAGE),
+            "_source": ["job_id", "doc"],
+            "track_total_hits": False,
+        }
+        jobs: builtins.list[Job] = []
+        while len(jobs) < limit:
+            with self._translated("list jobs"):
+                try:
+                    response = await self._client.search(index=self.index, body=body)
+                except NotFoundError:  # no jobs index yet: no jobs
+                    return jobs
+            hits = response["hits"]["hits"]
+            for hit in hits:
+                source = hit.get("_source") or {}
+                stored_id = str(source.get("job_id", hit["_id"]))
+                job = read_job(self._where(), stored_id, source.get("doc"), strict=False)
+                if job is not None:  # unreadable: skipped
+                    jobs.append(job)
+                    if len(jobs) == limit:
+                        break
+            if len(hits) < body["size"]:
+                break
+            body["search_after"] = hits[-1]["sort"]
+        return jobs
+
+    async def delete(self, job_id: str) -> bool:
+        require_asyncio()
+        job_id = require_str(job_id, "job_id")
+        with self._translated("delete job"):
+            try:
+                await self._client.delete(index=self.index, id=doc_id(job_id), refresh="true")
+            except NotFoundError:
+                return False
+        return True
