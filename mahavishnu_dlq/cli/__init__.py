@@ -11,8 +11,12 @@ raises the log level. The modules:
 - :mod:`.terminal`: escaping what is printed, so stored text never reaches the
   terminal raw;
 - :mod:`.render`: Rich renderables for statistics, tasks, lists and reports;
+  :mod:`.job_render`: the same for bulk jobs;
 - :mod:`.options`: the option types and filter the commands share;
 - :mod:`.browse`: status, list, show; :mod:`.actions`: retry, replay, archive, purge, clear;
+- :mod:`.bulk`: replay, retry, archive and purge by filter as stored jobs, and
+  :mod:`.follow`: following one (progress, running it here, Ctrl-C);
+- :mod:`.jobs`: jobs list, show, pause, resume, cancel;
 - :mod:`.operate`: processor run, config show/validate, demo;
 - :mod:`.app`: the command tree and :func:`main`'s error handling.
 

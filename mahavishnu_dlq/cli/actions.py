@@ -2,55 +2,69 @@
 
 Each checks its options first (a bad value exits 2 before anything is opened),
 then runs one async body on the opened queue. Destructive ones ask on stderr.
+``replay``, ``retry``, ``archive`` and ``purge`` by filter are stored bulk jobs
+(:mod:`.bulk`); ``retry TASK_ID`` and ``archive TASK_ID...`` act on those tasks
+at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from mahavishnu_dlq.cli.arguments import parse_choices, parse_duration, parse_rate, parse_task_id
+from mahavishnu_dlq.cli.arguments import parse_task_id
+from mahavishnu_dlq.cli.bulk import FilterArgs, bulk_request, run_bulk
 from mahavishnu_dlq.cli.common import EXIT_FAILED, PROG, emit_json, run
 from mahavishnu_dlq.cli.options import (
-    FINISHED,
     AppOption,
+    BackgroundOption,
     CategoryOption,
+    DryRunOption,
     FingerprintOption,
     JsonOption,
+    OlderThanOption,
+    RateOption,
     SinceOption,
     StatusOption,
     TextOption,
     UntilOption,
+    WaitOption,
     WorkflowOption,
     YesOption,
     confirm,
     iso,
     needs_app,
     state_of,
-    task_filter,
 )
-from mahavishnu_dlq.cli.render import (
-    render_replay,
-    when,
-)
+from mahavishnu_dlq.cli.render import when
 from mahavishnu_dlq.cli.terminal import escape_line, say, text_of
 from mahavishnu_dlq.errors import DLQError, UnreadableRecordError
-from mahavishnu_dlq.models import (
-    DeadLetterStatus,
-    FailedTask,
-    ReplayItem,
-    TaskFilter,
-)
+from mahavishnu_dlq.jobs import JobKind
+from mahavishnu_dlq.models import FailedTask
 from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["archive", "clear", "purge", "replay", "retry"]
+
+_SELECT = "--status, --category, --workflow, --fingerprint, --text, --since, --until, --older-than"
+
+
+def _ids_or_filters(ids_given: bool, filters: FilterArgs, job_options: bool, what: str) -> None:
+    """Ids and filter options do not go together; one of them is needed."""
+    if ids_given and (filters.given or job_options):
+        raise typer.BadParameter(
+            f"give {what} or filter options (with --rate, --dry-run, --background, --wait), "
+            "not both",
+            param_hint=what,
+        )
+    if not ids_given and not filters.given:
+        raise typer.BadParameter(
+            f"name {what}, or select tasks with filter options ({_SELECT})", param_hint=what
+        )
 
 
 # -- retry and replay ----------------------------------------------------------------------
@@ -58,17 +72,51 @@ __all__ = ["archive", "clear", "purge", "replay", "retry"]
 
 def retry(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(metavar="TASK_ID", help="The task's id.")],
+    task_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="TASK_ID", help="One task's id; without it, filter options select tasks."
+        ),
+    ] = None,
+    status: StatusOption = None,
+    category: CategoryOption = None,
+    workflow: WorkflowOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    text: TextOption = None,
+    fingerprint: FingerprintOption = None,
+    older_than: OlderThanOption = None,
+    rate: RateOption = None,
+    dry_run: DryRunOption = False,
+    background: BackgroundOption = False,
+    wait: WaitOption = None,
     app: AppOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Retry one task now through its registered handler and print the outcome.
+    """Retry one task now, or the tasks filters select (a job).
 
-    The task is claimed exactly as the processor claims it, so it never runs twice
-    at once; a failure counts toward exhaustion. Exit status 1 when it fails.
+    TASK_ID: the task is claimed exactly as the processor claims it, so it never
+    runs twice at once; a failure counts toward exhaustion. Filter options: a retry
+    job runs each task's handler in the processor that runs it (here only with
+    --app). Exit status 1 when a retry fails.
     """
-    parse_task_id(task_id)
+    filters = FilterArgs(status, category, workflow, since, until, text, fingerprint, older_than)
+    job_options = rate is not None or dry_run or background or wait is not None
+    _ids_or_filters(task_id is not None, filters, job_options, "TASK_ID")
     state = state_of(ctx)
+    if task_id is None:
+        request = bulk_request(
+            JobKind.RETRY,
+            filters,
+            rate=rate,
+            dry_run=dry_run,
+            background=background,
+            wait=wait,
+            as_json=as_json,
+        )
+        run_bulk(state, request, app=app)
+        return
+    parse_task_id(task_id)
     spec = needs_app(state, app, "retry runs the task's handler")
 
     async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], FailedTask | None]:
@@ -108,78 +156,32 @@ def replay(
     until: UntilOption = None,
     text: TextOption = None,
     fingerprint: FingerprintOption = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be replayed; change nothing.")
-    ] = False,
-    rate: Annotated[
-        str | None,
-        typer.Option(
-            "--rate", metavar="N/s", help="At most this many tasks per second (10/s, 600/min)."
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", "-n", metavar="N", min=1, help="Replay at most this many."),
-    ] = None,
-    run_inline: Annotated[
-        bool,
-        typer.Option(
-            "--run",
-            help="Retry each task here and now (needs --app) instead of "
-            "making it due for the processors.",
-        ),
-    ] = False,
+    older_than: OlderThanOption = None,
+    rate: RateOption = None,
+    dry_run: DryRunOption = False,
+    background: BackgroundOption = False,
+    wait: WaitOption = None,
     app: AppOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Make matching tasks due now (or, with --run, retry them inline), paced by --rate.
+    """Make matching tasks due now (a job); processors retry them.
 
     Without --status, pending, exhausted and stranded retrying tasks are selected;
-    an exhausted task gets one more retry. Exit status 1 when any task failed or
-    was skipped (listed in the report).
+    an exhausted task gets one more retry. The job is followed with a progress bar
+    (and run here when no processor takes it within --wait); --background only
+    starts it. Exit status 1 when any task failed or was skipped (listed).
     """
-    state = state_of(ctx)
-    selection = task_filter(status, category, workflow, since, until, text, fingerprint)
-    per_second = None if rate is None else parse_rate(rate)
-    spec = needs_app(state, app, "--run retries through the handlers") if run_inline else None
-
-    async def body(dlq: DeadLetterQueue) -> Any:
-        flt = selection(dlq.clock.now())
-        total = await dlq.count_tasks(dlq.replay_filter(flt))
-        if limit is not None:
-            total = min(total, limit)
-        console = Console(stderr=True)
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=as_json or not console.is_terminal,
-        )
-        verb = "checking" if dry_run else "retrying" if run_inline else "replaying"
-        bar = progress.add_task(verb, total=total)
-        on_item: Callable[[ReplayItem], object] = lambda _item: progress.advance(bar)  # noqa: E731
-        with progress:
-            return await dlq.replay(
-                flt,
-                dry_run=dry_run,
-                rate_per_second=per_second,
-                limit=limit,
-                run=run_inline,
-                on_item=on_item,
-            )
-
-    report = run(state, body, app=spec)
-    if as_json:
-        data = report.model_dump(mode="json")
-        data["failures"] = [item.model_dump(mode="json") for item in report.failures]
-        emit_json(data)
-    else:
-        Console().print(render_replay(report))
-    if report.failures:
-        raise typer.Exit(EXIT_FAILED)
+    filters = FilterArgs(status, category, workflow, since, until, text, fingerprint, older_than)
+    request = bulk_request(
+        JobKind.REPLAY,
+        filters,
+        rate=rate,
+        dry_run=dry_run,
+        background=background,
+        wait=wait,
+        as_json=as_json,
+    )
+    run_bulk(state_of(ctx), request, app=app)
 
 
 # -- archive, purge, clear -------------------------------------------------------------------
@@ -187,16 +189,53 @@ def replay(
 
 def archive(
     ctx: typer.Context,
-    task_ids: Annotated[list[str], typer.Argument(metavar="TASK_ID", help="One or more task ids.")],
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="TASK_ID", help="Task ids; without them, filter options select tasks."
+        ),
+    ] = None,
+    status: StatusOption = None,
+    category: CategoryOption = None,
+    workflow: WorkflowOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    text: TextOption = None,
+    fingerprint: FingerprintOption = None,
+    older_than: OlderThanOption = None,
+    rate: RateOption = None,
+    dry_run: DryRunOption = False,
+    background: BackgroundOption = False,
+    wait: WaitOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Set tasks aside for audit (kept until purged). Exit status 1 if any id is unknown."""
-    for task_id in task_ids:
+    """Set tasks aside for audit: ids, or by filter (a job).
+
+    Archived tasks are kept until purged. Exit status 1 if any id is unknown or
+    any selected task was not archived.
+    """
+    filters = FilterArgs(status, category, workflow, since, until, text, fingerprint, older_than)
+    job_options = rate is not None or dry_run or background or wait is not None
+    _ids_or_filters(bool(task_ids), filters, job_options, "TASK_ID")
+    if not task_ids:
+        request = bulk_request(
+            JobKind.ARCHIVE,
+            filters,
+            rate=rate,
+            dry_run=dry_run,
+            background=background,
+            wait=wait,
+            as_json=as_json,
+        )
+        run_bulk(state_of(ctx), request)
+        return
+    ids = list(task_ids)
+    for task_id in ids:
         parse_task_id(task_id)
 
     async def body(dlq: DeadLetterQueue) -> dict[str, str]:
         outcome: dict[str, str] = {}
-        for task_id in task_ids:
+        for task_id in ids:
             try:
                 outcome[task_id] = "archived" if await dlq.archive_task(task_id) else "not found"
             except DLQError as exc:  # busy (being retried right now), unreadable …
@@ -222,24 +261,8 @@ def archive(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _describe_purge(flt: TaskFilter) -> str:
-    statuses = ", ".join(s.value for s in flt.status or ())
-    cut = "" if flt.updated_before is None else f", last updated before {when(flt.updated_before)}"
-    still_open = [s.value for s in flt.status or () if s not in FINISHED]
-    warning = f"; {', '.join(still_open)} tasks still need handling" if still_open else ""
-    return f"{statuses}{cut}{warning}"
-
-
 def purge(
     ctx: typer.Context,
-    older_than: Annotated[
-        str | None,
-        typer.Option(
-            "--older-than",
-            metavar="AGE",
-            help="Only records last updated at least this long ago (30d, 12h).",
-        ),
-    ] = None,
     status: Annotated[
         list[str] | None,
         typer.Option(
@@ -249,43 +272,45 @@ def purge(
             help="Which records (default: completed,archived).",
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count; delete nothing.")] = False,
+    category: CategoryOption = None,
+    workflow: WorkflowOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    text: TextOption = None,
+    fingerprint: FingerprintOption = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="AGE",
+            help="Only records last updated at least this long ago (30d, 12h).",
+        ),
+    ] = None,
+    rate: RateOption = None,
+    dry_run: DryRunOption = False,
+    background: BackgroundOption = False,
+    wait: WaitOption = None,
     yes: YesOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete records for good: completed and archived ones unless --status says otherwise.
+    """Delete records for good, by filter (a job).
 
-    Shows how many match and asks before deleting unless --yes.
+    Completed and archived records unless --status says otherwise. Shows how many
+    match and asks before deleting unless --yes; --dry-run only counts. Exit
+    status 1 when a record could not be deleted.
     """
-    statuses = parse_choices(status, DeadLetterStatus, option="--status") or None
-    age = None if older_than is None else parse_duration(older_than, option="--older-than")
-    state = state_of(ctx)
-
-    async def body(dlq: DeadLetterQueue) -> dict[str, Any]:
-        flt = dlq.purge_filter(older_than=age, status=statuses)
-        matched = await dlq.count_tasks(flt)
-        cutoff = flt.updated_before
-        purged = 0
-        if matched and not dry_run:
-            if not yes:
-                question = f"Delete {matched} task(s) ({_describe_purge(flt)}) for good?"
-                await anyio.to_thread.run_sync(partial(confirm, question))
-            purged = await dlq.purge(older_than=cutoff, status=flt.status)
-        return {
-            "matched": matched,
-            "purged": purged,
-            "dry_run": dry_run,
-            "statuses": [s.value for s in flt.status or ()],
-            "updated_before": iso(cutoff),
-        }
-
-    result = run(state, body)
-    if as_json:
-        emit_json(result)
-    elif dry_run:
-        say(f"would purge {result['matched']} task(s); nothing was deleted")
-    else:
-        say(f"purged {result['purged']} task(s)")
+    filters = FilterArgs(status, category, workflow, since, until, text, fingerprint, older_than)
+    request = bulk_request(
+        JobKind.PURGE,
+        filters,
+        rate=rate,
+        dry_run=dry_run,
+        background=background,
+        wait=wait,
+        as_json=as_json,
+        confirm=not yes,
+    )
+    run_bulk(state_of(ctx), request)
 
 
 def clear(ctx: typer.Context, yes: YesOption = False, as_json: JsonOption = False) -> None:

@@ -5,7 +5,8 @@ option, which the CLI reports as one line with exit status 2 before anything is
 opened. Values come from a shell, so each is bounded as well as parsed: a
 duration is at most a century (:data:`~mahavishnu_dlq.policy.MAX_SECONDS`), a rate
 between one an hour and a million a second, a task id 1-512 characters of valid
-Unicode like every stored id, a workflow name at most 512 characters and
+Unicode like every stored id, a job id 1-128 printable characters, a workflow
+name at most 512 characters and
 ``--text``/``--fingerprint`` at most :data:`MAX_FILTER_CHARS`; a value quoted in
 a message is cut (:func:`quoted`).
 """
@@ -25,10 +26,12 @@ from mahavishnu_dlq.policy import MAX_SECONDS
 
 __all__ = [
     "MAX_FILTER_CHARS",
+    "MAX_JOB_ID_CHARS",
     "MAX_RATE",
     "MIN_RATE",
     "parse_choices",
     "parse_duration",
+    "parse_job_id",
     "parse_moment",
     "parse_rate",
     "parse_task_id",
@@ -40,6 +43,8 @@ E = TypeVar("E", bound=Enum)
 
 #: Longest ``--text`` or ``--fingerprint`` (characters).
 MAX_FILTER_CHARS = 1024
+#: Longest job id (characters): what :class:`~mahavishnu_dlq.jobs.Job` allows.
+MAX_JOB_ID_CHARS = 128
 #: The slowest and fastest ``--rate`` (tasks per second): one an hour, a million a second.
 MIN_RATE, MAX_RATE = 1 / 3600, 1_000_000.0
 
@@ -167,6 +172,22 @@ def parse_task_id(text: str, *, option: str = "TASK_ID") -> str:
         raise typer.BadParameter(
             f"{quoted(text)} is not valid Unicode (undecodable bytes in the argument), "
             "so no stored task has it",
+            param_hint=option,
+        )
+    return text
+
+
+def parse_job_id(text: str, *, option: str = "JOB_ID") -> str:
+    """A job id argument: 1-128 printable characters (``jobs list`` shows them)."""
+    if not text or len(text) > MAX_JOB_ID_CHARS:
+        size = "empty" if not text else f"{len(text)} characters long"
+        raise typer.BadParameter(
+            f"a job id is 1-{MAX_JOB_ID_CHARS} characters; this one is {size}", param_hint=option
+        )
+    if not text.isprintable() or not is_valid_unicode(text):
+        raise typer.BadParameter(
+            f"{quoted(text)} is not a job id: job ids are printable characters "
+            "(jobs list shows them)",
             param_hint=option,
         )
     return text

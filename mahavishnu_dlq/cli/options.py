@@ -2,7 +2,9 @@
 
 The filter options (``--status``, ``--category``, ``--workflow``, ``--since``,
 ``--until``, ``--text``, ``--fingerprint``) are declared once here and used by
-``list`` and ``replay`` alike; :func:`task_filter` turns them into a
+``list`` and the bulk commands alike (``replay``, ``retry``, ``archive``, ``purge``,
+which also share ``--older-than``, ``--rate``, ``--dry-run``, ``--background`` and
+``--wait``); :func:`task_filter` turns them into a
 :class:`~mahavishnu_dlq.models.TaskFilter`, checking them before anything opens.
 """
 
@@ -29,13 +31,18 @@ from mahavishnu_dlq.models import (
 __all__ = [
     "FINISHED",
     "AppOption",
+    "BackgroundOption",
     "CategoryOption",
+    "DryRunOption",
     "FingerprintOption",
     "JsonOption",
+    "OlderThanOption",
+    "RateOption",
     "SinceOption",
     "StatusOption",
     "TextOption",
     "UntilOption",
+    "WaitOption",
     "WorkflowOption",
     "YesOption",
     "confirm",
@@ -122,6 +129,40 @@ AppOption = Annotated[
     ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+OlderThanOption = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than",
+        metavar="AGE",
+        help="Failed at least this long ago (30d, 12h).",
+    ),
+]
+RateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--rate", metavar="N/s", help="At most this many tasks per second (10/s, 600/min)."
+    ),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Count what would be done, by status, category and workflow."),
+]
+BackgroundOption = Annotated[
+    bool,
+    typer.Option(
+        "--background", help="Start the job, print its id and exit; the processors run it."
+    ),
+]
+WaitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--wait",
+        metavar="SECONDS",
+        min=0,
+        max=3600,
+        help="Run the job here if no processor took it within this time (default: 3).",
+    ),
+]
 
 
 def task_filter(

@@ -23,14 +23,14 @@ from rich.table import Table
 from rich.text import Text
 
 from mahavishnu_dlq.cli.terminal import dumps, escape_block, escape_json, escape_line
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, ReplayReport
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 
 __all__ = [
     "STATUS_STYLE",
     "age",
+    "count_table",
     "plain_row",
     "relative",
-    "render_replay",
     "render_source",
     "render_statistics",
     "render_task",
@@ -48,15 +48,7 @@ STATUS_STYLE = {
     "archived": "bright_black",
 }
 NARROW = 100  # terminal columns below which ``list`` leaves out category and failed-at
-_LISTED = 20  # task ids a dry run names (--json lists them all)
 OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
-REPLAY_STYLE = {
-    "replayed": "green",
-    "would_replay": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "skipped": "yellow",
-}
 
 
 # -- small pieces -------------------------------------------------------------------------
@@ -103,11 +95,22 @@ def plain_row(table: Table, *cells: str | RenderableType) -> None:
     table.add_row(*(Text(escape_line(cell)) if isinstance(cell, str) else cell for cell in cells))
 
 
-def _counts(
-    title: str, counts: Mapping[str, int], styles: Mapping[str, str] | None = None
+def count_table(
+    title: str,
+    counts: Mapping[str, int],
+    styles: Mapping[str, str] | None = None,
+    *,
+    min_width: int | None = None,
 ) -> Table:
+    """A titled two-column table of names and counts (a zero count greyed)."""
     table = titled_table(
-        title, "name", "+count", box=None, show_header=False, title_justify="center"
+        title,
+        "name",
+        "+count",
+        box=None,
+        show_header=False,
+        title_justify="center",
+        min_width=min_width,
     )
     for name, count in counts.items():
         style = (styles or {}).get(name, "") if count else "bright_black"
@@ -166,10 +169,10 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
     plain_row(queue, "oldest pending", age(stats.get("oldest_pending_age_seconds")))
     plain_row(queue, "processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
     tables = [
-        _counts("status", stats["status_breakdown"], STATUS_STYLE),
-        _counts("error categories", stats["error_categories"]),
-        _counts("retry policies", stats["retry_policies"]),
-        _counts("lifetime counters (this process)", stats["lifetime_stats"]),
+        count_table("status", stats["status_breakdown"], STATUS_STYLE),
+        count_table("error categories", stats["error_categories"]),
+        count_table("retry policies", stats["retry_policies"]),
+        count_table("lifetime counters (this process)", stats["lifetime_stats"]),
     ]
     fingerprints = titled_table(
         "top fingerprints (open tasks)", "+tasks", "error type", "example error", "fingerprint"
@@ -349,35 +352,3 @@ def render_task_list(tasks: Sequence[FailedTask], now: datetime, *, width: int =
         cells.append(f"{error_type}: {task.last_error or task.error}")
         plain_row(table, *cells)
     return table
-
-
-def render_replay(report: ReplayReport) -> RenderableType:
-    """The final report of ``replay``: totals, then every task that failed or was skipped."""
-    verb = "would replay" if report.dry_run else "replayed"
-    summary = Text.assemble(
-        (f"{report.matched} matched", "bold"),
-        ", ",
-        (f"{report.replayed} {verb}", "green" if report.replayed else ""),
-    )
-    if report.succeeded or report.failed:
-        summary.append(f", {report.succeeded} succeeded", "green")
-        summary.append(f", {report.failed} failed", "red" if report.failed else "")
-    summary.append(f", {report.skipped} skipped", "yellow" if report.skipped else "")
-    if report.dry_run:
-        summary.append(" (dry run: nothing was changed)", "bright_black")
-    parts: list[RenderableType] = [summary]
-    would = [item.task_id for item in report.items if item.outcome == "would_replay"]
-    if would:
-        shown = would[:_LISTED]
-        more = len(would) - len(shown)
-        listed = ", ".join(escape_line(task_id) for task_id in shown)
-        parts.append(Text(f"would replay: {listed}" + (f" … and {more} more" if more else "")))
-    failures = report.failures
-    if failures:
-        table = titled_table("not replayed", "task id", "outcome", "reason")
-        for item in failures:
-            plain_row(
-                table, item.task_id, Text(item.outcome, REPLAY_STYLE[item.outcome]), item.detail
-            )
-        parts.append(table)
-    return Group(*parts)

@@ -99,7 +99,7 @@ def test_app_factory_queue_serves_every_command_of_its_process() -> None:
         [*app, "retry", "mem-ok-1"],
         [*app, "retry", "mem-fail-1", "--json"],
         [*app, "replay", "--dry-run", "--json"],
-        [*app, "replay", "--run", "--json"],
+        [*app, "retry", "--status", "pending", "--json"],
         [*app, "status", "--json"],
     )
     names = {task_id for task_id, _, _ in MEMORY_TASKS}
@@ -116,14 +116,21 @@ def test_app_factory_queue_serves_every_command_of_its_process() -> None:
     assert failure.returncode == 1, describe(failure)
     result = json.loads(failure.stdout)
     assert (result["success"], result["status"]) == (False, "pending")
-    report = data(dry)
-    assert (report["dry_run"], report["matched"], report["replayed"]) == (True, 3, 3)
-    assert {item["task_id"] for item in report["items"]} == names
-    # --run retries inline through the factory's handlers; one of them always fails
+    job = data(dry)
+    assert (job["kind"], job["dry_run"], job["state"], job["matched"]) == (
+        "replay",
+        True,
+        "done",
+        3,
+    )
+    assert set(job["summary"]["sample"]) == names
+    # a retry job, run in the command (a memory store has no other runner) through the
+    # factory's handlers; one of them always fails
     assert inline.returncode == 1, describe(inline)
-    report = json.loads(inline.stdout)
-    assert (report["matched"], report["succeeded"], report["failed"]) == (3, 2, 1)
-    assert [item["task_id"] for item in report["failures"]] == ["mem-fail-1"]
+    job = json.loads(inline.stdout)
+    assert (job["kind"], job["state"]) == ("retry", "done")
+    assert (job["matched"], job["done"], job["failed"], job["skipped"]) == (3, 2, 1, 0)
+    assert [item["task_id"] for item in job["failures"]] == ["mem-fail-1"]
     counts = data(stats)
     assert (counts["backend"], counts["total_stored"]) == ("memory", 3)
     assert counts["lifetime_stats"]["enqueued_total"] == 3

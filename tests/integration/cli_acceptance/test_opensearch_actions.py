@@ -45,52 +45,88 @@ from tests.integration.cli_app import (
 
 @pytest.mark.opensearch
 def test_replay_dry_run_changes_nothing_and_a_paced_replay_makes_five_due(node: Node) -> None:
-    names = [f"replay-{i}" for i in range(8)]
+    paced = [f"replay-{i}" for i in range(5)]
+    others = [f"other-{i}" for i in range(3)]
+    names = [*paced, *others]
     node.enqueue(*(Failure(name) for name in names))
     before = node.records(*names)
     assert all(t.status is PENDING and t.next_retry_at is None for t in before.values())
 
     as_json, for_people = node.cli.many(["replay", "--dry-run", "--json"], ["replay", "--dry-run"])
-    report = data(as_json)
-    assert report["dry_run"] is True
-    assert (report["matched"], report["replayed"], report["skipped"]) == (8, 8, 0)
-    assert {item["task_id"] for item in report["items"]} == set(names)
-    assert {item["outcome"] for item in report["items"]} == {"would_replay"}
-    assert report["failures"] == []
+    job = data(as_json)
+    assert (job["kind"], job["dry_run"], job["state"]) == ("replay", True, "done")
+    assert job["matched"] == job["summary"]["total"] == 8
+    assert job["summary"]["by_status"] == {"pending": 8}
+    assert set(job["summary"]["sample"]) == set(names)
+    assert job["failures"] == []
     text = ok(for_people)
-    assert "8 matched, 8 would replay, 0 skipped (dry run: nothing was changed)" in text
+    assert re.search(r"would replay 8 task\(s\); nothing was changed \(dry run job-\w+\)", text)
     assert node.records(*names) == before
 
+    # no processor runs: after --wait the command runs the job itself, paced
     started = datetime.now(timezone.utc)
-    report = data(node.cli("replay", "--rate", "20/s", "--limit", "5", "--json"))
+    run = node.cli("replay", "--text", "replay-", "--rate", "20/s", "--wait", "0.2", "--json")
     finished = datetime.now(timezone.utc)
-    assert report["dry_run"] is False
-    assert (report["matched"], report["replayed"], report["skipped"]) == (5, 5, 0)
-    assert (report["succeeded"], report["failed"]) == (0, 0)
-    assert {item["outcome"] for item in report["items"]} == {"replayed"}
-    replayed = {item["task_id"] for item in report["items"]}
-    assert len(replayed) == 5
+    job = data(run)
+    assert (job["kind"], job["dry_run"], job["state"]) == ("replay", False, "done")
+    assert (job["matched"], job["done"], job["skipped"], job["failed"]) == (5, 5, 0, 0)
+    assert job["rate"] == 20.0
+    assert f"replay job {job['job_id']}: 5 task(s)" in run.stderr
     after = node.records(*names)
     due = {name: task.next_retry_at for name, task in after.items() if task.next_retry_at}
-    assert set(due) == replayed  # exactly the five the report names
+    assert set(due) == set(paced)  # exactly the five the filter selects
     times = sorted(when for when in due.values() if when is not None)
     assert started <= times[0]
     assert times[-1] <= finished
-    # 20/s: the fifth is made due 4/20 s after the first
-    assert times[-1] - times[0] >= timedelta(seconds=0.18), times
-    assert all(after[name].status is PENDING for name in replayed)
-    assert all(after[name] == before[name] for name in set(names) - replayed)
+    # 20/s, in ticks of 2 tasks: the fifth is made due 4/20 s after the run started
+    assert finished - started >= timedelta(seconds=0.2), (started, finished)
+    assert len(set(times)) >= 3, times  # three ticks
+    assert all(after[name].status is PENDING for name in paced)
+    assert all(after[name] == before[name] for name in others)
 
     # a third process retries what the second made due, a fourth counts the result
     drained = data(node.cli("processor", "run", "--app", HANDLERS, "--drain", "--json"))
     assert drained["attempts"] == 5
     assert (drained["retry_success"], drained["retry_failed"], drained["exhausted"]) == (5, 0, 0)
     assert node.statuses(*names) == {
-        name: "completed" if name in replayed else "pending" for name in names
+        name: "completed" if name in paced else "pending" for name in names
     }
     stats = data(node.cli("status", "--json"))
     assert stats["status_breakdown"]["completed"] == 5
     assert stats["status_breakdown"]["pending"] == 3
+
+
+@pytest.mark.opensearch
+def test_a_background_job_is_run_by_a_processor_and_steered_from_another_shell(
+    node: Node,
+) -> None:
+    names = [f"bg-{i}" for i in range(4)]
+    node.enqueue(*(Failure(name) for name in names))
+
+    started = node.cli("archive", "--text", "bg-", "--background")
+    job_id = ok(started).strip()
+    assert re.fullmatch(r"job-\w+", job_id), describe(started)
+    assert f"{PROG} jobs show {job_id}" in started.stderr
+    assert data(node.cli("jobs", "pause", job_id, "--json"))["state"] == "paused"
+    listed = data(node.cli("jobs", "list", "--json"))
+    assert [(j["job_id"], j["state"]) for j in listed["jobs"]] == [(job_id, "paused")]
+    assert set(node.statuses(*names).values()) == {"pending"}  # nothing ran yet
+
+    # a paused job waits; resumed, the next processor cycle runs it
+    assert data(node.cli("processor", "run", "--app", HANDLERS, "--drain", "--json"))
+    assert set(node.statuses(*names).values()) == {"pending"}
+    assert data(node.cli("jobs", "resume", job_id, "--json"))["state"] == "queued"
+    assert data(node.cli("processor", "run", "--app", HANDLERS, "--drain", "--json"))
+    shown, unknown, refused_resume = node.cli.many(
+        ["jobs", "show", job_id, "--json"],
+        ["jobs", "show", "job-nope"],
+        ["jobs", "resume", job_id],
+    )
+    job = data(shown)
+    assert (job["state"], job["matched"], job["done"]) == ("done", 4, 4)
+    assert set(node.statuses(*names).values()) == {"archived"}
+    refused(unknown, 1, "no job with id 'job-nope'")
+    refused(refused_resume, 1, "it is done")
 
 
 @pytest.mark.opensearch
@@ -120,16 +156,18 @@ def test_archive_purge_and_clear_ask_first_and_each_process_sees_the_last(node: 
         [*purge, "--dry-run"],
         ["purge", "--older-than", "1h", "--status", "archived", "--dry-run", "--json"],
     )
-    assert ok(dry) == "would purge 3 task(s); nothing was deleted\n"
+    assert re.match(r"would purge 3 task\(s\); nothing was changed", ok(dry)), describe(dry)
     assert data(too_young)["matched"] == 0
     assert node.statuses(*everything) == {
         **dict.fromkeys(archived, "archived"),
         **dict.fromkeys(kept, "pending"),
     }
 
-    result = data(node.cli(*purge, "--yes", "--json"))
-    assert (result["matched"], result["purged"], result["dry_run"]) == (3, 3, False)
-    assert result["statuses"] == ["archived"]
+    result = data(node.cli(*purge, "--yes", "--wait", "0", "--json"))
+    assert (result["kind"], result["state"], result["dry_run"]) == ("purge", "done", False)
+    assert (result["matched"], result["done"]) == (3, 3)
+    assert result["filter"]["status"] == ["archived"]
+    assert result["older_than_seconds"] == 0
     assert node.statuses(*everything) == {
         **dict.fromkeys(archived, "missing"),
         **dict.fromkeys(kept, "pending"),

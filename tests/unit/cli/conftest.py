@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.cli import build_app
 from mahavishnu_dlq.cli.app import run_cli
+from mahavishnu_dlq.jobs import Job
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -53,7 +54,8 @@ STATS_KEYS = {
     "oldest_pending_age_seconds",
     "top_fingerprints",
 }
-REPLAY_KEYS = {"dry_run", "matched", "replayed", "succeeded", "failed", "skipped", "items"}
+#: What ``--json`` prints of a bulk job (replay, retry, archive, purge by filter, jobs show).
+JOB_KEYS = set(Job.model_fields)
 
 
 # -- running the CLI ---------------------------------------------------------------------
@@ -208,6 +210,15 @@ def lease(dlq: DeadLetterQueue, task_id: str, owner: str = "other-worker") -> No
 
 def snapshot(dlq: DeadLetterQueue) -> dict[str, dict[str, Any]]:
     return {task_id: task.model_dump() for task_id, task in records(dlq).items()}
+
+
+def jobs(dlq: DeadLetterQueue) -> list[Job]:
+    """The stored bulk jobs, newest first."""
+    return anyio.run(dlq.list_jobs)
+
+
+def job_of(dlq: DeadLetterQueue, job_id: str) -> Job:
+    return anyio.run(dlq.get_job, job_id)
 
 
 @pytest.fixture

@@ -1,5 +1,10 @@
-"""The CLI's actions in-process, against a queue the test owns: retry, replay, archive,
-purge, clear and processor run (how these tests work: ``test_cli_commands``)."""
+"""The CLI's actions in-process, against a queue the test owns: retry TASK_ID, archive,
+purge, clear and processor run (how these tests work: ``test_cli_commands``).
+
+Archive and purge by filter are bulk jobs: followed, and run in the command itself,
+since nothing else can run a job on this process's memory store (replay and retry
+by filter: ``test_cli_replay``; the modes and the ``jobs`` commands:
+``test_cli_jobs``)."""
 
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock
 from tests.unit.cli.conftest import (
     APP,
+    JOB_KEYS,
     MODULE,
-    REPLAY_KEYS,
     WORKER,
     Cli,
     complete,
     enqueue,
     flaky,
+    jobs,
     lease,
     prompted,
     record,
@@ -139,178 +145,6 @@ def test_retry_without_a_handler_for_the_workflow_is_exit_1(cli: Cli, dlq: DeadL
     assert record(dlq, "t-1").retry_count == 0
 
 
-# -- replay ------------------------------------------------------------------------------
-
-
-def test_replay_dry_run_changes_nothing(cli: Cli, mixed: DeadLetterQueue) -> None:
-    before = snapshot(mixed)
-    ran = cli(*APP, "replay", "--dry-run", "--json")
-    assert ran.code == 0, ran.err
-    data = ran.json()
-    assert set(data) == REPLAY_KEYS | {"failures"}
-    assert data["dry_run"] is True
-    assert data["matched"] == data["replayed"] == 4  # pending and exhausted
-    assert {item["outcome"] for item in data["items"]} == {"would_replay"}
-    assert {item["task_id"] for item in data["items"]} == {"net-1", "net-2", "val-1", "exh-1"}
-    assert data["failures"] == []
-    assert snapshot(mixed) == before
-
-    ran = cli(*APP, "replay", "--dry-run")
-    assert ran.code == 0
-    assert "4 matched, 4 would replay" in ran.out
-    assert "dry run: nothing was changed" in ran.out
-    assert re.search(r"would replay: .*exh-1", ran.out)
-    assert snapshot(mixed) == before
-
-
-def test_replay_makes_tasks_due_now(cli: Cli, mixed: DeadLetterQueue, clock: FakeClock) -> None:
-    clock.advance(30)
-    untouched = {k: v for k, v in snapshot(mixed).items() if k in {"done-1", "arch-1"}}
-    ran = cli(*APP, "replay", "--json")
-    assert ran.code == 0, ran.err
-    data = ran.json()
-    assert data["dry_run"] is False
-    assert data["matched"] == data["replayed"] == 4
-    assert data["succeeded"] == data["failed"] == data["skipped"] == 0
-    now = clock.now()
-    after = records(mixed)
-    for task_id in ("net-1", "net-2", "val-1", "exh-1"):
-        assert after[task_id].status is DeadLetterStatus.PENDING
-        assert after[task_id].next_retry_at == now
-        assert after[task_id].updated_at == now
-    assert after["exh-1"].max_retries == 1  # one more retry for the exhausted task
-    assert {k: v.model_dump() for k, v in after.items() if k in untouched} == untouched
-
-
-def test_replay_human_output(cli: Cli, mixed: DeadLetterQueue) -> None:
-    ran = cli(*APP, "replay")
-    assert ran.code == 0, ran.err
-    assert "4 matched, 4 replayed" in ran.out
-    assert "0 skipped" in ran.out
-    assert ran.err.strip() == ""  # the progress bar leaves nothing behind
-
-
-def test_replay_is_paced_by_the_queue_clock(
-    cli: Cli, dlq: DeadLetterQueue, clock: FakeClock
-) -> None:
-    for n in range(5):
-        enqueue(dlq, f"t-{n}")
-    start = clock.now()
-    ran = cli(*APP, "replay", "--rate", "2/s", "--json")
-    assert ran.code == 0, ran.err
-    assert ran.json()["replayed"] == 5
-    assert clock.now() - start == timedelta(seconds=2)
-    assert sum(clock.slept) == pytest.approx(2.0)
-    due = sorted(task.next_retry_at - start for task in records(dlq).values() if task.next_retry_at)
-    assert due == [timedelta(seconds=s) for s in (0, 0.5, 1.0, 1.5, 2.0)]
-
-
-def test_a_dry_run_is_not_paced(cli: Cli, dlq: DeadLetterQueue, clock: FakeClock) -> None:
-    for n in range(5):
-        enqueue(dlq, f"t-{n}")
-    start = clock.now()
-    ran = cli(*APP, "replay", "--rate", "1/min", "--dry-run", "--json")
-    assert ran.code == 0, ran.err
-    assert ran.json()["replayed"] == 5
-    assert clock.now() == start
-    assert clock.slept == []
-
-
-def test_replay_limit(cli: Cli, dlq: DeadLetterQueue, clock: FakeClock) -> None:
-    for n in range(5):
-        enqueue(dlq, f"t-{n}")
-    clock.advance(5)
-    data = cli(*APP, "replay", "--limit", "2", "--json").json()
-    assert data["matched"] == data["replayed"] == 2
-    due_now = [t for t in records(dlq).values() if t.next_retry_at == clock.now()]
-    assert len(due_now) == 2
-
-
-def test_replay_run_retries_inline_and_counts(cli: Cli, mixed: DeadLetterQueue) -> None:
-    ran = cli(*APP, "replay", "--run", "--workflow", "ok", "--json")
-    assert ran.code == 0, ran.err
-    data = ran.json()
-    assert data["matched"] == data["succeeded"] == data["replayed"] == 2  # net-1, exh-1
-    assert data["failed"] == 0
-    after = records(mixed)
-    assert after["net-1"].status is DeadLetterStatus.COMPLETED
-    assert after["exh-1"].status is DeadLetterStatus.COMPLETED
-
-
-def test_replay_run_with_a_failure_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
-    ran = cli(*APP, "replay", "--run", "--status", "pending", "--json")
-    assert ran.code == 1
-    data = ran.json()
-    assert data["matched"] == 3  # net-1 (ok), net-2 (bad), val-1 (no handler)
-    assert data["succeeded"] == 1
-    assert data["failed"] == 2
-    failures = {item["task_id"]: item for item in data["failures"]}
-    assert set(failures) == {"net-2", "val-1"}
-    assert all(item["outcome"] == "failed" for item in failures.values())
-    assert failures["val-1"]["detail"] == "no handler"
-    after = records(mixed)
-    assert after["net-1"].status is DeadLetterStatus.COMPLETED
-    assert after["net-2"].retry_count == 1
-    assert after["net-2"].status is DeadLetterStatus.PENDING
-
-
-def test_replay_run_human_output_lists_what_failed(cli: Cli, mixed: DeadLetterQueue) -> None:
-    ran = cli(*APP, "replay", "--run", "--status", "pending")
-    assert ran.code == 1
-    assert "3 matched, 1 replayed, 1 succeeded, 2 failed, 0 skipped" in ran.out
-    assert "not replayed" in ran.out
-    row = next(line for line in ran.out.splitlines() if "net-2" in line)
-    assert "failed" in row
-
-
-def test_replay_run_without_app_is_exit_2(cli: Cli, mixed: DeadLetterQueue) -> None:
-    before = snapshot(mixed)
-    ran = cli("replay", "--run")
-    assert ran.code == 2
-    assert "--app" in ran.one_error_line()
-    assert snapshot(mixed) == before
-
-
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        (["--status", "exhausted"], {"exh-1"}),
-        (["--category", "validation"], {"val-1"}),
-        (["--category", "network,transient"], {"net-1", "net-2", "exh-1"}),
-        (["--workflow", "bad"], {"net-2"}),  # arch-1 is bad's too, but archived
-        (["--text", "timed out"], {"exh-1"}),
-        (
-            ["--since", "2026-01-01T00:00:01Z", "--until", "2026-01-01T00:00:03Z"],
-            {"net-2", "val-1"},
-        ),
-    ],
-)
-def test_replay_filters(
-    cli: Cli, mixed: DeadLetterQueue, clock: FakeClock, options: list[str], expected: set[str]
-) -> None:
-    clock.advance(60)
-    before = snapshot(mixed)
-    data = cli(*APP, "replay", "--json", *options).json()
-    assert {item["task_id"] for item in data["items"]} == expected
-    assert data["replayed"] == len(expected)
-    after = snapshot(mixed)
-    changed = {task_id for task_id in before if after[task_id] != before[task_id]}
-    assert changed == expected
-    assert all(records(mixed)[task_id].next_retry_at == clock.now() for task_id in expected)
-
-
-def test_replay_skips_what_it_cannot_replay_and_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
-    lease(mixed, "net-1")
-    ran = cli(*APP, "replay", "--status", "completed,retrying", "--json")
-    assert ran.code == 1
-    data = ran.json()
-    assert data["matched"] == data["skipped"] == 2
-    reasons = {item["task_id"]: item["detail"] for item in data["failures"]}
-    assert set(reasons) == {"done-1", "net-1"}
-    assert "completed" in reasons["done-1"]
-    assert "other-worker" in reasons["net-1"]
-
-
 # -- archive -------------------------------------------------------------------------------
 
 
@@ -323,6 +157,7 @@ def test_archive_several_with_one_unknown(cli: Cli, mixed: DeadLetterQueue) -> N
     assert after["net-1"].status is DeadLetterStatus.ARCHIVED
     assert after["val-1"].status is DeadLetterStatus.ARCHIVED
     assert after["net-2"].status is DeadLetterStatus.PENDING
+    assert jobs(mixed) == []  # ids: no job
 
 
 def test_archive_json(cli: Cli, mixed: DeadLetterQueue) -> None:
@@ -343,19 +178,67 @@ def test_archive_all_known_is_exit_0(cli: Cli, mixed: DeadLetterQueue) -> None:
     assert ran.json() == {"archived": ["exh-1", "arch-1"], "failed": []}
 
 
-# -- purge -------------------------------------------------------------------------------------
+def test_archive_by_filter_is_a_job(cli: Cli, mixed: DeadLetterQueue, clock: FakeClock) -> None:
+    ran = cli(*APP, "archive", "--category", "network", "--status", "pending", "--json")
+    assert ran.code == 0, ran.err
+    data = ran.json()
+    assert (data["kind"], data["state"]) == ("archive", "done")
+    assert data["matched"] == data["done"] == 2
+    after = records(mixed)
+    assert after["net-1"].status is after["net-2"].status is DeadLetterStatus.ARCHIVED
+    assert after["net-1"].archived_at == clock.now()
+    assert after["val-1"].status is DeadLetterStatus.PENDING
+
+    ran = cli(*APP, "archive", "--workflow", "imports")
+    assert ran.code == 0, ran.err
+    assert re.match(r"archive job-\w+ done: 1 matched, 1 archived, 0 skipped, 0 failed", ran.out)
+    assert records(mixed)["val-1"].status is DeadLetterStatus.ARCHIVED
+
+
+def test_archive_by_filter_skips_a_task_being_retried(cli: Cli, mixed: DeadLetterQueue) -> None:
+    lease(mixed, "net-2")
+    ran = cli(*APP, "archive", "--status", "retrying", "--json")
+    assert ran.code == 1
+    data = ran.json()
+    assert (data["matched"], data["done"], data["skipped"]) == (1, 0, 1)
+    assert data["failures"][0]["task_id"] == "net-2"
+    assert records(mixed)["net-2"].status is DeadLetterStatus.RETRYING
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["archive"], "name TASK_ID, or select tasks with filter options"),
+        (["archive", "net-1", "--workflow", "ok"], "not both"),
+        (["archive", "net-1", "--older-than", "1d"], "not both"),
+        (["archive", "net-1", "--background"], "not both"),
+        (["archive", "--status", "nonsense"], "unknown value 'nonsense'"),
+    ],
+)
+def test_archive_usage_errors(
+    cli: Cli, mixed: DeadLetterQueue, argv: list[str], expected: str
+) -> None:
+    before = snapshot(mixed)
+    ran = cli(*APP, *argv)
+    assert ran.code == 2
+    assert expected in ran.one_error_line()
+    assert snapshot(mixed) == before
+    assert jobs(mixed) == []
+
+
+# -- purge (a job) ---------------------------------------------------------------------------
 
 
 def test_purge_deletes_completed_and_archived_by_default(cli: Cli, mixed: DeadLetterQueue) -> None:
     ran = cli(*APP, "purge", "--yes", "--json")
     assert ran.code == 0, ran.err
-    assert ran.json() == {
-        "matched": 2,
-        "purged": 2,
-        "dry_run": False,
-        "statuses": ["completed", "archived"],
-        "updated_before": None,
-    }
+    data = ran.json()
+    assert set(data) == JOB_KEYS
+    assert (data["kind"], data["state"], data["dry_run"]) == ("purge", "done", False)
+    assert data["matched"] == data["done"] == 2
+    assert data["filter"]["status"] == ["completed", "archived"]
+    assert data["filter"]["updated_before"] is None
+    assert data["older_than_seconds"] is None
     assert set(records(mixed)) == {"net-1", "net-2", "val-1", "exh-1"}
     assert "Delete" not in ran.err  # --yes: no question
 
@@ -363,7 +246,7 @@ def test_purge_deletes_completed_and_archived_by_default(cli: Cli, mixed: DeadLe
 def test_purge_human_output(cli: Cli, mixed: DeadLetterQueue) -> None:
     ran = cli(*APP, "purge", "-y")
     assert ran.code == 0, ran.err
-    assert ran.out == "purged 2 task(s)\n"
+    assert re.match(r"purge job-\w+ done: 2 matched, 2 purged, 0 skipped, 0 failed\n$", ran.out)
 
 
 def test_purge_older_than_uses_the_queue_clock(
@@ -378,20 +261,32 @@ def test_purge_older_than_uses_the_queue_clock(
     ran = cli(*APP, "purge", "--older-than", "5d", "--yes", "--json")
     assert ran.code == 0, ran.err
     data = ran.json()
-    assert data["matched"] == data["purged"] == 1
+    assert data["matched"] == data["done"] == 1
     cutoff = clock.now() - timedelta(days=5)
-    assert data["updated_before"] == cutoff.isoformat().replace("+00:00", "Z")
+    assert data["filter"]["updated_before"] == cutoff.isoformat().replace("+00:00", "Z")
+    assert data["older_than_seconds"] == 5 * 86400
     assert set(records(dlq)) == {"new"}
+
+
+def test_purge_takes_the_filter_options(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "purge", "--workflow", "bad", "--yes", "--json")  # arch-1, not done-1
+    assert ran.code == 0, ran.err
+    assert ran.json()["done"] == 1
+    assert "arch-1" not in records(mixed)
+    assert "done-1" in records(mixed)
 
 
 def test_purge_dry_run_deletes_nothing(cli: Cli, mixed: DeadLetterQueue) -> None:
     before = snapshot(mixed)
-    ran = cli(*APP, "purge", "--dry-run")
+    ran = cli(*APP, "purge", "--dry-run")  # no question either
     assert ran.code == 0, ran.err
-    assert ran.out == "would purge 2 task(s); nothing was deleted\n"
+    assert re.match(r"would purge 2 task\(s\); nothing was changed \(dry run job-\w+\)", ran.out)
+    assert "first: arch-1, done-1" in ran.out
+    assert "Delete" not in ran.err
     data = cli(*APP, "purge", "--dry-run", "--json").json()
-    assert data["matched"] == 2
-    assert data["purged"] == 0
+    assert data["matched"] == data["summary"]["total"] == 2
+    assert data["summary"]["by_status"] == {"completed": 1, "archived": 1}
+    assert data["done"] == 0
     assert data["dry_run"] is True
     assert snapshot(mixed) == before
 
@@ -404,13 +299,14 @@ def test_purge_asks_and_no_keeps_everything(mixed: DeadLetterQueue) -> None:
     assert "aborted: nothing was changed" in result.stderr
     assert "purged" not in result.stdout
     assert snapshot(mixed) == before
+    assert jobs(mixed) == []  # refused before the job was made
 
 
 def test_purge_asks_and_yes_deletes(mixed: DeadLetterQueue) -> None:
     result = prompted([*APP, "purge"], "y\n")
     assert result.exit_code == 0, result.output
     assert "Delete 2 task(s)" in result.stderr
-    assert result.stdout.strip().endswith("purged 2 task(s)")
+    assert "2 matched, 2 purged, 0 skipped, 0 failed" in result.stdout
     assert set(records(mixed)) == {"net-1", "net-2", "val-1", "exh-1"}
 
 
@@ -430,6 +326,12 @@ def test_purge_question_names_the_cutoff(mixed: DeadLetterQueue, clock: FakeCloc
     assert "last updated before 2026-01-02 00:00:05.000 UTC" in result.stderr
 
 
+def test_purge_question_counts_what_the_filters_select(mixed: DeadLetterQueue) -> None:
+    result = prompted([*APP, "purge", "--workflow", "ok"], "n\n")
+    assert result.exit_code == 1
+    assert "Delete 1 task(s) (completed, archived) for good?" in result.stderr
+
+
 def test_purge_with_no_answer_on_stdin_aborts(
     cli: Cli, mixed: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -445,8 +347,8 @@ def test_purge_with_nothing_to_delete_does_not_ask(cli: Cli, dlq: DeadLetterQueu
     enqueue(dlq, "t-1")
     ran = cli(*APP, "purge")
     assert ran.code == 0, ran.err
-    assert ran.out == "purged 0 task(s)\n"
-    assert ran.err == ""
+    assert "0 matched, 0 purged, 0 skipped, 0 failed" in ran.out
+    assert "Delete" not in ran.err
 
 
 # -- clear --------------------------------------------------------------------------------------
@@ -524,15 +426,15 @@ def test_processor_drain_human_output(cli: Cli, dlq: DeadLetterQueue) -> None:
 def test_processor_drain_with_a_mapping_of_handlers(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A mapping gets a queue from the settings (system clock); tasks failed "in the
-    # future" are not due for it until replay makes them due at its now.
-    future = FakeClock(datetime(2100, 1, 1, tzinfo=timezone.utc))
-    seeded = DeadLetterQueue(MemoryStore(), clock=future)
+    # A mapping gets a queue from the settings (system clock); tasks awaiting an
+    # operator (policy never) are not due for it until replay makes them due at its now.
+    past = FakeClock(datetime(2020, 1, 1, tzinfo=timezone.utc))
+    seeded = DeadLetterQueue(MemoryStore(), clock=past)
     store = seeded.store
     monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "memory")
     monkeypatch.setattr(build_module, "MemoryStore", lambda: store)
     for task_id, workflow in [("a", "ok"), ("b", "ok"), ("c", "bad")]:
-        enqueue(seeded, task_id, workflow=workflow)
+        enqueue(seeded, task_id, workflow=workflow, retry_policy="never")
     spec = f"{MODULE}:handlers"
     assert cli("--app", spec, "processor", "run", "--drain", "--json").json()["attempts"] == 0
     assert cli("--app", spec, "replay", "--workflow", "ok").code == 0

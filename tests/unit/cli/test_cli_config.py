@@ -70,18 +70,22 @@ def test_replay_report_prints_failure_details_verbatim(
 ) -> None:
     dlq.register_handler("strict", FlakyHandler(failures=1, make_error=lambda: ValueError(message)))
     enqueue(dlq, "t-1", workflow="strict")
-    ran = cli(*APP, "replay", "--run")
+    ran = cli(*APP, "retry", "--workflow", "strict")
     assert ran.code == 1
     assert "1 failed" in ran.out
     assert message in ran.out
 
 
-@pytest.mark.parametrize("command", ["list", "show", "replay"])
+@pytest.mark.parametrize("command", ["list", "show", "retry"])
 def test_ids_and_workflow_names_with_brackets(cli: Cli, dlq: DeadLetterQueue, command: str) -> None:
     enqueue(dlq, "order[/]7", workflow="[bold]billing")
-    argv = {"list": ["list"], "show": ["show", "order[/]7"], "replay": ["replay", "--run"]}
+    argv = {
+        "list": ["list"],
+        "show": ["show", "order[/]7"],
+        "retry": ["retry", "--workflow", "[bold]billing"],
+    }
     ran = cli(*APP, *argv[command])
-    assert ran.code == (1 if command == "replay" else 0), ran.err  # replay: no handler
+    assert ran.code == (1 if command == "retry" else 0), ran.err  # retry: no handler
     assert "order[/]7" in ran.out
     if command == "show":
         assert "[bold]billing" in ran.out

@@ -148,6 +148,26 @@ def test_an_age_before_the_year_1_is_a_usage_error(cli: Cli) -> None:
     assert "'2d' ago is before the year 1" in ran.one_error_line()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "--older-than", "2d"],
+        ["archive", "--older-than", "2d", "--dry-run"],
+        ["purge", "--older-than", "2d", "--yes"],
+        ["purge", "--older-than", "2d"],
+    ],
+)
+def test_an_older_than_before_the_year_1_is_a_usage_error(cli: Cli, argv: list[str]) -> None:
+    fx.holder.dlq = DeadLetterQueue(
+        MemoryStore(), clock=FakeClock(datetime(1, 1, 2, tzinfo=timezone.utc))
+    )
+    ran = cli(*APP, *argv)
+    assert ran.code == 2
+    line = ran.one_error_line()
+    assert "Invalid value for --older-than: that long ago is before the year 1" in line
+    assert anyio.run(fx.holder.dlq.list_jobs) == []
+
+
 def test_the_slowest_and_fastest_rates() -> None:
     assert parse_rate("1/h") == pytest.approx(1 / 3600)
     assert parse_rate("1000000/s") == 1_000_000

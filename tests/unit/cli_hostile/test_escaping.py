@@ -236,7 +236,46 @@ def test_status_escapes_fingerprints_and_backend(cli: Cli, hostile: DeadLetterQu
 def test_replay_dry_run_and_report_escape_ids(cli: Cli, hostile: DeadLetterQueue) -> None:
     ran = cli(*APP, "replay", "--dry-run")
     assert ran.code == 0, ran.err
-    assert_shown(ran, r"would replay: t-\x1b[2J")
+    assert_shown(ran, r"first: t-\x1b[2J", r"wf\x1b]0;pwned\x07")
+
+
+def test_a_job_report_escapes_failed_ids_and_errors(cli: Cli, hostile: DeadLetterQueue) -> None:
+    def evil(task: dict[str, Any], repos: list[str]) -> Any:
+        raise ConnectionError(f"again {TITLE}\nnext")
+
+    hostile.register_handler(f"wf{TITLE}", evil)
+    ran = cli(*APP, "retry", "--text", "t-")
+    assert ran.code == 1
+    assert_shown(ran, "1 matched, 0 succeeded, 0 skipped, 1 failed")
+    assert_shown(ran, r"t-\x1b[2J", r"again \x1b]0;pwned\x07\nnext")
+    assert_clean(ran.err)
+    job_id = next(word for word in ran.out.split() if word.startswith("job-"))
+    shown = cli(*APP, "jobs", "show", job_id)
+    assert shown.code == 0, shown.err
+    assert_shown(shown, r"t-\x1b[2J", r"again \x1b]0;pwned\x07\nnext", r"text 't-'")
+
+
+def test_a_filter_is_escaped_where_a_job_shows_it(cli: Cli, hostile: DeadLetterQueue) -> None:
+    ran = cli(*APP, "archive", "--text", f"t-{CLEAR}", "--background")
+    assert ran.code == 0, ran.err
+    job_id = ran.out.strip()
+    assert_clean(ran.err)
+    shown = cli(*APP, "jobs", "show", job_id)
+    assert shown.code == 0, shown.err
+    assert_shown(shown, r"text 't-\x1b[2J'")
+    listed = cli(*APP, "jobs", "list")
+    assert_clean(listed.out)
+    assert job_id in listed.out
+
+
+@pytest.mark.parametrize("job_id", [f"job-{CLEAR}", f"job-{RLO}", "j" * 129, ""])
+def test_a_job_id_that_cannot_be_is_a_usage_error(
+    cli: Cli, dlq: DeadLetterQueue, job_id: str
+) -> None:
+    for command in ("show", "pause", "resume", "cancel"):
+        ran = cli(*APP, "jobs", command, job_id)
+        assert ran.code == 2
+        assert "JOB_ID" in ran.one_error_line()
 
 
 def test_retry_output_escapes_the_error(cli: Cli, hostile: DeadLetterQueue) -> None:
@@ -258,7 +297,8 @@ def test_archive_lines_escape_ids(cli: Cli, hostile: DeadLetterQueue) -> None:
 
 def test_purge_and_clear_messages_are_clean(cli: Cli, hostile: DeadLetterQueue) -> None:
     ran = cli(*APP, "purge", "--status", "pending", "--dry-run")
-    assert (ran.code, ran.out) == (0, "would purge 1 task(s); nothing was deleted\n")
+    assert ran.code == 0, ran.err
+    assert_shown(ran, "would purge 1 task(s); nothing was changed", r"first: t-\x1b[2J")
     ran = cli(*APP, "clear", "--yes")
     assert (ran.code, ran.out) == (0, "cleared 1 task(s)\n")
 
