@@ -115,6 +115,23 @@ class TaskSummary(BaseModel):
     #: the first ids in listing order (newest failure first)
     sample: list[str] = Field(default_factory=list)
 
+    @classmethod
+    def of(
+        cls,
+        by_status: dict[str, int],
+        by_category: dict[str, int],
+        by_workflow: dict[str, int],
+        sample: list[str],
+    ) -> TaskSummary:
+        """A summary of these counts (every match has one status: they sum to the total)."""
+        return cls(
+            total=sum(by_status.values()),
+            by_status=by_status,
+            by_category=by_category,
+            by_workflow=by_workflow,
+            sample=sample,
+        )
+
 
 class Job(BaseModel):
     """A bulk operation on the tasks a filter selected when it started."""
@@ -139,8 +156,14 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
-    #: where the next page starts (the store's listing cursor); None before the first
+    #: the store's listing cursor after the page in ``in_flight`` (None before the
+    #: first page was listed)
     cursor: str | None = None
+    #: the ids of the page being worked on, announced before it is acted on: a runner
+    #: that takes the job over acts on these first (by id), then reads on from ``cursor``
+    in_flight: list[str] = Field(default_factory=list)
+    #: the listing has no page after ``in_flight``
+    listed_all: bool = False
     pages: int = Field(default=0, ge=0)
     matched: int = Field(default=0, ge=0, description="tasks selected when the job started")
     done: int = Field(default=0, ge=0)

@@ -6,15 +6,17 @@ claimable job to this runner with a compare-and-set — queued, or running under
 lease that ran out, its runner presumed dead — and :meth:`JobRunner.run` works
 through it:
 
-1. read the next page of the job's selection (the filter bounded by the
+1. act on the page announced in the job (``in_flight``: its ids), by
+   :mod:`.items` — replay/archive by ``mutate_many``, purge by delete, retry by
+   claiming and running the handler, ``concurrency`` at a time — paced by the
+   job's rate;
+2. read the following page of the job's selection (the filter bounded by the
    snapshot) from the recorded cursor;
-2. act on its items (:mod:`.items`: replay/archive by ``mutate_many``, purge by
-   delete, retry by claiming and running the handler, ``concurrency`` at a time),
-   paced by the job's rate;
-3. record the page: counts, the first failures, the cursor after it, a renewed
-   lease — a compare-and-set that also notices a pause or a cancel (the runner
-   stops there) or that the job was taken over (it stops without recording: the
-   new runner does the page again, and the marker keeps items from repeating).
+3. record: the page's counts and first failures, the following page announced
+   and the cursor past it, a renewed lease — a compare-and-set that also notices a
+   pause or a cancel (the runner stops there) or that the job was taken over (it
+   stops without recording: the new runner acts on the announced page again, by
+   id, and the marker keeps items from repeating while still counting them).
 
 **Rate.** One runner per job: the lease makes sure of it, so the job's rate is
 the runner's pace (item k of a run starts k/rate seconds after the run started),
@@ -39,7 +41,7 @@ from mahavishnu_dlq.attempt import run_attempt
 from mahavishnu_dlq.errors import DLQError, JobStateError, StoreUnavailableError
 from mahavishnu_dlq.jobs import items
 from mahavishnu_dlq.jobs.model import FAILURES_KEPT, Job, JobKind, JobState
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskPage
 from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
@@ -297,48 +299,92 @@ class JobRunner:
         return current.evolve(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
 
     async def _pages(self, job: Job) -> Job | None:
-        """Pages until the job is no longer running; None when it was taken over."""
+        """Pages until the job is no longer running; None when it was taken over.
+
+        A page is announced before it is acted on: the record that ends one page
+        names the ids of the next (``in_flight``) and moves the cursor past it. A
+        runner that takes the job over acts on the announced ids first — by id, so
+        an item its predecessor already moved out of the filter (archived, deleted)
+        is still counted — then goes on from the cursor.
+        """
         clock = self.dlq.clock
         started = clock.now()
         acted = 0
         size = self.page_size if job.rate is None else min(self.page_size, math.ceil(job.rate))
         chunk = size if job.rate is None else max(1, math.ceil(job.rate / _TICKS_PER_SECOND))
-        while True:
-            page = await self.dlq.traced_store.query(job.selection(), limit=size, cursor=job.cursor)
-            tally = items.Tally()
-            for at in range(0, len(page), chunk):
-                if job.rate is not None and acted:
-                    wait = _until(started, acted / job.rate, clock.now())
-                    if wait > 0:
-                        await clock.sleep(wait)
-                part = page[at : at + chunk]
-                await self._act(job, part, tally)
-                acted += len(part)
-            try:
-                job = await self._record(job, tally, page.cursor)
-            except _Lost:
-                return None
-            if job.state is not JobState.RUNNING:
-                return job
+        try:
+            if job.in_flight:  # its last runner stopped inside this page
+                page: Sequence[FailedTask | str] = await self._fetch(job.in_flight)
+            elif job.listed_all:
+                page = []
+            else:
+                first = await self._next_page(job, size)
+                job = await self._record(job, None, first)
+                if job.state is not JobState.RUNNING:  # paused or cancelled already
+                    return job
+                page = first
+            while True:
+                tally = items.Tally()
+                for at in range(0, len(page), chunk):
+                    if job.rate is not None and acted:
+                        wait = _until(started, acted / job.rate, clock.now())
+                        if wait > 0:
+                            await clock.sleep(wait)
+                    part = page[at : at + chunk]
+                    await self._act(job, part, tally)
+                    acted += len(part)
+                following = None if job.listed_all else await self._next_page(job, size)
+                job = await self._record(job, tally, following)
+                if job.state is not JobState.RUNNING or following is None:
+                    return job
+                page = following
+        except _Lost:
+            return None
 
-    async def _record(self, job: Job, tally: items.Tally, cursor: str | None) -> Job:
-        """Add a page's outcomes to the stored job and move its cursor past the page."""
+    async def _next_page(self, job: Job, size: int) -> TaskPage[FailedTask]:
+        return await self.dlq.traced_store.query(job.selection(), limit=size, cursor=job.cursor)
+
+    async def _fetch(self, task_ids: Sequence[str]) -> list[FailedTask | str]:
+        """The records of ``task_ids`` as stored now; the id itself where none is."""
+        found: list[FailedTask | str] = list(task_ids)
+        limiter = anyio.CapacityLimiter(_PURGE_CONCURRENCY)
+
+        async def get(index: int) -> None:
+            async with limiter:
+                task = await self.dlq.traced_store.get(task_ids[index])
+            if task is not None:
+                found[index] = task
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(task_ids)):
+                group.start_soon(get, index)
+        return found
+
+    async def _record(
+        self, job: Job, tally: items.Tally | None, following: TaskPage[FailedTask] | None
+    ) -> Job:
+        """Add a page's outcomes (``tally``; None before the first page) to the stored
+        job and announce the ``following`` page (None: there is none, the job is done)."""
         now = self.dlq.clock.now()
-        last = cursor is None
+        last = following is None
+        counts = tally or items.Tally()
 
         def record(current: Job) -> Job:
             self._mine(current)
             room = max(0, FAILURES_KEPT - len(current.failures))
             changes: dict[str, Any] = {
-                "cursor": cursor,
-                "pages": current.pages + 1,
-                "done": current.done + tally.done,
-                "skipped": current.skipped + tally.skipped,
-                "failed": current.failed + tally.failed,
-                "failures": [*current.failures, *tally.failures[:room]],
+                "pages": current.pages + (tally is not None),
+                "done": current.done + counts.done,
+                "skipped": current.skipped + counts.skipped,
+                "failed": current.failed + counts.failed,
+                "failures": [*current.failures, *counts.failures[:room]],
                 "updated_at": now,
                 "lease_expires_at": now + timedelta(seconds=self.lease_seconds),
+                "in_flight": [] if following is None else [t.task_id for t in following],
             }
+            if following is not None:
+                changes["cursor"] = following.cursor
+                changes["listed_all"] = following.cursor is None
             if last:
                 changes["state"] = JobState.DONE
             if last or current.state is not JobState.RUNNING:  # done, paused or cancelled
@@ -348,16 +394,17 @@ class JobRunner:
             return current.evolve(**changes)
 
         stored = await self.dlq.traced_store.jobs.mutate(job.job_id, record)
-        self.dlq.telemetry.job_items(job.kind.value, tally.done, tally.skipped, tally.failed)
-        _log.debug(
-            "dlq.job.page %s: page %d, %d done, %d skipped, %d failed",
-            job.job_id,
-            stored.pages,
-            tally.done,
-            tally.skipped,
-            tally.failed,
-            extra={"action": "dlq.job.page", "job_id": job.job_id, "page": stored.pages},
-        )
+        if tally is not None:
+            self.dlq.telemetry.job_items(job.kind.value, tally.done, tally.skipped, tally.failed)
+            _log.debug(
+                "dlq.job.page %s: page %d, %d done, %d skipped, %d failed",
+                job.job_id,
+                stored.pages,
+                tally.done,
+                tally.skipped,
+                tally.failed,
+                extra={"action": "dlq.job.page", "job_id": job.job_id, "page": stored.pages},
+            )
         return stored
 
     async def _ended(self, job: Job) -> None:
@@ -390,7 +437,17 @@ class JobRunner:
 
     # -- acting on items ---------------------------------------------------------------
 
-    async def _act(self, job: Job, tasks: Sequence[FailedTask], tally: items.Tally) -> None:
+    async def _act(self, job: Job, found: Sequence[FailedTask | str], tally: items.Tally) -> None:
+        """Act on a page's tasks; an id alone is a task announced but gone since (a
+        purge counts it done: gone is what it wanted; the other kinds skip it)."""
+        tasks: list[FailedTask] = []
+        for task in found:
+            if isinstance(task, FailedTask):
+                tasks.append(task)
+            elif job.kind is JobKind.PURGE:
+                tally.ok()
+            else:
+                tally.skip(task, "it was deleted")
         if not tasks:
             return
         if job.kind is JobKind.PURGE:

@@ -368,13 +368,7 @@ class MemoryStore:
             by_category[row[_CATEGORY_AT]] = by_category.get(row[_CATEGORY_AT], 0) + 1
             by_workflow[row[_WORKFLOW]] = by_workflow.get(row[_WORKFLOW], 0) + 1
         first = heapq.nsmallest(sample, rows, key=_sort_key) if sample > 0 else []
-        return TaskSummary(
-            total=len(rows),
-            by_status=by_status,
-            by_category=by_category,
-            by_workflow=by_workflow,
-            sample=[row[_ID] for row in first],
-        )
+        return TaskSummary.of(by_status, by_category, by_workflow, [row[_ID] for row in first])
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         top = [

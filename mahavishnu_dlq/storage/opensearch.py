@@ -503,13 +503,7 @@ class OpenSearchStore:
                 break
             cursor = page.cursor
         by_status, by_category, by_workflow = counts
-        return TaskSummary(
-            total=sum(by_status.values()),
-            by_status=by_status,
-            by_category=by_category,
-            by_workflow=by_workflow,
-            sample=ids,
-        )
+        return TaskSummary.of(by_status, by_category, by_workflow, ids)
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         require_asyncio()

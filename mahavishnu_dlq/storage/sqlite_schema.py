@@ -405,13 +405,7 @@ def read_summary(connection: sqlite3.Connection, flt: TaskFilter, sample: int) -
         by_status[status] = by_status.get(status, 0) + n
         by_category[category] = by_category.get(category, 0) + n
         by_workflow[workflow] = by_workflow.get(workflow, 0) + n
-    return TaskSummary(
-        total=sum(by_status.values()),
-        by_status=by_status,
-        by_category=by_category,
-        by_workflow=by_workflow,
-        sample=ids,
-    )
+    return TaskSummary.of(by_status, by_category, by_workflow, ids)
 
 
 def _first_ids(connection: sqlite3.Connection, flt: TaskFilter, limit: int) -> list[str]:

@@ -287,26 +287,58 @@ async def test_pause_resume_and_cancel_before_a_runner_takes_the_job(
     assert await dlq.cancel_job(job.job_id) == cancelled  # idempotent
 
 
-async def test_a_running_job_pauses_at_a_page_boundary_and_resumes_from_its_cursor(
+def steer_after_first_page(runner: JobRunner, steer: Any) -> None:
+    """Make ``runner`` call ``steer(job_id)`` once, right after acting on its first page
+    (as an operator's pause or cancel from elsewhere would arrive mid-run)."""
+    act = runner._act
+    steered: list[str] = []
+
+    async def act_then_steer(job: Job, found: Any, tally: Tally) -> None:
+        await act(job, found, tally)
+        if not steered:
+            steered.append(job.job_id)
+            held = await steer(job.job_id)
+            assert held.runner == runner.worker_id  # it stops at the page's record
+
+    runner._act = act_then_steer  # type: ignore[method-assign]
+
+
+async def test_a_pause_before_the_first_page_stops_at_once_and_resume_does_it_all(
     dlq: DeadLetterQueue,
 ) -> None:
     await fill(dlq, 25)
     job = await dlq.start_job("archive")
     runner = JobRunner(dlq)
     claimed = await runner.claim(job.job_id)
-    held = await dlq.pause_job(job.job_id)  # the runner holds it: it stops after a page
-    assert held.state is JobState.PAUSED
-    assert held.runner == "w-1"
+    held = await dlq.pause_job(job.job_id)
+    assert (held.state, held.runner) == (JobState.PAUSED, "w-1")
     stopped = await runner.run(claimed)
+    assert (stopped.state, stopped.done, stopped.runner) == (JobState.PAUSED, 0, None)
+    assert len(stopped.in_flight) == 10  # announced, not acted on
+    assert await statuses(dlq) == {"exhausted": 25}
+    await dlq.resume_job(job.job_id)
+    await RetryProcessor(dlq).run_once()
+    done = await dlq.get_job(job.job_id)
+    assert (done.state, done.done, done.runs, done.in_flight) == (JobState.DONE, 25, 2, [])
+
+
+async def test_a_running_job_pauses_at_a_page_boundary_and_resumes_from_its_cursor(
+    dlq: DeadLetterQueue,
+) -> None:
+    await fill(dlq, 25)
+    job = await dlq.start_job("archive")
+    runner = JobRunner(dlq)
+    steer_after_first_page(runner, dlq.pause_job)
+    stopped = await runner.run(await runner.claim(job.job_id))
     assert stopped.state is JobState.PAUSED
     assert (stopped.done, stopped.pages, stopped.runner) == (10, 1, None)
-    assert stopped.cursor is not None
+    assert len(stopped.in_flight) == 10  # the next page, announced
     assert await statuses(dlq) == {"archived": 10, "exhausted": 15}
     resumed = await dlq.resume_job(job.job_id)
     assert resumed.state is JobState.QUEUED
     await RetryProcessor(dlq).run_once()
     done = await dlq.get_job(job.job_id)
-    assert (done.state, done.done, done.runs) == (JobState.DONE, 25, 2)
+    assert (done.state, done.done, done.skipped, done.runs) == (JobState.DONE, 25, 0, 2)
     assert await statuses(dlq) == {"archived": 25}
 
 
@@ -316,12 +348,12 @@ async def test_cancel_of_a_running_job_records_its_last_page(dlq: DeadLetterQueu
     dlq.on_job_finished(finished.append)
     job = await dlq.start_job("archive")
     runner = JobRunner(dlq)
-    claimed = await runner.claim(job.job_id)
-    await dlq.cancel_job(job.job_id)
-    stopped = await runner.run(claimed)
+    steer_after_first_page(runner, dlq.cancel_job)
+    stopped = await runner.run(await runner.claim(job.job_id))
     assert (stopped.state, stopped.done) == (JobState.CANCELLED, 10)
     assert stopped.finished_at is not None
     assert finished == [stopped]
+    assert await statuses(dlq) == {"archived": 10, "exhausted": 15}
 
 
 async def test_a_job_held_by_a_live_runner_cannot_be_claimed(dlq: DeadLetterQueue) -> None:
@@ -341,8 +373,9 @@ async def test_a_runner_that_died_mid_page_is_taken_over_without_repeating_items
     job = await dlq.start_job("replay")
     dead = JobRunner(dlq, worker_id="dead", lease_seconds=30)
     claimed = await dead.claim(job.job_id)
-    # it replays the first page, then dies before recording it
-    page = await dlq.store.query(claimed.selection(), limit=10)
+    # it announces and replays the first page, then dies before recording it
+    page = await dead._next_page(claimed, 10)
+    claimed = await dead._record(claimed, None, page)
     await dead._act(claimed, list(page), Tally())
     replayed_first = await dlq.get_task(page[0].task_id)
     assert replayed_first is not None
@@ -352,7 +385,8 @@ async def test_a_runner_that_died_mid_page_is_taken_over_without_repeating_items
     clock.advance(31)
     taken = await heir.claim_next()
     assert taken is not None
-    assert (taken.runner, taken.runs, taken.cursor) == ("heir", 2, None)
+    assert (taken.runner, taken.runs, taken.done) == ("heir", 2, 0)
+    assert taken.in_flight == [task.task_id for task in page]
     done = await heir.run(taken)
     assert (done.state, done.done, done.skipped, done.failed) == (JobState.DONE, 25, 0, 0)
     for task in page:  # replayed once: by the dead runner, counted by its heir
@@ -445,3 +479,41 @@ async def test_a_running_processor_takes_a_new_job_at_once(dlq: DeadLetterQueue)
         await dlq.stop_retry_processor()
     done = await dlq.get_job(job.job_id)
     assert (done.state, done.done) == (JobState.DONE, 12)
+
+
+async def test_a_job_run_is_a_span_and_its_items_are_counted_by_kind_and_outcome(
+    clock: FakeClock,
+) -> None:
+    from tests.unit.test_telemetry import Otel  # noqa: PLC0415 - the SDK test harness
+
+    otel = Otel()
+    try:
+        dlq = DeadLetterQueue(
+            clock=clock,
+            worker_id="w",
+            job_page_size=10,
+            tracer_provider=otel.tracer_provider,
+            meter_provider=otel.meter_provider,
+        )
+        dlq.register_handler("sync", lambda task, repos: None)
+        await fill(dlq, 12)
+        busy = await dlq.enqueue(
+            "busy", {"n": 0}, error=ConnectionError("x"), max_retries=3, workflow="sync"
+        )
+        clock.advance(86400)
+        assert [t.task_id for t in await RetryProcessor(dlq).claim(10)] == [busy.task_id]
+        job = await dlq.start_job("archive")
+        done = await JobRunner(dlq).run(await JobRunner(dlq).claim(job.job_id))
+        assert (done.done, done.skipped) == (12, 1)
+        (span,) = otel.finished("dlq.job")
+        assert span.attributes is not None
+        assert span.attributes["dlq.job_id"] == job.job_id
+        assert span.attributes["dlq.job.kind"] == "archive"
+        assert span.attributes["dlq.job.state"] == "done"
+        assert (span.attributes["dlq.job.done"], span.attributes["dlq.job.skipped"]) == (12, 1)
+        assert otel.total("dlq.jobs.items", kind="archive", outcome="done") == 12
+        assert otel.total("dlq.jobs.items", kind="archive", outcome="skipped") == 1
+        assert otel.total("dlq.tasks.archived") == 12
+    finally:
+        otel.tracer_provider.shutdown()
+        otel.meter_provider.shutdown()
