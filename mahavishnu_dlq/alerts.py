@@ -69,7 +69,7 @@ __all__ = [
 
 _log = library_logger(__name__)
 
-AlertKind = Literal["depth", "oldest_pending", "exhausted_rate"]
+AlertKind = Literal["depth", "oldest_pending", "exhausted_rate", "breaker_open"]
 #: ``callback(alert)``: a function or coroutine function; its return value is ignored.
 AlertCallback = Callable[["Alert"], Any]
 
@@ -167,6 +167,8 @@ def _message(rule: AlertRule, value: float) -> str:
         return f"dlq depth {_num(value)} above {_num(rule.threshold)}"
     if rule.kind == "oldest_pending":
         return f"dlq oldest pending task waiting {_num(value)}s, above {_num(rule.threshold)}s"
+    if rule.kind == "breaker_open":
+        return f"dlq {_num(value)} workflow circuit breakers open, above {_num(rule.threshold)}"
     return (
         f"dlq {_num(value)} tasks exhausted in the last {_num(rule.window_seconds)}s, "
         f"above {_num(rule.threshold)}"
@@ -329,6 +331,17 @@ class AlertEvaluator:
     def _measure(self, rule: AlertRule, stats: Mapping[str, Any]) -> float | None:
         if rule.kind == "exhausted_rate":
             return float(self.exhausted_count(rule.window_seconds))
+        if rule.kind == "breaker_open":
+            breakers = stats.get("breakers")
+            if not isinstance(breakers, Mapping):
+                return None
+            return float(
+                sum(
+                    1
+                    for b in breakers.values()
+                    if isinstance(b, Mapping) and b.get("state") == "open"
+                )
+            )
         key = "queue_size" if rule.kind == "depth" else "oldest_pending_age_seconds"
         value = stats.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -359,7 +372,7 @@ class AlertRuleSettings(BaseModel):
     name: str = Field(
         min_length=1, max_length=_NAME_MAX, description="unique name, in logs and alerts"
     )
-    kind: AlertKind = Field(description="depth, oldest_pending or exhausted_rate")
+    kind: AlertKind = Field(description="depth, oldest_pending, exhausted_rate or breaker_open")
     threshold: float = Field(
         ge=0,
         allow_inf_nan=False,

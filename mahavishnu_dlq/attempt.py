@@ -38,7 +38,7 @@ from mahavishnu_dlq.classifier import error_type_name
 from mahavishnu_dlq.context import exception_message
 from mahavishnu_dlq.errors import RetryAfter, TaskBusyError
 from mahavishnu_dlq.limits import MAX_TYPE_CHARS, bound_text, clean_text
-from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, FailedTask
+from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, ErrorCategory, FailedTask
 from mahavishnu_dlq.policy import (
     RetryAction,
     RetryDecision,
@@ -76,6 +76,8 @@ class AttemptResult:
     result: Any = None
     error: str | None = None
     record: FailedTask | None = None  # as stored after the attempt (None: lease lost)
+    #: the category of the exception a failed attempt raised (the breakers read it)
+    category: ErrorCategory | None = None
 
     @property
     def success(self) -> bool:
@@ -315,6 +317,7 @@ async def _run_attempt(
     limit = dlq.attempt_timeout_seconds if timeout is None else timeout
     result: Any = None
     outcome: dict[str, Any]
+    category: ErrorCategory | None = None
     try:
         if handler is None:
             raise LookupError(f"no handler registered for workflow {task.workflow!r}")
@@ -331,6 +334,7 @@ async def _run_attempt(
     except anyio.get_cancelled_exc_class() as exc:
         if not _cancelled():  # the handler raised it itself: a failure like any other
             outcome = _failure(dlq, exc)
+            category = _category(dlq, exc)
         else:
             with anyio.CancelScope(shield=True):
                 if slot is not None and slot.timed_out:  # our watchdog: a timeout, not a stop
@@ -340,6 +344,7 @@ async def _run_attempt(
             raise
     except Exception as exc:  # noqa: BLE001 - a workflow's failure is data, never a crash
         outcome = _failure(dlq, exc)
+        category = _category(dlq, exc)
     except BaseException:  # KeyboardInterrupt, SystemExit …: give the attempt back, go on up
         with anyio.CancelScope(shield=True):
             await release(dlq, task, owner)
@@ -349,7 +354,16 @@ async def _run_attempt(
     error = outcome.get("error")
     if error is None and stored is not None and status is DeadLetterStatus.EXHAUSTED:
         error = stored.last_error  # a deferral that gave up says why
-    return AttemptResult(task.task_id, outcome["outcome"], status, result, error, stored)
+    return AttemptResult(task.task_id, outcome["outcome"], status, result, error, stored, category)
+
+
+def _category(dlq: DeadLetterQueue, exc: BaseException) -> ErrorCategory | None:
+    """The category of a retry's exception for the breakers; None when the exception
+    cannot even be looked at (a hostile one): it then trips nothing."""
+    try:
+        return dlq.classifier.classify(exc)
+    except Exception:  # noqa: BLE001 - the attempt's outcome matters more than its category
+        return None
 
 
 def _failure(dlq: DeadLetterQueue, exc: BaseException) -> dict[str, Any]:

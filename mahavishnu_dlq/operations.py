@@ -22,7 +22,12 @@ from pydantic import ValidationError
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.attempt import run_attempt
-from mahavishnu_dlq.errors import TaskBusyError, TaskNotFoundError, UnreadableRecordError
+from mahavishnu_dlq.errors import (
+    StoreUnavailableError,
+    TaskBusyError,
+    TaskNotFoundError,
+    UnreadableRecordError,
+)
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
@@ -171,8 +176,34 @@ class Operations:
                 for fp in stats.top_fingerprints
             ],
         }
-        dlq.telemetry.snapshot = result  # what the depth and age gauges report
+        result["breakers"] = await self._breakers(now)
+        dlq.telemetry.snapshot = result  # what the depth, age and breaker gauges report
         return result
+
+    async def _breakers(self, now: datetime) -> dict[str, dict[str, Any]] | None:
+        """Every workflow's circuit breaker: state, since when, the window's failure
+        ratio; None while the store that keeps them cannot be reached (a degraded
+        failover store keeps them on its primary only)."""
+        dlq = self._dlq
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            breakers = await dlq.downstream.breakers()
+        except StoreUnavailableError:
+            return None
+        for breaker in breakers:
+            policy = dlq.downstream.policy(breaker.workflow)
+            found[breaker.workflow] = {
+                "state": breaker.state.value,
+                "since": None if breaker.since is None else breaker.since.isoformat(),
+                "open_until": (
+                    None if breaker.open_until is None else breaker.open_until.isoformat()
+                ),
+                "failure_ratio": round(breaker.failure_ratio(now, policy), 4),
+                "trips": breaker.trips,
+                "by": breaker.by,
+                "enabled": policy.enabled,
+            }
+        return found
 
     # -- one task ----------------------------------------------------------------------
 

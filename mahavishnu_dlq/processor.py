@@ -44,6 +44,7 @@ from mahavishnu_dlq.attempt import (
     require_present,
     run_attempt,
 )
+from mahavishnu_dlq.downstream.shared import Gate
 from mahavishnu_dlq.errors import TaskBusyError
 from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
@@ -102,7 +103,7 @@ class RetryProcessor:
 
     # -- claiming -----------------------------------------------------------------
 
-    def _claimer(self, now: datetime) -> Callable[[FailedTask | None], FailedTask]:
+    def _claimer(self, now: datetime, gate: Gate) -> Callable[[FailedTask | None], FailedTask]:
         def claim(current: FailedTask | None) -> FailedTask:
             if current is None:
                 raise TaskBusyError("?", reason="gone")
@@ -116,6 +117,8 @@ class RetryProcessor:
                 and not current.lease_active(now)
             ):
                 return lifecycle.expire(current, now=now)
+            if not gate.admits(current.workflow):  # its downstream's breaker is open
+                raise TaskBusyError(current.task_id, reason=gate.reason(current.workflow))
             return lifecycle.claim(
                 current,
                 now=now,
@@ -129,15 +132,21 @@ class RetryProcessor:
 
     async def claim(self, limit: int) -> list[FailedTask]:
         """Lease up to ``limit`` due tasks to this processor."""
+        gate = await self.dlq.downstream.gate()
         now = self.dlq.clock.now()
+        claimer = self._claimer(now, gate)
         tracer = self.dlq.telemetry.tracer()
-        if tracer is None:
-            changed = await self.dlq.traced_store.claim_due(now, limit, self._claimer(now))
-        else:
-            attributes = {"dlq.backend": self.dlq.store.backend, "dlq.worker": self.worker_id}
-            with tracer.start_as_current_span("dlq.claim", attributes=attributes) as span:
-                changed = await self.dlq.traced_store.claim_due(now, limit, self._claimer(now))
-                span.set_attribute("dlq.claimed", len(changed))
+        try:
+            if tracer is None:
+                changed = await self.dlq.traced_store.claim_due(now, limit, claimer)
+            else:
+                attributes = {"dlq.backend": self.dlq.store.backend, "dlq.worker": self.worker_id}
+                with tracer.start_as_current_span("dlq.claim", attributes=attributes) as span:
+                    changed = await self.dlq.traced_store.claim_due(now, limit, claimer)
+                    span.set_attribute("dlq.claimed", len(changed))
+        finally:
+            if gate.probes:
+                await self.dlq.downstream.settle(gate)
         mine = []
         for task in changed:
             if task.status is DeadLetterStatus.RETRYING and task.lease_owner == self.worker_id:
@@ -179,12 +188,28 @@ class RetryProcessor:
             self._in_flight.pop(task.task_id, None)
             if self._wake is not None:
                 self._wake.set()
+        if result is not None:
+            await self._feed_breaker(task, result)
         if (
             result is not None
             and result.status is DeadLetterStatus.EXHAUSTED
             and result.record is not None
         ):
             await self.dlq.hooks.exhausted(result.record)
+
+    async def _feed_breaker(self, task: FailedTask, result: AttemptResult) -> None:
+        """Add the attempt's outcome to its workflow's breaker (a store that cannot be
+        reached for it costs this one outcome, not the processor)."""
+        try:
+            await self.dlq.downstream.record(task, result)
+        except Exception as exc:  # noqa: BLE001 - the breaker sees the next outcome
+            _log.warning(
+                "dlq.breaker %s: the outcome was not recorded (%s: %s)",
+                task.workflow,
+                type(exc).__name__,
+                exc,
+                extra={"action": "dlq.breaker", "workflow": task.workflow, "outcome": "failed"},
+            )
 
     def _halt(self, exc: BaseException) -> None:
         if self._fatal is None:

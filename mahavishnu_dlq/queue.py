@@ -29,6 +29,8 @@ from mahavishnu_dlq.alerts import Alert, AlertCallback, AlertEvaluator, AlertRul
 from mahavishnu_dlq.capture import Capture, Failure
 from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.clock import Clock, SystemClock
+from mahavishnu_dlq.downstream.breaker import BreakerBook
+from mahavishnu_dlq.downstream.shared import BreakerMethods, Downstream
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks, JobFinishedHook
 from mahavishnu_dlq.integration import WorkflowWrapping
@@ -86,7 +88,7 @@ _LIFETIME_KEYS = (
 )
 
 
-class DeadLetterQueue(WorkflowWrapping, JobMethods):
+class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
@@ -116,6 +118,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods):
         job_page_size: int = 500,
         job_lease_seconds: float = 60.0,
         job_poll_seconds: float = 2.0,
+        breakers: BreakerBook | None = None,
         enabled: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -161,6 +164,9 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods):
         self.job_page_size = job_page_size
         self.job_lease_seconds = job_lease_seconds
         self.job_poll_seconds = job_poll_seconds
+        #: the circuit breaker policy of each workflow, and the shared breakers
+        self.breakers = breakers or BreakerBook()
+        self.downstream = Downstream(self)
         self.handlers: dict[str, Handler] = {}
         self.default_callback: Handler | None = None
         self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
@@ -201,6 +207,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods):
             job_page_size=settings.jobs.page_size,
             job_lease_seconds=settings.jobs.lease_seconds,
             job_poll_seconds=settings.jobs.poll_seconds,
+            breakers=settings.processor.breaker.book(),
             enabled=settings.enabled,
             alert_rules=settings.alert_rules(),
         )

@@ -155,6 +155,17 @@ class Telemetry:
             "dlq.attempt.duration", unit="s", description="how long one retry attempt ran"
         )
         made["failover"] = meter.create_counter("dlq.failover.transitions", unit="{transition}")
+        made["breaker"] = meter.create_counter(
+            "dlq.breaker.transitions",
+            unit="{transition}",
+            description="workflow circuit breakers moving to a state",
+        )
+        meter.create_observable_gauge(
+            "dlq.breaker.state",
+            callbacks=[self._breakers],
+            unit="1",
+            description="a workflow's circuit breaker: 0 closed, 1 half-open, 2 open",
+        )
         made["job_items"] = meter.create_counter(
             "dlq.jobs.items", unit="{task}", description="tasks bulk jobs acted on, by outcome"
         )
@@ -217,6 +228,25 @@ class Telemetry:
             if amount:
                 counter.add(amount, {"dlq.kind": kind, "dlq.outcome": outcome})
 
+    def breaker_transition(self, workflow: str, to: str) -> None:
+        """A workflow's breaker moved to ``to`` (closed, open, half_open)."""
+        instruments = self._made()
+        if instruments is not None:
+            label = self._workflow_label(workflow)
+            instruments["breaker"].add(1, {"dlq.workflow": label, "dlq.to": to})
+
+    def _workflow_label(self, workflow: str) -> str:
+        if workflow in self._workflows or len(self._workflows) < MAX_WORKFLOW_LABELS:
+            self._workflows.add(workflow)
+            return workflow
+        return "other"
+
+    def _breakers(self, _options: Any) -> Iterator[Any]:
+        levels = {"closed": 0, "half_open": 1, "open": 2}
+        for workflow, breaker in (self.snapshot.get("breakers") or {}).items():
+            level = levels.get(breaker.get("state"), 0)
+            yield _metrics.Observation(level, {"dlq.workflow": self._workflow_label(workflow)})
+
     def failover(self, to: str) -> None:
         """The failover store switched to ``to`` ("fallback" or "primary")."""
         instruments = self._made()
@@ -247,6 +277,7 @@ class TracedStore:
         self.backend = store.backend
         #: the store's bulk jobs, untraced (a few small writes a second at most)
         self.jobs = store.jobs
+        self.controls = store.controls
 
     async def _run(
         self,

@@ -17,6 +17,7 @@ raises the log level. The modules:
 - :mod:`.bulk`: replay, retry, archive and purge by filter as stored jobs, and
   :mod:`.follow`: following one (progress, running it here, Ctrl-C);
 - :mod:`.jobs`: jobs list, show, pause, resume, cancel;
+- :mod:`.breakers`: breaker list, open, close (each workflow's circuit breaker);
 - :mod:`.operate`: processor run, config show/validate, demo;
 - :mod:`.app`: the command tree and :func:`main`'s error handling.
 

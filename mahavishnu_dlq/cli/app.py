@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from mahavishnu_dlq import __version__
-from mahavishnu_dlq.cli import actions, browse, jobs, operate
+from mahavishnu_dlq.cli import actions, breakers, browse, jobs, operate
 from mahavishnu_dlq.cli.common import (
     APP_ENV_VAR,
     EXIT_FAILED,
@@ -117,6 +117,7 @@ def build_app() -> typer.Typer:
         app.command(name)(command)
     operate.register(app, context_settings=settings)
     jobs.register(app, context_settings=settings)
+    breakers.register(app, context_settings=settings)
     return app
 
 

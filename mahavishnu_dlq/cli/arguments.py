@@ -6,7 +6,8 @@ opened. Values come from a shell, so each is bounded as well as parsed: a
 duration is at most a century (:data:`~mahavishnu_dlq.policy.MAX_SECONDS`), a rate
 between one an hour and a million a second, a task id 1-512 characters of valid
 Unicode like every stored id, a job id 1-128 printable characters, a workflow
-name at most 512 characters and
+name at most 512 characters (1-512 printable ones where it names a circuit
+breaker: :func:`parse_workflow`), a ``--reason`` at most :data:`MAX_REASON_CHARS` and
 ``--text``/``--fingerprint`` at most :data:`MAX_FILTER_CHARS`; a value quoted in
 a message is cut (:func:`quoted`).
 """
@@ -21,13 +22,14 @@ from typing import TypeVar
 
 import typer
 
-from mahavishnu_dlq.limits import MAX_ID_CHARS, is_valid_unicode
+from mahavishnu_dlq.limits import MAX_ID_CHARS, MAX_NAME_CHARS, is_valid_unicode
 from mahavishnu_dlq.policy import MAX_SECONDS
 
 __all__ = [
     "MAX_FILTER_CHARS",
     "MAX_JOB_ID_CHARS",
     "MAX_RATE",
+    "MAX_REASON_CHARS",
     "MIN_RATE",
     "parse_choices",
     "parse_duration",
@@ -36,6 +38,7 @@ __all__ = [
     "parse_rate",
     "parse_task_id",
     "parse_text",
+    "parse_workflow",
     "quoted",
 ]
 
@@ -45,6 +48,8 @@ E = TypeVar("E", bound=Enum)
 MAX_FILTER_CHARS = 1024
 #: Longest job id (characters): what :class:`~mahavishnu_dlq.jobs.Job` allows.
 MAX_JOB_ID_CHARS = 128
+#: Longest ``--reason`` an operator gives for opening or closing a breaker (characters).
+MAX_REASON_CHARS = 1024
 #: The slowest and fastest ``--rate`` (tasks per second): one an hour, a million a second.
 MIN_RATE, MAX_RATE = 1 / 3600, 1_000_000.0
 
@@ -203,6 +208,24 @@ def parse_text(text: str, *, option: str, max_chars: int = MAX_FILTER_CHARS) -> 
         raise typer.BadParameter(
             f"{quoted(text)} is not valid Unicode (undecodable bytes in the argument), "
             "so nothing stored matches it",
+            param_hint=option,
+        )
+    return text
+
+
+def parse_workflow(text: str, *, option: str = "WORKFLOW") -> str:
+    """A workflow name argument (``breaker open|close``): 1-512 printable characters,
+    as long as a stored workflow name may be. Taken as given: no spaces are stripped."""
+    if not text or len(text) > MAX_NAME_CHARS:
+        size = "empty" if not text else f"{len(text)} characters long"
+        raise typer.BadParameter(
+            f"a workflow name is 1-{MAX_NAME_CHARS} characters; this one is {size}",
+            param_hint=option,
+        )
+    if not text.isprintable() or not is_valid_unicode(text):
+        raise typer.BadParameter(
+            f"{quoted(text)} is not a workflow name here: name a breaker with printable "
+            "characters (breaker list shows them)",
             param_hint=option,
         )
     return text

@@ -61,16 +61,18 @@ __all__ = ["list_tasks", "show", "status"]
 
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Statistics: counts by status, category and policy, lifetime counters, backend
-    and degraded state, oldest pending age and the most frequent failures."""
+    and degraded state, oldest pending age, circuit breakers not closed and the most
+    frequent failures."""
 
-    async def body(dlq: DeadLetterQueue) -> dict[str, Any]:
-        return await dlq.get_statistics()
+    async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], datetime]:
+        return await dlq.get_statistics(), dlq.clock.now()
 
-    stats = run(state_of(ctx), body, degraded_ok=True)
+    stats, now = run(state_of(ctx), body, degraded_ok=True)
     if as_json:
         emit_json(stats)
     else:
-        Console().print(render_statistics(stats))
+        console = Console()
+        console.print(render_statistics(stats, now, width=console.width))
 
 
 def list_tasks(

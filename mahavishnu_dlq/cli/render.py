@@ -26,11 +26,14 @@ from mahavishnu_dlq.cli.terminal import dumps, escape_block, escape_json, escape
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 
 __all__ = [
+    "BREAKER_STYLE",
     "STATUS_STYLE",
     "age",
+    "breaker_until",
     "count_table",
     "plain_row",
     "relative",
+    "render_breakers",
     "render_source",
     "render_statistics",
     "render_task",
@@ -49,6 +52,7 @@ STATUS_STYLE = {
 }
 NARROW = 100  # terminal columns below which ``list`` leaves out category and failed-at
 OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
+BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 
 
 # -- small pieces -------------------------------------------------------------------------
@@ -125,8 +129,11 @@ def _short_type(error_type: str) -> str:
 # -- statistics ---------------------------------------------------------------------------
 
 
-def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
-    """``DeadLetterQueue.get_statistics()`` as tables: counts, queue health, top fingerprints."""
+def render_statistics(
+    stats: Mapping[str, Any], now: datetime | None = None, *, width: int = 120
+) -> RenderableType:
+    """``DeadLetterQueue.get_statistics()`` as tables: counts, queue health, the circuit
+    breakers not closed, top fingerprints (``now``: when an open breaker closes, relative)."""
     queue = titled_table(
         "queue", "name", "value", box=None, show_header=False, title_justify="center"
     )
@@ -187,7 +194,103 @@ def render_statistics(stats: Mapping[str, Any]) -> RenderableType:
         )
     if not stats.get("top_fingerprints"):
         plain_row(fingerprints, "0", "-", "no open tasks", "-")
-    return Group(Columns(tables, padding=(1, 3)), Text(), queue, Text(), fingerprints)
+    parts: list[RenderableType] = [Columns(tables, padding=(1, 3)), Text(), queue, Text()]
+    breakers = _status_breakers(stats.get("breakers"), now, width)
+    if breakers is not None:
+        parts += [breakers, Text()]
+    return Group(*parts, fingerprints)
+
+
+# -- circuit breakers -------------------------------------------------------------------------
+
+
+def _moment(value: Any) -> datetime | None:
+    """A time of a breaker row: a datetime, or its ISO 8601 text (None if neither)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def breaker_until(row: Mapping[str, Any], now: datetime | None = None) -> str:
+    """Until when an open breaker stays open: "in 25.0 s", "until closed" (forced open
+    by an operator), "due" (it goes half-open at the next claim); "-" when not open."""
+    if row.get("state") != "open":
+        return "-"
+    until = _moment(row.get("open_until"))
+    if until is None:
+        return "until closed"
+    if now is None:
+        return when(until)
+    return "due" if until <= now else relative(until, now)
+
+
+def render_breakers(
+    rows: Sequence[Mapping[str, Any]],
+    now: datetime | None = None,
+    *,
+    title: str | None = None,
+    reasons: bool = False,
+    width: int = 120,
+) -> Table:
+    """Circuit breakers as a table: workflow, state, since, until, failures (the share
+    of sick outcomes in the window), trips, by (and the operator's reason, with
+    ``reasons``). Below ``NARROW`` columns (the terminal's ``width``) since is left
+    out (``--json`` has it). ``rows`` have the keys of
+    ``get_statistics()["breakers"]`` values, plus ``workflow`` (and ``reason``)."""
+    wide = width >= NARROW
+    since_column = ["since (UTC)"] if wide else []
+    by_column = "by: reason" if reasons else "by"
+    table = titled_table(
+        title, "workflow", "state", *since_column, "until", "+failures", "+trips", by_column
+    )
+    for column in table.columns[1:-1]:
+        column.no_wrap = True
+    table.columns[0].overflow, table.columns[0].min_width = "fold", 12
+    table.columns[-1].overflow, table.columns[-1].min_width = "fold", 10
+    for row in rows:
+        state = str(row.get("state", "?"))
+        shown = Text(state.replace("_", "-"), BREAKER_STYLE.get(state, ""))
+        forced = state == "open" and row.get("open_until") is None
+        if row.get("enabled") is False and not forced:
+            shown.append(" (breakers off)", "bright_black")
+        since = _moment(row.get("since"))
+        ratio = row.get("failure_ratio")
+        by = str(row.get("by") or "-")
+        if reasons and row.get("reason"):
+            by += f": {row['reason']}"
+        cells: list[str | RenderableType] = [str(row.get("workflow", "?")), shown]
+        if wide:
+            cells.append("-" if since is None else since.strftime("%m-%d %H:%M:%S"))
+        cells += [
+            breaker_until(row, now),
+            f"{ratio:.0%}" if isinstance(ratio, (int, float)) else "-",
+            str(row.get("trips", "-")),
+            by,
+        ]
+        plain_row(table, *cells)
+    return table
+
+
+def _status_breakers(
+    breakers: Mapping[str, Mapping[str, Any]] | None, now: datetime | None, width: int
+) -> RenderableType | None:
+    """What ``status`` shows of the breakers: those not closed, and how many are."""
+    if not breakers:
+        return None
+    rows = [{"workflow": workflow, **row} for workflow, row in breakers.items()]
+    not_closed = [row for row in rows if row.get("state") != "closed"]
+    closed = len(rows) - len(not_closed)
+    if not not_closed:
+        return Text(f"circuit breakers: {closed} stored, all closed", style="bright_black")
+    table = render_breakers(not_closed, now, title="circuit breakers (not closed)", width=width)
+    if not closed:
+        return table
+    return Group(table, Text(f"and {closed} closed (breaker list shows every one)", "bright_black"))
 
 
 # -- one task -----------------------------------------------------------------------------

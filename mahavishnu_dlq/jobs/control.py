@@ -63,7 +63,8 @@ def job_states(state: JobState | str | Iterable[JobState | str] | None) -> set[J
     return chosen
 
 
-def _creator() -> str:
+def creator() -> str:
+    """``user@host`` of this process: who made a job, who forced a breaker."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container)
@@ -142,7 +143,7 @@ class JobMethods:
             older_than_seconds=None if older_than is None else older_than.total_seconds(),
             rate=per_second,
             dry_run=dry_run,
-            created_by=require_str(created_by, "created_by") if created_by else _creator(),
+            created_by=require_str(created_by, "created_by") if created_by else creator(),
             created_at=now,
             updated_at=now,
             snapshot_at=now,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from mahavishnu_dlq.downstream.breaker import BreakerBook, BreakerPolicy
 from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
 from mahavishnu_dlq.policy import MAX_SECONDS, Jitter, PolicyOverride
 
@@ -34,6 +35,8 @@ from .hosts import check_host, take_credentials
 from .problems import number
 
 __all__ = [
+    "BreakerOverrideSettings",
+    "BreakerSettings",
     "ClassifierRuleSettings",
     "ClassifierSettings",
     "FailoverSettings",
@@ -54,6 +57,96 @@ class _Group(BaseModel):
     """A nested settings group: unknown keys are errors, inputs never shown in errors."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+_TRIP_ON = Literal[
+    "network", "transient", "resource", "permission", "validation", "permanent", "timeout"
+]
+
+
+_DEFAULT_TRIP_ON: tuple[_TRIP_ON, ...] = ("network", "transient", "resource", "timeout")
+
+
+class BreakerOverrideSettings(_Group):
+    """One workflow's differences from the default breaker."""
+
+    enabled: bool | None = Field(default=None, description="this workflow's breaker on or off")
+    failure_ratio: float | None = Field(default=None, gt=0, le=1, description="share that trips")
+    window_seconds: float | None = Field(default=None, ge=0.1, le=_DAY, description="window")
+    min_attempts: int | None = Field(default=None, ge=1, le=100_000, description="least outcomes")
+    open_seconds: float | None = Field(default=None, ge=0.01, le=_DAY, description="first open")
+    open_max_seconds: float | None = Field(default=None, ge=0.01, le=_DAY, description="cap")
+    half_open_attempts: int | None = Field(default=None, ge=1, le=1000, description="probes")
+    trip_on: list[_TRIP_ON] | None = Field(default=None, description="what trips it")
+
+
+class BreakerSettings(_Group):
+    """A circuit breaker per workflow in the retry processor, shared by every process."""
+
+    enabled: bool = Field(default=True, description="breakers on (per-workflow overrides win)")
+    failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="share of sick failures in the window that trips it"
+    )
+    window_seconds: float = Field(
+        default=60, ge=0.1, le=_DAY, description="the sliding window of attempt outcomes"
+    )
+    min_attempts: int = Field(
+        default=10, ge=1, le=100_000, description="outcomes the window needs before it can trip"
+    )
+    open_seconds: float = Field(
+        default=30, ge=0.01, le=_DAY, description="how long it stays open (doubling per trip)"
+    )
+    open_max_seconds: float = Field(
+        default=600, ge=0.01, le=_DAY, description="the longest it stays open"
+    )
+    half_open_attempts: int = Field(
+        default=3, ge=1, le=1000, description="probes let through, across all processes"
+    )
+    trip_on: list[_TRIP_ON] = Field(
+        default_factory=lambda: list(_DEFAULT_TRIP_ON),
+        description="failure categories (and timeout) that say the downstream is unwell",
+    )
+    by_workflow: dict[str, BreakerOverrideSettings] = Field(
+        default_factory=dict, description="per-workflow overrides"
+    )
+
+    @model_validator(mode="after")
+    def _caps(self) -> BreakerSettings:
+        groups: list[tuple[str, BreakerSettings | BreakerOverrideSettings]] = [
+            ("", self),
+            *self.by_workflow.items(),
+        ]
+        for name, group in groups:
+            opened = group.open_seconds or self.open_seconds
+            cap = group.open_max_seconds or self.open_max_seconds
+            if cap < opened:
+                where = f"by_workflow.{name}." if name else ""
+                raise ValueError(f"{where}open_max_seconds must be >= open_seconds")
+        return self
+
+    def book(self) -> BreakerBook:
+        """The :class:`BreakerBook` these settings describe."""
+        default = self._policy(BreakerOverrideSettings())
+        return BreakerBook(
+            default=default,
+            by_workflow={wf: self._policy(o) for wf, o in self.by_workflow.items()},
+        )
+
+    def _policy(self, override: BreakerOverrideSettings) -> BreakerPolicy:
+        def pick(name: str) -> Any:
+            value = getattr(override, name)
+            return getattr(self, name) if value is None else value
+
+        return BreakerPolicy(
+            enabled=pick("enabled"),
+            failure_ratio=pick("failure_ratio"),
+            window_seconds=pick("window_seconds"),
+            min_attempts=pick("min_attempts"),
+            open_seconds=pick("open_seconds"),
+            open_max_seconds=pick("open_max_seconds"),
+            half_open_attempts=pick("half_open_attempts"),
+            trip_on=frozenset(pick("trip_on")),
+        )
 
 
 class ProcessorSettings(_Group):
@@ -79,6 +172,9 @@ class ProcessorSettings(_Group):
         min_length=1,
         max_length=256,
         description="name of this worker in leases and attempts; host:pid:random when unset",
+    )
+    breaker: BreakerSettings = Field(
+        default_factory=BreakerSettings, description="the per-workflow circuit breakers"
     )
 
 

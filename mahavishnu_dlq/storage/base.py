@@ -46,6 +46,8 @@ from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, Task
 from mahavishnu_dlq.printable import library_logger
 
 __all__ = [
+    "ControlMutation",
+    "ControlStore",
     "FingerprintCount",
     "JobMutation",
     "JobStore",
@@ -139,6 +141,40 @@ class JobStore(Protocol):
         ...
 
 
+#: Computes a control record's successor from the stored one (None when absent);
+#: pure, aborts by raising.
+ControlMutation = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+@runtime_checkable
+class ControlStore(Protocol):
+    """Small shared records that steer the processors of every process: a circuit
+    breaker per workflow (``breaker/<workflow>``), a rate limit's token bucket
+    (``rate/<workflow>``). Each is a JSON object under a key (at most 512 characters),
+    changed by compare-and-set like a task. Every read sees every acknowledged write.
+    """
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record, or None."""
+        ...
+
+    async def mutate(self, key: str, fn: ControlMutation) -> dict[str, Any]:
+        """Atomically replace the record under ``key`` by ``fn(current)`` (None when
+        absent; retried on a conflict: ``fn`` may run more than once). If ``fn``
+        raises, nothing is written and the exception propagates. Returns the record
+        as stored. The record must be a JSON object (``TypeError`` / ``ValueError``
+        otherwise)."""
+        ...
+
+    async def list(self, prefix: str) -> builtins.list[tuple[str, dict[str, Any]]]:
+        """Every ``(key, record)`` whose key starts with ``prefix``, in key order."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove one record; False when there was none."""
+        ...
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where failed tasks live. All methods are coroutines; all timestamps UTC."""
@@ -149,6 +185,11 @@ class Store(Protocol):
     @property
     def jobs(self) -> JobStore:
         """The store's bulk jobs, kept beside its tasks."""
+        ...
+
+    @property
+    def controls(self) -> ControlStore:
+        """The records the processors of every process share (breakers, rate limits)."""
         ...
 
     async def open(self) -> None:

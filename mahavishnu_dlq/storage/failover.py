@@ -68,7 +68,8 @@ Jobs
     long-lived shared state that a journal could not merge back. Each job call goes
     to the primary's job store through the same timeout and circuit breaker; while
     the primary is down it raises :class:`StoreUnavailableError` (jobs wait; the
-    tasks keep being served by the fallback).
+    tasks keep being served by the fallback). So do the control records
+    (:attr:`FailoverStore.controls`: breakers and rate limits every process shares).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
-from mahavishnu_dlq.storage.failover_jobs import PrimaryJobs
+from mahavishnu_dlq.storage.failover_jobs import PrimaryControls, PrimaryJobs
 from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.resync import Resync, merge_versions
@@ -158,6 +159,7 @@ class FailoverStore:
             journal = (self._journal, self._deleted, self._unsynced)
             self._resyncer = Resync(primary, self.fallback, *journal)
         self.jobs = PrimaryJobs(self)  # the primary's (see the module's *Jobs*)
+        self.controls = PrimaryControls(self)  # the primary's, like the jobs
 
     # -- health ------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from mahavishnu_dlq.models import (
     encode_json,
 )
 from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatistics
-from mahavishnu_dlq.storage.memory_jobs import MemoryJobStore
+from mahavishnu_dlq.storage.memory_jobs import MemoryControlStore, MemoryJobStore
 
 __all__ = ["MemoryStore"]
 
@@ -223,6 +223,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.jobs = MemoryJobStore()
+        self.controls = MemoryControlStore()
         self._reset()
 
     def _reset(self) -> None:

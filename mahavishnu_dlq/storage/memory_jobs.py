@@ -4,14 +4,23 @@ of the memory store (and the reference the contract tests hold the others to).""
 from __future__ import annotations
 
 import builtins
+import copy
+import json
 from collections.abc import Collection
+from typing import Any, cast
 
 from mahavishnu_dlq.errors import JobNotFoundError
 from mahavishnu_dlq.jobs.model import Job, JobState
 from mahavishnu_dlq.limits import require_str
-from mahavishnu_dlq.storage.base import JobMutation
+from mahavishnu_dlq.storage.base import ControlMutation, JobMutation
 
-__all__ = ["MemoryJobStore", "check_job_result", "newest_first"]
+__all__ = [
+    "MemoryControlStore",
+    "MemoryJobStore",
+    "check_control",
+    "check_job_result",
+    "newest_first",
+]
 
 
 def newest_first(jobs: Collection[Job], limit: int) -> builtins.list[Job]:
@@ -69,3 +78,43 @@ class MemoryJobStore:
     def clear(self) -> None:
         """Forget every job."""
         self._jobs.clear()
+
+
+def check_control(key: str, new: object) -> dict[str, Any]:
+    """``new`` when it is a JSON object (a plain dict whose JSON text reads back equal);
+    otherwise the mutation of ``key`` is a bug."""
+    if not isinstance(new, dict):
+        raise TypeError(f"a mutation of control record {key!r} returned {type(new).__name__}")
+    try:
+        stored = json.loads(json.dumps(new, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"control record {key!r} is not JSON: {exc}") from None
+    return cast("dict[str, Any]", stored)
+
+
+class MemoryControlStore:
+    """Control records in a dict; each kept as a JSON round trip, so no caller shares it."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, Any]] = {}
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        record = self._records.get(require_str(key, "key"))
+        return None if record is None else copy.deepcopy(record)
+
+    async def mutate(self, key: str, fn: ControlMutation) -> dict[str, Any]:
+        key = require_str(key, "key")
+        current = self._records.get(key)
+        new = check_control(key, fn(None if current is None else copy.deepcopy(current)))
+        self._records[key] = new
+        return copy.deepcopy(new)
+
+    async def list(self, prefix: str) -> builtins.list[tuple[str, dict[str, Any]]]:
+        return [
+            (key, copy.deepcopy(record))
+            for key, record in sorted(self._records.items())
+            if key.startswith(prefix)
+        ]
+
+    async def delete(self, key: str) -> bool:
+        return self._records.pop(require_str(key, "key"), None) is not None

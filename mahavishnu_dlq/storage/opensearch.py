@@ -41,8 +41,9 @@ Unreadable documents
     (``get``, ``mutate``) raises :class:`~mahavishnu_dlq.errors.UnreadableRecordError`
     with the stored source.
 
-Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`. Bulk jobs: in an
-index of their own, ``<index>-jobs`` (:mod:`~mahavishnu_dlq.storage.opensearch_jobs`).
+Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`. Bulk jobs and control
+records: in indexes of their own, ``<index>-jobs`` and ``<index>-controls``
+(:mod:`~mahavishnu_dlq.storage.opensearch_jobs`, :mod:`~.opensearch_controls`).
 
 Visibility (the trade-off)
     ``get`` and ``mutate`` are realtime. Searches and counts see a write only
@@ -95,6 +96,7 @@ from mahavishnu_dlq.storage.base import (
 from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
 from mahavishnu_dlq.storage.opensearch_claims import Claims
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_controls import OpenSearchControlStore
 from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
 from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Entry, LastWrites
 
@@ -205,6 +207,8 @@ class OpenSearchStore:
         )
         #: the bulk jobs, in the index ``<index>-jobs`` (:mod:`.opensearch_jobs`)
         self.jobs = OpenSearchJobStore(self._conn, index, conflict_retries=conflict_retries)
+        #: breakers and rate limits, in ``<index>-controls`` (:mod:`.opensearch_controls`)
+        self.controls = OpenSearchControlStore(self._conn, index, conflict_retries=conflict_retries)
         self._claims = Claims(
             self._writer,
             self._search,
@@ -269,6 +273,7 @@ class OpenSearchStore:
                 if update:
                     await indices.put_mapping(index=name, body=q.update_body())
         await self.jobs.ensure()
+        await self.controls.ensure()
 
     async def close(self) -> None:
         require_asyncio()
@@ -280,8 +285,8 @@ class OpenSearchStore:
         await self._conn.close()
 
     async def drop(self) -> None:
-        """Delete the index, the jobs index and their templates (tests, decommissioning).
-        Not undoable."""
+        """Delete the index, the jobs and controls indexes and their templates (tests,
+        decommissioning). Not undoable."""
         require_asyncio()
         self._known.clear()
         self._unreadable.forget()
@@ -291,6 +296,7 @@ class OpenSearchStore:
             with suppress(NotFoundError):
                 await self._client.indices.delete_index_template(name=self._template)
         await self.jobs.drop()
+        await self.controls.drop()
 
     # -- single records --------------------------------------------------------
 

@@ -27,9 +27,9 @@ Reads
     connection of its own thread; WAL lets them read while a transaction writes.
     They see every change acknowledged before they started.
 
-Jobs
-    The bulk jobs (:attr:`SQLiteStore.jobs`) live in the same file, written through
-    the same writer and read by the same readers (:mod:`.sqlite_jobs`).
+Jobs and controls
+    The bulk jobs and the control records (:mod:`.sqlite_jobs`, :mod:`.sqlite_controls`)
+    live in the same file, written by the same writer, read by the same readers.
 
 Records the store cannot read (written by a newer version, or damaged) are
 skipped by listings and claims, counted as ``unreadable``, logged once per id,
@@ -82,6 +82,7 @@ from mahavishnu_dlq.storage.base import (
     UnreadableRecords,
     event_loop_kind,
 )
+from mahavishnu_dlq.storage.sqlite_controls import SQLiteControlStore
 from mahavishnu_dlq.storage.sqlite_jobs import SQLiteJobStore
 from mahavishnu_dlq.storage.sqlite_writer import Op, Writer
 
@@ -125,6 +126,8 @@ class SQLiteStore:
         self._unreadable = self._unreadable_records()
         #: the bulk jobs, in the ``jobs`` table of the same file (:mod:`.sqlite_jobs`)
         self.jobs = SQLiteJobStore(self)
+        #: breakers and rate limits, in the ``controls`` table (:mod:`.sqlite_controls`)
+        self.controls = SQLiteControlStore(self)
 
     def _unreadable_records(self) -> UnreadableRecords:
         return UnreadableRecords(

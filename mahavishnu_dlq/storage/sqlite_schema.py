@@ -36,6 +36,12 @@ Jobs
     ``created_at_us`` for listings and ``version``, the number of writes it had.
     See :mod:`~mahavishnu_dlq.storage.sqlite_jobs`.
 
+Controls
+    ``controls`` (version 3) holds the records the processors of every process share
+    (a circuit breaker, a token bucket per workflow), one row each: ``doc``, the
+    record's JSON, under its ``key``, and ``version``, the number of writes it had.
+    See :mod:`~mahavishnu_dlq.storage.sqlite_controls`.
+
 Versions
     ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`. A file of an older
     version is migrated in place by :data:`MIGRATIONS` (each step adds, never
@@ -82,7 +88,7 @@ __all__ = [
 PRAGMAS = ("synchronous = FULL", "temp_store = MEMORY")
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STATUS_VALUES = tuple(status.value for status in DeadLetterStatus)
 CATEGORY_VALUES = tuple(category.value for category in ErrorCategory)
@@ -183,6 +189,9 @@ END""",
             doc TEXT NOT NULL
         )""",
         "CREATE INDEX jobs_listing ON jobs (created_at_us DESC, job_id)",
+    ),
+    3: (
+        "CREATE TABLE controls (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL)",
     ),
 }
 

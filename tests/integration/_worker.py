@@ -23,6 +23,13 @@ Modes (first argument):
 ``dump STORE``
     Prints ``{task_id: status}`` of every stored task as one JSON object.
 
+``dead STORE WORKER_ID LOG --ready F --go F [--duration S] [--open-seconds S]``
+    Once connected, touches ``--ready`` and waits for ``--go`` (a start barrier),
+    then runs a :class:`RetryProcessor` (``run()``, concurrency 2, claims of 2) for
+    ``--duration`` seconds against a dead downstream: the handler appends one JSON
+    line per attempt to ``LOG`` and raises ``ConnectionError``. Breaker: 10
+    attempts at least, ``--open-seconds`` open.
+
 ``jobs STORE WORKER_ID [--lease-seconds S] [--page-size N] [--timeout T]``
     Runs a :class:`JobRunner` (the bulk-job side of a processor) against the store:
     takes every claimable job and runs it, until no unfinished job is left (exit 0)
@@ -43,6 +50,7 @@ from typing import Any
 import anyio
 
 from mahavishnu_dlq import DeadLetterQueue
+from mahavishnu_dlq.downstream import BreakerBook, BreakerPolicy
 from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage import Store
@@ -168,6 +176,38 @@ async def _dump(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dead(args: argparse.Namespace) -> int:
+    log = _Log(args.log)
+    dlq = DeadLetterQueue(
+        open_store(args.store),
+        worker_id=args.worker_id,
+        concurrency=2,
+        batch_size=2,
+        breakers=BreakerBook(
+            default=BreakerPolicy(
+                min_attempts=10, open_seconds=args.open_seconds, open_max_seconds=86400
+            )
+        ),
+    )
+
+    def refused(task: dict[str, Any], repos: list[str]) -> None:
+        record = {"event": "attempt", "task_id": task["id"], "pid": os.getpid()}
+        log.write({**record, "at": time.time()})
+        raise ConnectionError("connection refused")
+
+    dlq.register_handler(WORKFLOW, refused)
+    await dlq.connect()
+    try:
+        await anyio.Path(args.ready).touch()
+        await anyio.to_thread.run_sync(_wait_for_file, Path(args.go), 60.0)
+        with anyio.move_on_after(args.duration):
+            await RetryProcessor(dlq, check_interval=0.05).run()
+    finally:
+        await dlq.stop()
+        log.close()
+    return 0
+
+
 async def _jobs(args: argparse.Namespace) -> int:
     dlq = DeadLetterQueue(
         open_store(args.store),
@@ -208,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--block", action="store_true")
     proc.add_argument("--ready")
     proc.add_argument("--go")
+    dead = modes.add_parser("dead")
+    dead.add_argument("store")
+    dead.add_argument("worker_id")
+    dead.add_argument("log")
+    dead.add_argument("--duration", type=float, default=3.0)
+    dead.add_argument("--open-seconds", type=float, default=3600.0)
+    dead.add_argument("--ready", required=True)
+    dead.add_argument("--go", required=True)
     jobs = modes.add_parser("jobs")
     jobs.add_argument("store")
     jobs.add_argument("worker_id")
@@ -217,7 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("enqueue", "dump"):
         modes.add_parser(name).add_argument("store")
     args = parser.parse_args(argv)
-    run = {"process": _process, "enqueue": _enqueue, "dump": _dump, "jobs": _jobs}[args.mode]
+    run = {
+        "process": _process,
+        "enqueue": _enqueue,
+        "dump": _dump,
+        "jobs": _jobs,
+        "dead": _dead,
+    }[args.mode]
     code: int = anyio.run(partial(run, args), backend=args.loop)
     return code
 

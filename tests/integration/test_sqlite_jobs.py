@@ -1,5 +1,6 @@
 """The SQLite store's jobs beyond the shared contract: one file shared by several stores
-and processes, a schema version 1 file migrated in place, and job rows it cannot read.
+and processes, files of schema versions 1 and 2 migrated in place, and job rows it
+cannot read.
 
 - Two ``SQLiteStore`` objects on one file (two writers, as two processes have): a job
   one creates the other reads and changes; increments from both at once all land
@@ -7,8 +8,9 @@ and processes, a schema version 1 file migrated in place, and job rows it cannot
   process incrementing at the same time as this one loses nothing either.
 - A file of schema version 1 (made with version 1's statements, holding tasks as
   version 1 wrote them: no ``last_job_id``) is opened by the store: its tasks and
-  counts are intact, its schema is version 2, jobs work — for a plain store and for a
-  failover journal.
+  counts are intact, its schema is the current one, jobs and control records work —
+  for a plain store and for a failover journal. A file of version 2 (with jobs, without
+  control records) keeps its tasks and jobs and gains the ``controls`` table.
 - A job row whose document this version cannot read (written by hand or by a newer
   version): listings skip it, a read or a mutation of it raises
   :class:`UnreadableJobError` with the stored text, and it is left as it is.
@@ -27,6 +29,7 @@ from typing import Any
 import anyio
 import pytest
 
+from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import UnreadableRecordError
 from mahavishnu_dlq.jobs.model import Job, JobKind, JobState
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter
@@ -151,21 +154,30 @@ async def test_increments_from_another_process_at_the_same_time_all_land(tmp_pat
 # -- schema version 1 -------------------------------------------------------------------------
 
 
-def make_v1_file(path: Path, tasks: list[FailedTask]) -> None:
-    """A file as version 1 made it: its statements, its documents (no ``last_job_id``)."""
+def make_v1_file(path: Path, tasks: list[FailedTask], *, jobs: list[Job] | None = None) -> None:
+    """A file as version 1 made it: its statements, its documents (no ``last_job_id``);
+    with ``jobs``, as version 2 made it (version 2's statements and those jobs too)."""
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("BEGIN")
-        for statement in sqlite_schema.MIGRATIONS[1]:
-            connection.execute(statement)
+        version = 1 if jobs is None else 2
+        for step in range(1, version + 1):
+            for statement in sqlite_schema.MIGRATIONS[step]:
+                connection.execute(statement)
         for task in tasks:
             doc = json.loads(documents.document_json(task, ""))
             del doc["last_job_id"]
             connection.execute(
                 sqlite_schema.UPSERT, sqlite_schema.row_values(task, json.dumps(doc))
             )
-        connection.execute("PRAGMA user_version = 1")
+        for job in jobs or []:
+            connection.execute(
+                "INSERT INTO jobs (job_id, state, created_at_us, version, doc) "
+                "VALUES (?, ?, ?, 1, ?)",
+                (job.job_id, job.state.value, to_micros(job.created_at), job.model_dump_json()),
+            )
+        connection.execute(f"PRAGMA user_version = {version}")
         connection.execute("COMMIT")
     finally:
         connection.close()
@@ -208,16 +220,41 @@ async def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
         tagged = V1_TASKS[0].model_copy(update={"last_job_id": "after-migration"})
         await store.mutate("old-0", lambda _current: tagged)
         assert await store.get("old-0") == tagged
+        assert await store.controls.mutate("breaker/wf0", lambda _: {"state": "open"}) == {
+            "state": "open"
+        }
     finally:
         await store.close()
-    assert schema_of(path) == (2, ["counts", "jobs", "tasks", "tombstones"])
+    assert schema_of(path) == (3, ["controls", "counts", "jobs", "tasks", "tombstones"])
     assert integrity(path) == "ok"
     again = SQLiteStore(path)  # a second open finds nothing to do
     try:
         assert await again.jobs.get("after-migration") == job
         assert await again.count() == 5
+        assert await again.controls.list("breaker/") == [("breaker/wf0", {"state": "open"})]
     finally:
         await again.close()
+
+
+async def test_a_version_2_file_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    jobs = [make_job("old-job"), make_job("running", state=JobState.RUNNING, done=3)]
+    make_v1_file(path, V1_TASKS, jobs=jobs)
+    assert schema_of(path) == (2, ["counts", "jobs", "tasks", "tombstones"])
+    store = SQLiteStore(path)
+    try:
+        for task in V1_TASKS:
+            assert await store.get(task.task_id) == task
+        assert await store.count(TaskFilter(workflow="wf1")) == 2
+        assert await store.jobs.get("old-job") == jobs[0]
+        assert await store.jobs.list(states=[JobState.RUNNING]) == [jobs[1]]
+        assert await store.controls.list("") == []
+        await store.controls.mutate("rate/wf1", lambda _: {"tokens": 2.5})
+        assert await store.controls.get("rate/wf1") == {"tokens": 2.5}
+    finally:
+        await store.close()
+    assert schema_of(path) == (3, ["controls", "counts", "jobs", "tasks", "tombstones"])
+    assert integrity(path) == "ok"
 
 
 async def test_a_version_1_failover_journal_is_migrated_when_taken(tmp_path: Path) -> None:
@@ -232,7 +269,10 @@ async def test_a_version_1_failover_journal_is_migrated_when_taken(tmp_path: Pat
         assert await journal.get("old-1") == V1_TASKS[1]
     finally:
         await journal.close()
-    assert schema_of(tmp_path / "journal-1.sqlite3")[0] == sqlite_schema.SCHEMA_VERSION
+    assert schema_of(tmp_path / "journal-1.sqlite3") == (
+        sqlite_schema.SCHEMA_VERSION,
+        ["controls", "counts", "jobs", "tasks", "tombstones"],
+    )
 
 
 # -- job rows this version cannot read --------------------------------------------------------

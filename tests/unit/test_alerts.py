@@ -486,7 +486,11 @@ def test_rule_defaults() -> None:
     [
         ({"threshold": -1}, "threshold", "threshold must be at least 0, got -1"),
         ({"threshold": float("nan")}, "threshold", "threshold must be at least 0, got nan"),
-        ({"kind": "size"}, "kind", "must be one of: depth, oldest_pending, exhausted_rate"),
+        (
+            {"kind": "size"},
+            "kind",
+            "must be one of: depth, oldest_pending, exhausted_rate, breaker_open",
+        ),
         ({"name": " "}, "name", "non-empty string"),
         ({"window_seconds": 0}, "window_seconds", "greater than 0 and at most 86400, got 0"),
         ({"cooldown_seconds": -5}, "cooldown_seconds", "between 0 and 604800, got -5"),
@@ -533,7 +537,10 @@ OK_RULE = {"name": "ok", "kind": "depth", "threshold": 1}
         ({"threshold": ".inf"}, "alerts[1].threshold: must be a finite number at least 0"),
         (
             {"kind": "size"},
-            "alerts[1].kind: must be one of: depth, oldest_pending, exhausted_rate, got 'size'",
+            (
+                "alerts[1].kind: must be one of: depth, oldest_pending, exhausted_rate, "
+                "breaker_open, got 'size'"
+            ),
         ),
         (
             {"kind": "exhausted_rate", "window_seconds": 0},

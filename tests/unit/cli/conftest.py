@@ -53,6 +53,7 @@ STATS_KEYS = {
     "location",
     "oldest_pending_age_seconds",
     "top_fingerprints",
+    "breakers",
 }
 #: What ``--json`` prints of a bulk job (replay, retry, archive, purge by filter, jobs show).
 JOB_KEYS = set(Job.model_fields)

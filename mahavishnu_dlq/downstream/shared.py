@@ -1,0 +1,326 @@
+"""The breakers as every processor shares them: read before a claim, fed after an attempt.
+
+:class:`Downstream` belongs to a queue. Before each claim the processor asks it
+for a :class:`Gate` (:meth:`Downstream.gate`): it reads every breaker record of
+the store (one ``controls.list``), moves an open breaker whose time is up to
+half-open and reserves half-open probes, all by compare-and-set, so that the
+whole fleet makes one half-open round of ``half_open_attempts`` probes. The
+claim then refuses the tasks of blocked workflows (their retries and deadlines
+untouched) and lets through no more probes than were reserved; unused ones are
+given back (:meth:`Downstream.settle`).
+
+After each attempt, :meth:`Downstream.record` adds its outcome to the workflow's
+window: a sick failure at once (so that every processor stops soon after
+``min_attempts``), healthy outcomes gathered and written at most every second
+(or at once while half-open: a probe's success closes the breaker).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mahavishnu_dlq.downstream.breaker import Breaker, BreakerPolicy, BreakerState, is_sick
+from mahavishnu_dlq.limits import require_str
+from mahavishnu_dlq.printable import library_logger
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.attempt import AttemptResult
+    from mahavishnu_dlq.models import FailedTask
+    from mahavishnu_dlq.queue import DeadLetterQueue
+
+__all__ = ["PREFIX", "BreakerMethods", "Downstream", "Gate", "breaker_key", "operator"]
+
+_log = library_logger("mahavishnu_dlq")
+
+#: Key prefix of the breaker records in ``Store.controls``.
+PREFIX = "breaker/"
+_FLUSH_EVERY = 1.0  # seconds between writes of healthy outcomes alone
+_READ_EVERY = 0.25  # seconds a processor trusts the breakers it read (no sick outcome since)
+
+
+class _Gone(Exception):  # noqa: N818 - a signal: the record went away
+    """The breaker record was deleted meanwhile."""
+
+
+def breaker_key(workflow: str) -> str:
+    return f"{PREFIX}{workflow}"
+
+
+def operator() -> str:
+    """Who is acting, for the log: ``user@host``."""
+    from mahavishnu_dlq.jobs.control import creator  # noqa: PLC0415 - one definition
+
+    return creator()
+
+
+@dataclass
+class Gate:
+    """What one claim may take: nothing of ``blocked`` workflows, at most
+    ``probes[workflow]`` tasks of a half-open one."""
+
+    blocked: set[str] = field(default_factory=set)
+    probes: dict[str, int] = field(default_factory=dict)
+    taken: dict[str, int] = field(default_factory=dict)
+
+    def admits(self, workflow: str) -> bool:
+        """Whether a task of ``workflow`` may be claimed now (counting a probe taken)."""
+        if workflow in self.blocked:
+            return False
+        allowed = self.probes.get(workflow)
+        if allowed is None:
+            return True
+        taken = self.taken.get(workflow, 0)
+        if taken >= allowed:
+            return False
+        self.taken[workflow] = taken + 1
+        return True
+
+    def reason(self, workflow: str) -> str:
+        if workflow in self.blocked:
+            return f"the circuit breaker of workflow {workflow!r} is open"
+        return f"the half-open probes of workflow {workflow!r} are taken"
+
+
+class Downstream:
+    """The breakers of one queue's processors (see the module docstring)."""
+
+    def __init__(self, dlq: DeadLetterQueue) -> None:
+        self.dlq = dlq
+        #: the breakers as last read (workflow -> breaker)
+        self.known: dict[str, Breaker] = {}
+        self._healthy: dict[str, int] = {}
+        self._flushed_at: dict[str, float] = {}
+        self._read_at = -_READ_EVERY  # monotonic time of the last read of the breakers
+        self._sick_since_read = False
+
+    def policy(self, workflow: str) -> BreakerPolicy:
+        return self.dlq.breakers.for_workflow(workflow)
+
+    # -- before a claim -------------------------------------------------------------------
+
+    async def gate(self) -> Gate:
+        """The gate the next claim goes through: the breakers as read at most
+        :data:`_READ_EVERY` ago — read again sooner after a sick outcome here (it may
+        have tripped one) or when a breaker is due to half-open."""
+        if not self.dlq.breakers.any_enabled:
+            return Gate()
+        now = self.dlq.clock.now()
+        if not self._sick_since_read and time.monotonic() - self._read_at < _READ_EVERY:
+            gate = Gate()
+            for breaker in self.known.values():
+                if breaker.state is BreakerState.CLOSED or not self._applies(breaker):
+                    continue
+                if breaker.state is BreakerState.HALF_OPEN or breaker.allows(now):
+                    return await self._read_gate()  # probes to reserve: ask the store
+                gate.blocked.add(breaker.workflow)
+            return gate
+        return await self._read_gate()
+
+    def _applies(self, breaker: Breaker) -> bool:
+        """A breaker counts when its workflow's policy is on, or an operator forced it."""
+        forced = breaker.by is not None and breaker.state is BreakerState.OPEN
+        return forced or self.policy(breaker.workflow).enabled
+
+    async def _read_gate(self) -> Gate:
+        gate = Gate()
+        self._sick_since_read = False
+        self._read_at = time.monotonic()
+        controls = self.dlq.traced_store.controls
+        now = self.dlq.clock.now()
+        known: dict[str, Breaker] = {}
+        for key, record in await controls.list(PREFIX):
+            try:
+                breaker = Breaker.from_record(record)
+            except (KeyError, TypeError, ValueError):
+                _log.warning(
+                    "dlq.breaker: record %r cannot be read; ignored",
+                    key,
+                    extra={"action": "dlq.breaker", "outcome": "unreadable"},
+                )
+                continue
+            known[breaker.workflow] = breaker
+            policy = self.policy(breaker.workflow)
+            if breaker.state is BreakerState.CLOSED or not self._applies(breaker):
+                continue
+            if not breaker.allows(now):
+                gate.blocked.add(breaker.workflow)
+                continue
+            breaker, granted = await self._reserve(breaker.workflow, policy)
+            known[breaker.workflow] = breaker
+            if granted:
+                gate.probes[breaker.workflow] = granted
+            else:
+                gate.blocked.add(breaker.workflow)
+        self.known = known
+        return gate
+
+    async def _reserve(self, workflow: str, policy: BreakerPolicy) -> tuple[Breaker, int]:
+        """Move an open breaker past its time to half-open, and reserve probes."""
+        now = self.dlq.clock.now()
+        granted = 0
+        moved = False
+
+        def reserve(current: dict[str, Any] | None) -> dict[str, Any]:
+            nonlocal granted, moved
+            breaker = Breaker(workflow) if current is None else Breaker.from_record(current)
+            moved = breaker.state is BreakerState.OPEN and breaker.allows(now)
+            if moved:
+                breaker = breaker.half_open(now)
+            breaker, granted = breaker.reserve(policy.half_open_attempts, policy)
+            return breaker.to_record()
+
+        stored = Breaker.from_record(
+            await self.dlq.traced_store.controls.mutate(breaker_key(workflow), reserve)
+        )
+        if moved:
+            self._transition(stored, BreakerState.HALF_OPEN)
+        return stored, granted
+
+    async def settle(self, gate: Gate) -> None:
+        """Give back the probes a claim reserved and did not use."""
+        for workflow, allowed in gate.probes.items():
+            unused = allowed - gate.taken.get(workflow, 0)
+            if unused > 0:
+
+                def give_back(
+                    current: dict[str, Any] | None, unused: int = unused
+                ) -> dict[str, Any]:
+                    if current is None:
+                        raise LookupError("gone")
+                    return Breaker.from_record(current).give_back(unused).to_record()
+
+                try:
+                    await self.dlq.traced_store.controls.mutate(breaker_key(workflow), give_back)
+                except LookupError:
+                    continue
+
+    # -- after an attempt ---------------------------------------------------------------
+
+    async def record(self, task: FailedTask, result: AttemptResult) -> None:
+        """Add an attempt's outcome to its workflow's breaker."""
+        workflow = task.workflow
+        policy = self.policy(workflow)
+        if not policy.enabled:
+            return
+        sick = is_sick(result.outcome, result.category, policy.trip_on)
+        if sick:
+            self._sick_since_read = True
+        healthy = self._healthy.get(workflow, 0) + (not sick)
+        known = self.known.get(workflow)
+        urgent = sick or (known is not None and known.state is not BreakerState.CLOSED)
+        if not urgent and time.monotonic() - self._flushed_at.get(workflow, 0.0) < _FLUSH_EVERY:
+            self._healthy[workflow] = healthy
+            return
+        self._healthy[workflow] = 0
+        self._flushed_at[workflow] = time.monotonic()
+        await self._observe(workflow, healthy, int(sick), policy)
+
+    async def flush(self) -> None:
+        """Write the healthy outcomes gathered so far (a processor that stops)."""
+        for workflow, healthy in list(self._healthy.items()):
+            if healthy:
+                self._healthy[workflow] = 0
+                await self._observe(workflow, healthy, 0, self.policy(workflow))
+
+    async def _observe(self, workflow: str, healthy: int, sick: int, policy: BreakerPolicy) -> None:
+        now = self.dlq.clock.now()
+        moved: BreakerState | None = None
+
+        def observe(current: dict[str, Any] | None) -> dict[str, Any]:
+            nonlocal moved
+            breaker = Breaker(workflow) if current is None else Breaker.from_record(current)
+            breaker, moved = breaker.observe(now, healthy, sick, policy)
+            return breaker.to_record()
+
+        stored = Breaker.from_record(
+            await self.dlq.traced_store.controls.mutate(breaker_key(workflow), observe)
+        )
+        self.known[workflow] = stored
+        if moved is not None:
+            self._transition(stored, moved)
+
+    # -- operators ----------------------------------------------------------------------
+
+    async def force(
+        self, workflow: str, state: BreakerState, *, by: str, reason: str | None
+    ) -> Breaker:
+        """Open a workflow's breaker until closed by hand, or close it now."""
+        now = self.dlq.clock.now()
+
+        def force(current: dict[str, Any] | None) -> dict[str, Any]:
+            breaker = Breaker(workflow) if current is None else Breaker.from_record(current)
+            if state is BreakerState.OPEN:
+                return breaker.force_open(now, by=by, reason=reason).to_record()
+            return breaker.close(now, by=by, reason=reason).to_record()
+
+        stored = Breaker.from_record(
+            await self.dlq.traced_store.controls.mutate(breaker_key(workflow), force)
+        )
+        self.known[workflow] = stored
+        self._read_at = -_READ_EVERY  # this process's processors see it at their next claim
+        self._transition(stored, state, by=by)
+        return stored
+
+    async def breakers(self) -> list[Breaker]:
+        """Every stored breaker, by workflow."""
+        found = []
+        for _key, record in await self.dlq.traced_store.controls.list(PREFIX):
+            try:
+                found.append(Breaker.from_record(record))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return found
+
+    def _transition(self, breaker: Breaker, to: BreakerState, *, by: str | None = None) -> None:
+        verb = {"closed": "close", "open": "open", "half_open": "half_open"}[to.value]
+        until = f" until {breaker.open_until.isoformat()}" if breaker.open_until is not None else ""
+        who = f" by {by}" if by else ""
+        log = _log.warning if to is BreakerState.OPEN else _log.info
+        log(
+            "dlq.breaker.%s %s%s%s",
+            verb,
+            breaker.workflow,
+            until if to is BreakerState.OPEN else "",
+            who,
+            extra={
+                "action": f"dlq.breaker.{verb}",
+                "workflow": breaker.workflow,
+                "state": to.value,
+                "trips": breaker.trips,
+                **({"by": by} if by else {}),
+            },
+        )
+        self.dlq.telemetry.breaker_transition(breaker.workflow, to.value)
+
+
+class BreakerMethods:
+    """The breaker methods of :class:`~mahavishnu_dlq.queue.DeadLetterQueue`."""
+
+    def _queue(self) -> DeadLetterQueue:
+        return self  # type: ignore[return-value]  # mixed into DeadLetterQueue only
+
+    async def list_breakers(self) -> list[Breaker]:
+        """Every workflow's stored circuit breaker (a workflow with none is closed)."""
+        return await self._queue().downstream.breakers()
+
+    async def open_breaker(
+        self, workflow: str, *, by: str | None = None, reason: str | None = None
+    ) -> Breaker:
+        """Open ``workflow``'s breaker until :meth:`close_breaker`: no task of it is
+        claimed by any processor; logged (``dlq.breaker.open``) with ``by``."""
+        return await self._queue().downstream.force(
+            require_str(workflow, "workflow"), BreakerState.OPEN, by=by or operator(), reason=reason
+        )
+
+    async def close_breaker(
+        self, workflow: str, *, by: str | None = None, reason: str | None = None
+    ) -> Breaker:
+        """Close ``workflow``'s breaker now (its window starts empty)."""
+        return await self._queue().downstream.force(
+            require_str(workflow, "workflow"),
+            BreakerState.CLOSED,
+            by=by or operator(),
+            reason=reason,
+        )
