@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mahavishnu_dlq.downstream.breaker import Breaker, BreakerPolicy, BreakerState, is_sick
+from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.printable import library_logger
 
@@ -94,6 +96,7 @@ class Downstream:
         self._flushed_at: dict[str, float] = {}
         self._read_at = -_READ_EVERY  # monotonic time of the last read of the breakers
         self._sick_since_read = False
+        self._blind = False  # the last read failed: the store keeping them is down
 
     def policy(self, workflow: str) -> BreakerPolicy:
         return self.dlq.breakers.for_workflow(workflow)
@@ -118,6 +121,25 @@ class Downstream:
             return gate
         return await self._read_gate()
 
+    def _unreachable(self, exc: StoreUnavailableError, now: datetime) -> Gate:
+        """The breakers cannot be read (a failover store keeps them on its primary,
+        which is down): the processor goes on with the breakers as last read — an open
+        one stays shut until its time, nothing is half-opened — and says so once."""
+        if not self._blind:
+            self._blind = True
+            _log.warning(
+                "dlq.breaker: the shared breakers cannot be read (%s); going on with the "
+                "ones last read until the store is back",
+                exc,
+                extra={"action": "dlq.breaker", "outcome": "unavailable"},
+            )
+        gate = Gate()
+        for breaker in self.known.values():
+            shut = breaker.state is BreakerState.HALF_OPEN or not breaker.allows(now)
+            if breaker.state is not BreakerState.CLOSED and shut and self._applies(breaker):
+                gate.blocked.add(breaker.workflow)
+        return gate
+
     def _applies(self, breaker: Breaker) -> bool:
         """A breaker counts when its workflow's policy is on, or an operator forced it."""
         forced = breaker.by is not None and breaker.state is BreakerState.OPEN
@@ -130,7 +152,11 @@ class Downstream:
         controls = self.dlq.traced_store.controls
         now = self.dlq.clock.now()
         known: dict[str, Breaker] = {}
-        for key, record in await controls.list(PREFIX):
+        try:
+            records = await controls.list(PREFIX)
+        except StoreUnavailableError as exc:
+            return self._unreachable(exc, now)
+        for key, record in records:
             try:
                 breaker = Breaker.from_record(record)
             except (KeyError, TypeError, ValueError):
@@ -154,6 +180,7 @@ class Downstream:
             else:
                 gate.blocked.add(breaker.workflow)
         self.known = known
+        self._blind = False
         return gate
 
     async def _reserve(self, workflow: str, policy: BreakerPolicy) -> tuple[Breaker, int]:
@@ -215,7 +242,10 @@ class Downstream:
             return
         self._healthy[workflow] = 0
         self._flushed_at[workflow] = time.monotonic()
-        await self._observe(workflow, healthy, int(sick), policy)
+        try:
+            await self._observe(workflow, healthy, int(sick), policy)
+        except StoreUnavailableError:  # gate() has said so: these outcomes are not shared
+            return
 
     async def flush(self) -> None:
         """Write the healthy outcomes gathered so far (a processor that stops)."""

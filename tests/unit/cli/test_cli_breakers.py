@@ -237,11 +237,18 @@ def breaker_log() -> Iterator[list[logging.LogRecord]]:
 
     logger = logging.getLogger("mahavishnu_dlq")
     handler = Catch(logging.DEBUG)
+    # earlier tests may have left the library's logger quieter, or disabled by a
+    # logging.config call: this test is about the record, so it is let through
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False
     logger.addHandler(handler)
     try:
         yield caught
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
 
 
 def test_the_change_is_logged_with_who_did_it(
