@@ -138,11 +138,15 @@ class RetryProcessor:
         tracer = self.dlq.telemetry.tracer()
         try:
             if tracer is None:
-                changed = await self.dlq.traced_store.claim_due(now, limit, claimer)
+                changed = await self.dlq.traced_store.claim_due(
+                    now, limit, claimer, skip_workflows=gate.blocked
+                )
             else:
                 attributes = {"dlq.backend": self.dlq.store.backend, "dlq.worker": self.worker_id}
                 with tracer.start_as_current_span("dlq.claim", attributes=attributes) as span:
-                    changed = await self.dlq.traced_store.claim_due(now, limit, claimer)
+                    changed = await self.dlq.traced_store.claim_due(
+                        now, limit, claimer, skip_workflows=gate.blocked
+                    )
                     span.set_attribute("dlq.claimed", len(changed))
         finally:
             if gate.probes:

@@ -317,8 +317,13 @@ class TracedStore:
             "mutate_many", lambda: self.inner.mutate_many(items), items=len(items)
         )
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
-        return await self._run("claim_due", lambda: self.inner.claim_due(now, limit, fn))
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
+        return await self._run(
+            "claim_due",
+            lambda: self.inner.claim_due(now, limit, fn, skip_workflows=skip_workflows),
+        )
 
     async def next_due_at(self) -> datetime | None:
         return await self._run("next_due_at", self.inner.next_due_at)

@@ -224,14 +224,17 @@ class Store(Protocol):
         """
         ...
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         """Apply ``fn`` to up to ``limit`` tasks that are due at ``now``.
 
         Due means PENDING with ``next_retry_at <= now``, or RETRYING with
         ``lease_expires_at <= now`` (its worker is presumed dead). Oldest due
         first. Each application is atomic like :meth:`mutate`; a task whose
         ``fn`` raises a ``DLQError`` or that another worker changed first is
-        skipped. Returns the records as stored.
+        skipped. Tasks of ``skip_workflows`` are not looked at (their circuit
+        breakers are open). Returns the records as stored.
         """
         ...
 

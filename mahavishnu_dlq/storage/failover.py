@@ -411,11 +411,14 @@ class FailoverStore:
         (or, fail-closed, gets its :class:`StoreUnavailableError`)."""
         return await mutate_each(self, items)
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         claimed: list[FailedTask] = []
         if self.fallback is not None and (self._open or self._journal):
             # tasks whose newest version is in the fallback are claimed there
-            claimed += [self._journaled(t) for t in await self.fallback.claim_due(now, limit, fn)]
+            found = await self.fallback.claim_due(now, limit, fn, skip_workflows=skip_workflows)
+            claimed += [self._journaled(t) for t in found]
         if self._open or len(claimed) >= limit:
             return claimed
 
@@ -427,7 +430,12 @@ class FailoverStore:
         try:
             taken = await self._primary(
                 "claim_due",
-                lambda: self.primary.claim_due(now, limit - len(claimed), unless_newer_in_fallback),
+                lambda: self.primary.claim_due(
+                    now,
+                    limit - len(claimed),
+                    unless_newer_in_fallback,
+                    skip_workflows=skip_workflows,
+                ),
             )
         except StoreUnavailableError:
             if self.fallback is None and not claimed:

@@ -288,7 +288,9 @@ class MemoryStore:
 
     # -- the processor's view ----------------------------------------------------
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         claimed: list[FailedTask] = []
         refused: list[tuple[datetime, str]] = []
         heap = self._due
@@ -297,6 +299,9 @@ class MemoryStore:
             row = self._rows.get(entry[1])
             if row is None or row[_DUE] != entry[0]:
                 continue  # stale: the task changed or went away since this entry
+            if skip_workflows and row[_WORKFLOW] in skip_workflows:
+                refused.append(entry)
+                continue
             current = _to_task(row)
             try:
                 new = fn(current)

@@ -412,11 +412,13 @@ class OpenSearchStore:
 
     # -- the processor's view ----------------------------------------------------
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         """Searched due tasks claimed by conditional bulk writes (see
         :mod:`~mahavishnu_dlq.storage.opensearch_claims`)."""
         require_asyncio()
-        return await self._claims.claim_due(now, limit, fn)
+        return await self._claims.claim_due(now, limit, fn, skip_workflows=skip_workflows)
 
     async def next_due_at(self) -> datetime | None:
         require_asyncio()

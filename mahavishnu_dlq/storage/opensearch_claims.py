@@ -39,7 +39,7 @@ from one index and no task is claimed twice while its lease holds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,14 +75,18 @@ class Claims:
     unreadable: UnreadableRecords
     item_error: Callable[[Item, str], DLQError]
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         """Up to ``limit`` due tasks, each changed by ``fn`` and written conditionally."""
         if limit <= 0:
             return []
         await self.visible()
         claimed: list[FailedTask] = []
         body: dict[str, Any] = {  # unreadable documents: never looked at again here
-            "query": q.due_query(to_micros(now), skip=self.unreadable.keys),
+            "query": q.due_query(
+                to_micros(now), skip=self.unreadable.keys, skip_workflows=skip_workflows
+            ),
             "sort": q.DUE_SORT,
             "seq_no_primary_term": True,
             "track_total_hits": False,

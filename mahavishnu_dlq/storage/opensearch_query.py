@@ -564,10 +564,18 @@ def read_summary(response: Mapping[str, Any]) -> TaskSummary:
     )
 
 
-def due_query(now_us: int, skip: Collection[str] = ()) -> dict[str, Any]:
+def due_query(
+    now_us: int, skip: Collection[str] = (), skip_workflows: Collection[str] = ()
+) -> dict[str, Any]:
     """Tasks due at ``now_us``: pending past ``next_retry_at`` or retrying past their
-    lease; documents whose ids are in ``skip`` (known to be unreadable) left out."""
+    lease; documents whose ids are in ``skip`` (known to be unreadable) and tasks of
+    ``skip_workflows`` (their breakers are open) left out."""
     due = {"range": {"due_us": {"lte": now_us}}}
-    if not skip:
+    must_not: list[dict[str, Any]] = []
+    if skip:
+        must_not.append({"ids": {"values": list(skip)}})
+    if skip_workflows:
+        must_not.append({"terms": {"workflow": sorted(skip_workflows)}})
+    if not must_not:
         return due
-    return {"bool": {"filter": [due], "must_not": [{"ids": {"values": list(skip)}}]}}
+    return {"bool": {"filter": [due], "must_not": must_not}}

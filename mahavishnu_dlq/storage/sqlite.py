@@ -390,10 +390,14 @@ class SQLiteStore:
 
     # -- the processor's view ----------------------------------------------------
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         if limit <= 0:
             return []
         now_us = to_micros(now)
+        skip = sorted(skip_workflows)  # tasks of workflows whose breakers are open
+        skipped = f"AND workflow NOT IN ({', '.join('?' * len(skip))})" if skip else ""
 
         def apply(connection: sqlite3.Connection) -> list[FailedTask]:
             # every claim is decided first, then written: a refusal or an error
@@ -405,15 +409,15 @@ class SQLiteStore:
                 if after is None:
                     rows = connection.execute(
                         "SELECT task_id, doc, due_us FROM tasks WHERE due_us <= ? "
-                        "ORDER BY due_us, task_id LIMIT ?",
-                        (now_us, _PAGE),
+                        f"{skipped} ORDER BY due_us, task_id LIMIT ?",
+                        (now_us, *skip, _PAGE),
                     ).fetchall()
                 else:
                     rows = connection.execute(
                         "SELECT task_id, doc, due_us FROM tasks WHERE due_us <= ? AND "
-                        "(due_us > ? OR (due_us = ? AND task_id > ?)) "
+                        f"(due_us > ? OR (due_us = ? AND task_id > ?)) {skipped} "
                         "ORDER BY due_us, task_id LIMIT ?",
-                        (now_us, after[0], after[0], after[1], _PAGE),
+                        (now_us, after[0], after[0], after[1], *skip, _PAGE),
                     ).fetchall()
                 for task_id, doc, due_us in rows:
                     after = (due_us, task_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,8 +54,10 @@ class WatchedStore(MemoryStore):
         self._notify()
         return stored
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
-        claimed = await super().claim_due(now, limit, fn)
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
+        claimed = await super().claim_due(now, limit, fn, skip_workflows=skip_workflows)
         self._notify()
         return claimed
 

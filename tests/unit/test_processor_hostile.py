@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -198,9 +199,11 @@ class FlakyStore(WatchedStore):
             self._failing = anyio.Event()
             await self._failing.wait()
 
-    async def claim_due(self, now: datetime, limit: int, fn: Mutation) -> list[FailedTask]:
+    async def claim_due(
+        self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
+    ) -> list[FailedTask]:
         self._maybe_fail("claim_due")
-        return await super().claim_due(now, limit, fn)
+        return await super().claim_due(now, limit, fn, skip_workflows=skip_workflows)
 
     async def mutate(self, task_id: str, fn: Mutation) -> FailedTask:
         self._maybe_fail("mutate")
