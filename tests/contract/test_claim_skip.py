@@ -5,6 +5,7 @@ older), the other workflows' due tasks are claimed."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import pytest
 
@@ -29,6 +30,10 @@ def due_task(task_id: str, workflow: str, due: datetime) -> FailedTask:
     )
 
 
+def made(task: FailedTask, _current: FailedTask | None) -> FailedTask:
+    return task
+
+
 def claim(current: FailedTask | None) -> FailedTask:
     assert current is not None
     lease = T0 + timedelta(days=1)
@@ -39,10 +44,10 @@ async def test_tasks_of_skipped_workflows_are_not_claimed_however_many_come_firs
     store: Store,
 ) -> None:
     for i in range(300):  # due first: a dead downstream's backlog
-        await store.mutate(f"dead-{i:03d}", lambda _, i=i: due_task(f"dead-{i:03d}", "dead", T0))
+        await store.mutate(f"dead-{i:03d}", partial(made, due_task(f"dead-{i:03d}", "dead", T0)))
     for i in range(3):
         later = T0 + timedelta(seconds=10 + i)
-        await store.mutate(f"live-{i}", lambda _, i=i, at=later: due_task(f"live-{i}", "live", at))
+        await store.mutate(f"live-{i}", partial(made, due_task(f"live-{i}", "live", later)))
     now = T0 + timedelta(minutes=1)
     claimed = await store.claim_due(now, 3, claim, skip_workflows={"dead"})
     assert sorted(t.task_id for t in claimed) == ["live-0", "live-1", "live-2"]
