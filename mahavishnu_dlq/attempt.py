@@ -78,6 +78,8 @@ class AttemptResult:
     record: FailedTask | None = None  # as stored after the attempt (None: lease lost)
     #: the category of the exception a failed attempt raised (the breakers read it)
     category: ErrorCategory | None = None
+    #: seconds a handler's ``RetryAfter`` asked for (a deferred attempt)
+    defer_seconds: float | None = None
 
     @property
     def success(self) -> bool:
@@ -354,7 +356,16 @@ async def _run_attempt(
     error = outcome.get("error")
     if error is None and stored is not None and status is DeadLetterStatus.EXHAUSTED:
         error = stored.last_error  # a deferral that gave up says why
-    return AttemptResult(task.task_id, outcome["outcome"], status, result, error, stored, category)
+    return AttemptResult(
+        task.task_id,
+        outcome["outcome"],
+        status,
+        result,
+        error,
+        stored,
+        category,
+        outcome.get("defer_seconds"),
+    )
 
 
 def _category(dlq: DeadLetterQueue, exc: BaseException) -> ErrorCategory | None:

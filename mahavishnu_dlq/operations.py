@@ -202,6 +202,10 @@ class Operations:
                 "trips": breaker.trips,
                 "by": breaker.by,
                 "enabled": policy.enabled,
+                "paused_until": (
+                    None if breaker.paused_until is None else breaker.paused_until.isoformat()
+                ),
+                "rate_per_second": dlq.rates.for_workflow(breaker.workflow),
             }
         return found
 

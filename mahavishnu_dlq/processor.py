@@ -132,7 +132,7 @@ class RetryProcessor:
 
     async def claim(self, limit: int) -> list[FailedTask]:
         """Lease up to ``limit`` due tasks to this processor."""
-        gate = await self.dlq.downstream.gate()
+        gate = await self.dlq.downstream.gate(limit)
         now = self.dlq.clock.now()
         claimer = self._claimer(now, gate)
         tracer = self.dlq.telemetry.tracer()
@@ -149,7 +149,7 @@ class RetryProcessor:
                     )
                     span.set_attribute("dlq.claimed", len(changed))
         finally:
-            if gate.probes:
+            if gate.probes or gate.tokens or gate.unseen:
                 await self.dlq.downstream.settle(gate)
         mine = []
         for task in changed:
@@ -436,6 +436,9 @@ class RetryProcessor:
             until_due = (due - self.dlq.clock.now()).total_seconds()
             if until_due > 0 or took_any:
                 wait = min(wait, max(0.0, until_due))
+        held = self.dlq.downstream.wake_in()  # a rate limit's next token, a pause's end
+        if held is not None:
+            wait = min(wait, max(0.0, held))
         if wait <= 0:
             await anyio.lowlevel.checkpoint()
             return

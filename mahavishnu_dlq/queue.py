@@ -30,6 +30,7 @@ from mahavishnu_dlq.capture import Capture, Failure
 from mahavishnu_dlq.classifier import ErrorClassifier
 from mahavishnu_dlq.clock import Clock, SystemClock
 from mahavishnu_dlq.downstream.breaker import BreakerBook
+from mahavishnu_dlq.downstream.rates import RateBook
 from mahavishnu_dlq.downstream.shared import BreakerMethods, Downstream
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks, JobFinishedHook
@@ -119,6 +120,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods):
         job_lease_seconds: float = 60.0,
         job_poll_seconds: float = 2.0,
         breakers: BreakerBook | None = None,
+        rates: RateBook | None = None,
         enabled: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
@@ -166,6 +168,8 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods):
         self.job_poll_seconds = job_poll_seconds
         #: the circuit breaker policy of each workflow, and the shared breakers
         self.breakers = breakers or BreakerBook()
+        #: tasks per second allowed for each workflow, shared by every process
+        self.rates = rates or RateBook()
         self.downstream = Downstream(self)
         self.handlers: dict[str, Handler] = {}
         self.default_callback: Handler | None = None
@@ -208,6 +212,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods):
             job_lease_seconds=settings.jobs.lease_seconds,
             job_poll_seconds=settings.jobs.poll_seconds,
             breakers=settings.processor.breaker.book(),
+            rates=settings.processor.rate_book(),
             enabled=settings.enabled,
             alert_rules=settings.alert_rules(),
         )

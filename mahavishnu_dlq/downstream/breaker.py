@@ -135,6 +135,8 @@ class Breaker:
     probes_healthy: int = 0
     by: str | None = None  #: who forced the last change (an operator), if anyone
     reason: str | None = None
+    #: a handler's ``RetryAfter`` hint paused the whole workflow until then
+    paused_until: datetime | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -155,8 +157,20 @@ class Breaker:
         total = healthy + sick
         return sick / total if total else 0.0
 
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and now < self.paused_until
+
+    def pause(self, until: datetime) -> Breaker:
+        """Paused until ``until`` (the later of it and a pause already set)."""
+        if self.paused_until is not None and self.paused_until >= until:
+            return self
+        return replace(self, paused_until=until)
+
     def allows(self, now: datetime) -> bool:
-        """Whether tasks of the workflow may be claimed (not open, or due to half-open)."""
+        """Whether tasks of the workflow may be claimed (not paused; not open, or due
+        to half-open)."""
+        if self.paused(now):
+            return False
         if self.state is BreakerState.OPEN:
             return self.open_until is not None and now >= self.open_until
         return True
@@ -191,6 +205,7 @@ class Breaker:
             open_until=now + timedelta(seconds=policy.open_for(trips)),
             trips=trips,
             window=self.window,  # what tripped it stays visible (statistics)
+            paused_until=self.paused_until,
         )
 
     def half_open(self, now: datetime) -> Breaker:
@@ -244,6 +259,7 @@ class Breaker:
             "probes_healthy": self.probes_healthy,
             "by": self.by,
             "reason": self.reason,
+            "paused_until_us": None if self.paused_until is None else to_micros(self.paused_until),
         }
 
     @classmethod
@@ -251,6 +267,7 @@ class Breaker:
         """The breaker in a stored record; ``ValueError``/``KeyError``/``TypeError`` when
         it is not one."""
         since, until = record.get("since_us"), record.get("open_until_us")
+        paused = record.get("paused_until_us")
         return cls(
             workflow=str(record["workflow"]),
             state=BreakerState(record["state"]),
@@ -262,6 +279,7 @@ class Breaker:
             probes_healthy=int(record.get("probes_healthy", 0)),
             by=record.get("by"),
             reason=record.get("reason"),
+            paused_until=None if paused is None else from_micros(int(paused)),
         )
 
 

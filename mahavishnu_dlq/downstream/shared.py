@@ -18,13 +18,16 @@ window: a sick failure at once (so that every processor stops soon after
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mahavishnu_dlq.downstream.breaker import Breaker, BreakerPolicy, BreakerState, is_sick
+from mahavishnu_dlq.downstream.limiter import Limiter
 from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.limits import require_str
+from mahavishnu_dlq.models import AttemptOutcome
 from mahavishnu_dlq.printable import library_logger
 
 if TYPE_CHECKING:
@@ -59,30 +62,36 @@ def operator() -> str:
 
 @dataclass
 class Gate:
-    """What one claim may take: nothing of ``blocked`` workflows, at most
-    ``probes[workflow]`` tasks of a half-open one."""
+    """What one claim may take: nothing of ``blocked`` workflows (an open breaker, a
+    pause, no token), at most ``probes[workflow]`` tasks of a half-open one and at most
+    ``tokens[workflow]`` of a rate-limited one."""
 
     blocked: set[str] = field(default_factory=set)
     probes: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
     taken: dict[str, int] = field(default_factory=dict)
+    #: limited workflows the claim met with no tokens taken for them (learned for later)
+    unseen: set[str] = field(default_factory=set)
+    needs_tokens: Callable[[str], bool] = lambda _workflow: False
 
     def admits(self, workflow: str) -> bool:
-        """Whether a task of ``workflow`` may be claimed now (counting a probe taken)."""
+        """Whether a task of ``workflow`` may be claimed now (counting it as taken)."""
         if workflow in self.blocked:
             return False
-        allowed = self.probes.get(workflow)
-        if allowed is None:
-            return True
+        if workflow not in self.tokens and self.needs_tokens(workflow):
+            self.unseen.add(workflow)
+            return False
+        caps = [cap for cap in (self.probes.get(workflow), self.tokens.get(workflow)) if cap]
         taken = self.taken.get(workflow, 0)
-        if taken >= allowed:
+        if caps and taken >= min(caps):
             return False
         self.taken[workflow] = taken + 1
         return True
 
     def reason(self, workflow: str) -> str:
         if workflow in self.blocked:
-            return f"the circuit breaker of workflow {workflow!r} is open"
-        return f"the half-open probes of workflow {workflow!r} are taken"
+            return f"workflow {workflow!r} is held back (breaker open, paused or no token)"
+        return f"workflow {workflow!r} has no probe or token left for this claim"
 
 
 class Downstream:
@@ -97,22 +106,45 @@ class Downstream:
         self._read_at = -_READ_EVERY  # monotonic time of the last read of the breakers
         self._sick_since_read = False
         self._blind = False  # the last read failed: the store keeping them is down
+        self._pauses = False  # a handler asked to pause a workflow (read the breakers)
+        self.limiter = Limiter(dlq)
 
     def policy(self, workflow: str) -> BreakerPolicy:
         return self.dlq.breakers.for_workflow(workflow)
 
     # -- before a claim -------------------------------------------------------------------
 
-    async def gate(self) -> Gate:
-        """The gate the next claim goes through: the breakers as read at most
-        :data:`_READ_EVERY` ago — read again sooner after a sick outcome here (it may
-        have tripped one) or when a breaker is due to half-open."""
-        if not self.dlq.breakers.any_enabled:
+    async def gate(self, wanted: int = 1) -> Gate:
+        """The gate the next claim (of up to ``wanted`` tasks) goes through: the
+        breakers as read at most :data:`_READ_EVERY` ago — read again sooner after a
+        sick outcome here or when a breaker is due to half-open — and the tokens of
+        the rate-limited workflows."""
+        gate = await self._breaker_gate()
+        await self.limiter.reserve(gate, wanted)
+        return gate
+
+    def wake_in(self) -> float | None:
+        """Seconds until a held-back workflow may go on (a token, the end of a pause)."""
+        now = self.dlq.clock.now()
+        waits = [
+            (b.paused_until - now).total_seconds()
+            for b in self.known.values()
+            if b.paused_until is not None and b.paused_until > now
+        ]
+        if self.limiter.wake_in is not None:
+            waits.append(self.limiter.wake_in)
+        return min(waits, default=None)
+
+    async def _breaker_gate(self) -> Gate:
+        if not self.dlq.breakers.any_enabled and not self._pauses:
             return Gate()
         now = self.dlq.clock.now()
         if not self._sick_since_read and time.monotonic() - self._read_at < _READ_EVERY:
             gate = Gate()
             for breaker in self.known.values():
+                if breaker.paused(now):
+                    gate.blocked.add(breaker.workflow)
+                    continue
                 if breaker.state is BreakerState.CLOSED or not self._applies(breaker):
                     continue
                 if breaker.state is BreakerState.HALF_OPEN or breaker.allows(now):
@@ -168,6 +200,9 @@ class Downstream:
                 continue
             known[breaker.workflow] = breaker
             policy = self.policy(breaker.workflow)
+            if breaker.paused(now):
+                gate.blocked.add(breaker.workflow)
+                continue
             if breaker.state is BreakerState.CLOSED or not self._applies(breaker):
                 continue
             if not breaker.allows(now):
@@ -215,19 +250,27 @@ class Downstream:
                     current: dict[str, Any] | None, unused: int = unused
                 ) -> dict[str, Any]:
                     if current is None:
-                        raise LookupError("gone")
+                        raise _Gone
                     return Breaker.from_record(current).give_back(unused).to_record()
 
                 try:
                     await self.dlq.traced_store.controls.mutate(breaker_key(workflow), give_back)
-                except LookupError:
+                except _Gone:  # deleted meanwhile: nothing to give back to
                     continue
+        await self.limiter.settle(gate)
 
     # -- after an attempt ---------------------------------------------------------------
 
     async def record(self, task: FailedTask, result: AttemptResult) -> None:
-        """Add an attempt's outcome to its workflow's breaker."""
+        """Add an attempt's outcome to its workflow's breaker; a ``RetryAfter`` pauses
+        the whole workflow for its seconds."""
         workflow = task.workflow
+        if result.outcome is AttemptOutcome.DEFERRED and result.defer_seconds:
+            try:
+                await self.pause(workflow, result.defer_seconds)
+            except StoreUnavailableError:
+                return
+            return
         policy = self.policy(workflow)
         if not policy.enabled:
             return
@@ -246,6 +289,31 @@ class Downstream:
             await self._observe(workflow, healthy, int(sick), policy)
         except StoreUnavailableError:  # gate() has said so: these outcomes are not shared
             return
+
+    async def pause(self, workflow: str, seconds: float) -> Breaker:
+        """Hold back every task of ``workflow`` for ``seconds`` (a day at most), in every
+        process: the downstream asked for it (``RetryAfter``)."""
+        now = self.dlq.clock.now()
+        until = now + timedelta(seconds=min(max(0.0, seconds), 86400.0))
+
+        def pause(current: dict[str, Any] | None) -> dict[str, Any]:
+            breaker = Breaker(workflow) if current is None else Breaker.from_record(current)
+            return breaker.pause(until).to_record()
+
+        stored = Breaker.from_record(
+            await self.dlq.traced_store.controls.mutate(breaker_key(workflow), pause)
+        )
+        self.known[workflow] = stored
+        self._pauses = True
+        self._read_at = -_READ_EVERY
+        _log.info(
+            "dlq.breaker.pause %s until %s (the handler asked for %g s)",
+            workflow,
+            until.isoformat(),
+            seconds,
+            extra={"action": "dlq.breaker.pause", "workflow": workflow, "seconds": seconds},
+        )
+        return stored
 
     async def flush(self) -> None:
         """Write the healthy outcomes gathered so far (a processor that stops)."""

@@ -507,6 +507,7 @@ class JobRunner:
             if dlq.handler_for(task.workflow) is None:
                 tally.skip(task.task_id, f"no handler here for workflow {task.workflow!r}")
                 return
+            await dlq.downstream.limiter.acquire(task.workflow)  # the workflow's rate limit
             now = dlq.clock.now()
 
             def claim(current: FailedTask) -> FailedTask:

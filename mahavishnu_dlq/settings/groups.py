@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from mahavishnu_dlq.downstream.breaker import BreakerBook, BreakerPolicy
+from mahavishnu_dlq.downstream.rates import RateBook, parse_rate
 from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
 from mahavishnu_dlq.policy import MAX_SECONDS, Jitter, PolicyOverride
 
@@ -176,6 +177,37 @@ class ProcessorSettings(_Group):
     breaker: BreakerSettings = Field(
         default_factory=BreakerSettings, description="the per-workflow circuit breakers"
     )
+    rate_limit: str | None = Field(
+        default=None,
+        description="tasks per second of every workflow at most (5/s, 300/min); null: none",
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict, description="per-workflow rates, e.g. {billing: 5/s}"
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rates(cls, value: dict[str, str]) -> dict[str, str]:
+        for workflow, rate in value.items():
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                raise ValueError(f"{workflow}: {exc}") from None
+        return value
+
+    def rate_book(self) -> RateBook:
+        """The :class:`RateBook` of ``rate_limit`` and ``rate_limits``."""
+        return RateBook(
+            default=None if self.rate_limit is None else parse_rate(self.rate_limit),
+            by_workflow={wf: parse_rate(rate) for wf, rate in self.rate_limits.items()},
+        )
 
 
 class JobSettings(_Group):

@@ -27,8 +27,9 @@ Modes (first argument):
     Once connected, touches ``--ready`` and waits for ``--go`` (a start barrier),
     then runs a :class:`RetryProcessor` (``run()``, concurrency 2, claims of 2) for
     ``--duration`` seconds against a dead downstream: the handler appends one JSON
-    line per attempt to ``LOG`` and raises ``ConnectionError``. Breaker: 10
-    attempts at least, ``--open-seconds`` open.
+    line per attempt to ``LOG`` and raises ``ConnectionError`` (with ``--up`` it
+    succeeds). Breaker: 10 attempts at least, ``--open-seconds`` open; ``--rate``:
+    the workflow's rate limit (tasks per second).
 
 ``jobs STORE WORKER_ID [--lease-seconds S] [--page-size N] [--timeout T]``
     Runs a :class:`JobRunner` (the bulk-job side of a processor) against the store:
@@ -51,6 +52,7 @@ import anyio
 
 from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.downstream import BreakerBook, BreakerPolicy
+from mahavishnu_dlq.downstream.rates import RateBook
 from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage import Store
@@ -188,12 +190,14 @@ async def _dead(args: argparse.Namespace) -> int:
                 min_attempts=10, open_seconds=args.open_seconds, open_max_seconds=86400
             )
         ),
+        rates=RateBook(by_workflow={} if args.rate is None else {WORKFLOW: args.rate}),
     )
 
     def refused(task: dict[str, Any], repos: list[str]) -> None:
         record = {"event": "attempt", "task_id": task["id"], "pid": os.getpid()}
         log.write({**record, "at": time.time()})
-        raise ConnectionError("connection refused")
+        if not args.up:
+            raise ConnectionError("connection refused")
 
     dlq.register_handler(WORKFLOW, refused)
     await dlq.connect()
@@ -254,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("log")
     dead.add_argument("--duration", type=float, default=3.0)
     dead.add_argument("--open-seconds", type=float, default=3600.0)
+    dead.add_argument("--rate", type=float, default=None)
+    dead.add_argument("--up", action="store_true", help="the downstream answers")
     dead.add_argument("--ready", required=True)
     dead.add_argument("--go", required=True)
     jobs = modes.add_parser("jobs")

@@ -62,7 +62,7 @@ async def _open_time_passes(target: Target) -> None:
         await dlq.stop()
 
 
-def _run_fleet(procs: _Procs, tmp: Path, round_name: str) -> list[dict[str, Any]]:
+def _run_fleet(procs: _Procs, tmp: Path, round_name: str, *extra: str) -> list[dict[str, Any]]:
     logs = [tmp / f"{round_name}-{n}.jsonl" for n in range(3)]
     ready = [tmp / f"{round_name}-{n}.ready" for n in range(3)]
     go = tmp / f"{round_name}.go"
@@ -75,6 +75,7 @@ def _run_fleet(procs: _Procs, tmp: Path, round_name: str) -> list[dict[str, Any]
             "--duration=3",
             f"--ready={ready[n]}",
             f"--go={go}",
+            *extra,
             n=n,
         )
         for n in range(3)
@@ -106,3 +107,18 @@ def test_three_processes_stop_together_and_run_one_half_open_round(
     breaker, exhausted = target.run(_breaker_and_exhausted, target)
     assert (breaker.state, breaker.trips) == (BreakerState.OPEN, 2)
     assert exhausted == 0
+
+
+def test_three_processes_share_one_rate_limit(
+    procs: _Procs, target: Target, tmp_path: Path
+) -> None:
+    """10 tasks/s for the workflow, shared: three processes running for 3 s make
+    about 10 x 3 attempts plus the bucket's first second (10), not three times that."""
+    ids = [f"rated-{i:04d}" for i in range(TASKS)]
+    target.run(_enqueue_due, target, ids, lambda i, task_id: {"id": task_id, "i": i})
+    attempts = _run_fleet(procs, tmp_path, "rated", "--up", "--rate=10")
+    assert 20 <= len(attempts) <= 10 * 3 + 10 + 5, len(attempts)  # 5: a claim in flight
+    times = sorted(r["at"] for r in attempts)
+    late = [t for t in times if t >= times[0] + 1.0]  # after the first second's burst
+    span = times[-1] - times[0]
+    assert len(late) <= 10 * span + 5, (len(late), span)

@@ -336,3 +336,38 @@ def test_is_sick_reads_the_category_and_timeouts() -> None:
     assert not is_sick(AttemptOutcome.FAILURE, ErrorCategory.VALIDATION, trip)
     assert not is_sick(AttemptOutcome.SUCCESS, None, trip)
     assert not is_sick(AttemptOutcome.DEFERRED, None, trip)
+
+
+async def test_transitions_are_counted_and_the_state_is_a_gauge(clock: FakeClock) -> None:
+    from tests.unit.test_telemetry import Otel  # noqa: PLC0415 - the SDK test harness
+
+    otel = Otel()
+    try:
+        dlq = DeadLetterQueue(
+            clock=clock,
+            worker_id="w",
+            batch_size=1,
+            breakers=BreakerBook(default=BreakerPolicy(min_attempts=2, open_seconds=10)),
+            meter_provider=otel.meter_provider,
+        )
+        service = Downstream()
+        service.up = False
+        dlq.register_handler("svc", service)
+        await enqueue_due(dlq, clock, "svc", 5)
+        processor = RetryProcessor(dlq)
+        await processor.drain()
+        await dlq.get_statistics()  # what the gauge reports
+        assert otel.total("dlq.breaker.transitions", workflow="svc", to="open") == 1
+        (point,) = otel.points("dlq.breaker.state")
+        assert (point.value, point.attributes["dlq.workflow"]) == (2, "svc")
+        service.up = True
+        clock.advance(10)
+        await processor.drain()
+        await dlq.get_statistics()
+        assert otel.total("dlq.breaker.transitions", workflow="svc", to="half_open") == 1
+        assert otel.total("dlq.breaker.transitions", workflow="svc", to="closed") == 1
+        (point,) = otel.points("dlq.breaker.state")
+        assert point.value == 0
+    finally:
+        otel.tracer_provider.shutdown()
+        otel.meter_provider.shutdown()

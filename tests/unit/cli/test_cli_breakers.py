@@ -35,7 +35,17 @@ BREAKER_KEYS = {
     "enabled",
 }
 #: What ``get_statistics()["breakers"]`` holds per workflow.
-STATS_BREAKER_KEYS = {"state", "since", "open_until", "failure_ratio", "trips", "by", "enabled"}
+STATS_BREAKER_KEYS = {
+    "state",
+    "since",
+    "open_until",
+    "failure_ratio",
+    "trips",
+    "by",
+    "enabled",
+    "paused_until",
+    "rate_per_second",
+}
 
 
 def stored(dlq: DeadLetterQueue) -> dict[str, Breaker]:
@@ -371,6 +381,8 @@ def test_status_shows_the_breakers_not_closed(cli: Cli, dlq: DeadLetterQueue) ->
         "trips": 0,
         "by": BY,
         "enabled": True,
+        "paused_until": None,
+        "rate_per_second": None,
     }
     assert breakers["imports"]["state"] == "closed"
 
