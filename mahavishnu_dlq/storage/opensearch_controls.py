@@ -47,16 +47,15 @@ import builtins
 import copy
 import uuid
 from collections import OrderedDict
-from contextlib import suppress
 from typing import Any
 
-from opensearchpy import ConflictError, NotFoundError, RequestError
+from opensearchpy import ConflictError, NotFoundError
 
-from mahavishnu_dlq.errors import ConfigurationError
 from mahavishnu_dlq.storage.base import ControlMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_control
-from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
+from mahavishnu_dlq.storage.opensearch_side import SideIndex
 from mahavishnu_dlq.storage.stored_controls import ControlBusyError, control_key, read_control
 
 __all__ = ["CONTROLS_MAPPING_VERSION", "OpenSearchControlStore", "controls_index"]
@@ -65,6 +64,7 @@ __all__ = ["CONTROLS_MAPPING_VERSION", "OpenSearchControlStore", "controls_index
 CONTROLS_MAPPING_VERSION = 1
 
 _PAGE = 1000  # hits a listing reads at a time
+_HOLDS = "circuit breakers and rate limits"
 #: Longest prefix (UTF-8 bytes) a listing sends as a prefix query: Lucene refuses the
 #: automaton of one of 1,000 bytes or more ("input automaton is too large"), as it
 #: does a range query's.
@@ -85,33 +85,6 @@ def controls_index(index: str) -> str:
     return f"{index}-controls"
 
 
-def _mappings() -> dict[str, Any]:
-    return {
-        "dynamic": "strict",
-        "_meta": {"mahavishnu_dlq_controls_mapping_version": CONTROLS_MAPPING_VERSION},
-        "properties": _PROPERTIES,
-    }
-
-
-def _index_body() -> dict[str, Any]:
-    settings = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
-    return {"settings": settings, "mappings": _mappings()}
-
-
-def _conflicts(mappings: dict[str, Any]) -> tuple[list[str], bool]:
-    """The fields an existing controls index maps otherwise than we do, and whether it
-    lacks some (then its mapping is completed in place)."""
-    properties = mappings.get("properties") or {}
-    conflicts: list[str] = []
-    for name, wanted in _PROPERTIES.items():
-        have = properties.get(name)
-        if have is not None and have.get("type", "object") != wanted["type"]:
-            conflicts.append(f"field {name!r} is mapped as {have.get('type', 'object')!r}")
-        elif have is not None and wanted.get("enabled") is False and have.get("enabled", True):
-            conflicts.append(f"field {name!r} is an indexed object, expected 'enabled: false'")
-    return conflicts, any(name not in properties for name in _PROPERTIES)
-
-
 class OpenSearchControlStore:
     """The :class:`~mahavishnu_dlq.storage.base.ControlStore` of an OpenSearch store (see
     the module); ``conn`` is the store's connection, ``index`` its tasks index."""
@@ -122,8 +95,14 @@ class OpenSearchControlStore:
         self._conn = conn
         self._client = conn.client
         self._translated = conn.translated
-        self.index = controls_index(index)
-        self._template = f"mahavishnu-dlq-{self.index}"
+        self._side = SideIndex(
+            index,
+            "controls",
+            _PROPERTIES,
+            CONTROLS_MAPPING_VERSION,
+            "circuit breakers and rate limits",
+        )
+        self.index = self._side.name
         self._conflict_retries = max(1, conflict_retries)
         self._keys = KeyedLock()
         self._kept = max(0, kept)
@@ -141,46 +120,13 @@ class OpenSearchControlStore:
     async def ensure(self) -> None:
         """Put the template and create the index (idempotent); an existing index that
         maps a field otherwise is refused (``ConfigurationError``), one that lacks a
-        field is completed in place."""
-        indices = self._client.indices
-        template = {
-            "index_patterns": [self.index],
-            "priority": 200,
-            "template": _index_body(),
-            "_meta": {"managed_by": "mahavishnu-dlq"},
-        }
-        with self._translated("open controls"):
-            await indices.put_index_template(name=self._template, body=template)
-            try:
-                await indices.create(index=self.index, body=_index_body())
-            except RequestError as exc:
-                if error_info(exc.info)[0] != "resource_already_exists_exception":
-                    raise
-            else:
-                return
-            found = await indices.get_mapping(index=self.index)
-            for name, entry in found.items():
-                conflicts, missing = _conflicts(entry.get("mappings") or {})
-                if conflicts:
-                    raise ConfigurationError(
-                        f"OpenSearch index {name!r} (the control records of index "
-                        f"{self._conn.index!r}) has a mapping mahavishnu-dlq cannot use: "
-                        + "; ".join(conflicts)
-                        + ". Delete it (it holds circuit breakers and rate limits only) "
-                        "or use another opensearch.index.",
-                        field="opensearch.index",
-                    )
-                if missing:
-                    await indices.put_mapping(index=name, body=_mappings())
+        field is completed in place (:class:`~.opensearch_side.SideIndex`)."""
+        await self._side.ensure(self._conn)
 
     async def drop(self) -> None:
         """Delete the index and its template (with the store's :meth:`drop`)."""
         self._last.clear()
-        with self._translated("drop controls"):
-            with suppress(NotFoundError):
-                await self._client.indices.delete(index=self.index)
-            with suppress(NotFoundError):
-                await self._client.indices.delete_index_template(name=self._template)
+        await self._side.drop(self._conn)
 
     # -- reads and writes ----------------------------------------------------------------
 

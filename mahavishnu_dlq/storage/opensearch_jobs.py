@@ -30,19 +30,19 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection
-from contextlib import suppress
 from typing import Any
 
-from opensearchpy import ConflictError, NotFoundError, RequestError
+from opensearchpy import ConflictError, NotFoundError
 
 from mahavishnu_dlq.clock import to_micros
-from mahavishnu_dlq.errors import ConfigurationError, JobNotFoundError, JobStateError
+from mahavishnu_dlq.errors import JobNotFoundError, JobStateError
 from mahavishnu_dlq.jobs.model import Job, JobState
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.storage.base import JobMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_job_result
-from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
+from mahavishnu_dlq.storage.opensearch_side import SideIndex
 from mahavishnu_dlq.storage.stored_jobs import read_job
 
 __all__ = ["JOBS_MAPPING_VERSION", "OpenSearchJobStore", "jobs_index"]
@@ -68,33 +68,6 @@ def jobs_index(index: str) -> str:
     return f"{index}-jobs"
 
 
-def _mappings() -> dict[str, Any]:
-    return {
-        "dynamic": "strict",
-        "_meta": {"mahavishnu_dlq_jobs_mapping_version": JOBS_MAPPING_VERSION},
-        "properties": _PROPERTIES,
-    }
-
-
-def _index_body() -> dict[str, Any]:
-    settings = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
-    return {"settings": settings, "mappings": _mappings()}
-
-
-def _conflicts(mappings: dict[str, Any]) -> tuple[list[str], bool]:
-    """The fields an existing jobs index maps otherwise than we do, and whether it
-    lacks some (then its mapping is completed in place)."""
-    properties = mappings.get("properties") or {}
-    conflicts: list[str] = []
-    for name, wanted in _PROPERTIES.items():
-        have = properties.get(name)
-        if have is not None and have.get("type", "object") != wanted["type"]:
-            conflicts.append(f"field {name!r} is mapped as {have.get('type', 'object')!r}")
-        elif have is not None and wanted.get("enabled") is False and have.get("enabled", True):
-            conflicts.append(f"field {name!r} is an indexed object, expected 'enabled: false'")
-    return conflicts, any(name not in properties for name in _PROPERTIES)
-
-
 def _document(job: Job) -> dict[str, Any]:
     doc = job.to_dict()
     return {
@@ -115,8 +88,8 @@ class OpenSearchJobStore:
         self._conn = conn
         self._client = conn.client
         self._translated = conn.translated
-        self.index = jobs_index(index)
-        self._template = f"mahavishnu-dlq-{self.index}"
+        self._side = SideIndex(index, "jobs", _PROPERTIES, JOBS_MAPPING_VERSION, "bulk jobs")
+        self.index = self._side.name
         self._conflict_retries = max(1, conflict_retries)
         self._ids = KeyedLock()
 
@@ -131,44 +104,12 @@ class OpenSearchJobStore:
     async def ensure(self) -> None:
         """Put the template and create the index (idempotent); an existing index that
         maps a field otherwise is refused (``ConfigurationError``), one that lacks a
-        field is completed in place."""
-        indices = self._client.indices
-        template = {
-            "index_patterns": [self.index],
-            "priority": 200,
-            "template": _index_body(),
-            "_meta": {"managed_by": "mahavishnu-dlq"},
-        }
-        with self._translated("open jobs"):
-            await indices.put_index_template(name=self._template, body=template)
-            try:
-                await indices.create(index=self.index, body=_index_body())
-            except RequestError as exc:
-                if error_info(exc.info)[0] != "resource_already_exists_exception":
-                    raise
-            else:
-                return
-            found = await indices.get_mapping(index=self.index)
-            for name, entry in found.items():
-                conflicts, missing = _conflicts(entry.get("mappings") or {})
-                if conflicts:
-                    raise ConfigurationError(
-                        f"OpenSearch index {name!r} (the jobs of index "
-                        f"{self._conn.index!r}) has a mapping mahavishnu-dlq cannot use: "
-                        + "; ".join(conflicts)
-                        + ". Delete it (it holds bulk jobs only) or use another opensearch.index.",
-                        field="opensearch.index",
-                    )
-                if missing:
-                    await indices.put_mapping(index=name, body=_mappings())
+        field is completed in place (:class:`~.opensearch_side.SideIndex`)."""
+        await self._side.ensure(self._conn)
 
     async def drop(self) -> None:
         """Delete the index and its template (with the store's :meth:`drop`)."""
-        with self._translated("drop jobs"):
-            with suppress(NotFoundError):
-                await self._client.indices.delete(index=self.index)
-            with suppress(NotFoundError):
-                await self._client.indices.delete_index_template(name=self._template)
+        await self._side.drop(self._conn)
 
     # -- the JobStore protocol ------------------------------------------------------------
 

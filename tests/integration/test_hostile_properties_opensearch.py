@@ -91,8 +91,12 @@ async def node(opensearch_url: str) -> AsyncIterator[OpenSearchStore]:
 
 
 async def fresh(store: OpenSearchStore, **options: Any) -> DeadLetterQueue:
-    """A queue over ``store`` emptied for the next example."""
+    """A queue over ``store`` emptied for the next example: tasks, and the breakers
+    and rate limits an earlier example's handlers left (an open breaker would keep
+    this example's tasks from being claimed)."""
     await store.clear()
+    for key, _record in await store.controls.list(""):
+        await store.controls.delete(key)
     return new_dlq(store, **options)
 
 
