@@ -34,6 +34,7 @@ from mahavishnu_dlq.downstream.rates import RateBook
 from mahavishnu_dlq.downstream.shared import BreakerMethods, Downstream
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks, JobFinishedHook
+from mahavishnu_dlq.insights import InsightMethods
 from mahavishnu_dlq.integration import WorkflowWrapping
 from mahavishnu_dlq.jobs.control import JobMethods
 from mahavishnu_dlq.limits import Limits, require_str
@@ -89,7 +90,7 @@ _LIFETIME_KEYS = (
 )
 
 
-class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods):
+class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMethods):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with

@@ -27,13 +27,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.jobs.model import TaskSummary
     from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
-    from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics
+    from mahavishnu_dlq.storage.base import (
+        FingerprintGroup,
+        HistogramBucket,
+        Mutation,
+        Store,
+        StoreStatistics,
+    )
 
 T = TypeVar("T")
 
@@ -348,6 +354,21 @@ class TracedStore:
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         return await self._run(
             "statistics", lambda: self.inner.statistics(top_fingerprints=top_fingerprints)
+        )
+
+    async def fingerprint_groups(
+        self, flt: TaskFilter | None = None, *, limit: int = 50
+    ) -> list[FingerprintGroup]:
+        return await self._run(
+            "fingerprint_groups", lambda: self.inner.fingerprint_groups(flt, limit=limit)
+        )
+
+    async def failure_histogram(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> list[HistogramBucket]:
+        return await self._run(
+            "failure_histogram",
+            lambda: self.inner.failure_histogram(since=since, until=until, bucket=bucket),
         )
 
     async def purge(

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, Store, StoreStatistics
+from mahavishnu_dlq.storage.base import (
+    FingerprintCount,
+    FingerprintGroup,
+    HistogramBucket,
+    Mutation,
+    Store,
+    StoreStatistics,
+)
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -16,6 +23,8 @@ from mahavishnu_dlq.storage.sqlite import SQLiteStore
 __all__ = [
     "FailoverStore",
     "FingerprintCount",
+    "FingerprintGroup",
+    "HistogramBucket",
     "JournalStore",
     "MemoryStore",
     "Mutation",

@@ -18,6 +18,10 @@ record instead of failing — :meth:`Store.query`, :meth:`Store.claim_due` and
 :meth:`Store.statistics` (which counts them as ``unreadable``) — except a read of
 that very id, :meth:`Store.get` or :meth:`Store.mutate`, which raises
 :class:`~mahavishnu_dlq.errors.UnreadableRecordError` carrying the stored form.
+Counts and aggregations read no record: :meth:`Store.count` counts every stored
+one, and :meth:`Store.fingerprint_groups` and :meth:`Store.failure_histogram` leave
+out those whose stored values say they cannot be read (a status, category or policy
+this version does not know).
 :class:`UnreadableRecords` does the bookkeeping for a store: it decodes, logs
 each undecodable id once per process, and remembers a bounded set of them.
 
@@ -35,7 +39,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast, runtime_checkable
 
 import anyio
@@ -49,6 +53,8 @@ __all__ = [
     "ControlMutation",
     "ControlStore",
     "FingerprintCount",
+    "FingerprintGroup",
+    "HistogramBucket",
     "JobMutation",
     "JobStore",
     "KeyedLock",
@@ -81,6 +87,36 @@ class FingerprintCount:
     count: int
     error_type: str
     example_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintGroup:
+    """Tasks sharing one failure fingerprint (:meth:`Store.fingerprint_groups`)."""
+
+    fingerprint: str
+    count: int
+    #: of one example task of the group: the newest (ties: the first by id)
+    error_type: str
+    #: the error message of that example task (its first 200 characters)
+    example_error: str
+    #: the earliest ``failed_at`` in the group
+    first_seen: datetime
+    #: the latest ``failed_at`` in the group
+    last_seen: datetime
+    #: workflow -> count: the 10 biggest workflows at most, biggest first (ties by name)
+    workflows: dict[str, int]
+    #: status value -> count
+    by_status: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramBucket:
+    """Failures in one time bucket of :meth:`Store.failure_histogram`."""
+
+    #: where the bucket starts (aware, UTC); it ends where the next one starts
+    start: datetime
+    #: error category value -> count (only categories that occur)
+    by_category: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +308,27 @@ class Store(Protocol):
 
     async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
         """Counts per status, category and policy, oldest pending, top fingerprints."""
+        ...
+
+    async def fingerprint_groups(
+        self, flt: TaskFilter | None = None, *, limit: int = 50
+    ) -> list[FingerprintGroup]:
+        """Groups of the records matching ``flt`` (all when None) by
+        ``error_fingerprint``, biggest first (ties: fingerprint ascending); at most
+        ``limit`` (1 to 1000, else ``ValueError``). Records with an empty fingerprint
+        form no group. Counted by the store (an aggregation), not by reading every
+        record; records that cannot be read are left out."""
+        ...
+
+    async def failure_histogram(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> list[HistogramBucket]:
+        """Records whose ``failed_at`` is in ``[since, until)``, counted by error
+        category per bucket of ``bucket`` length starting at ``since`` (bucket ``i``
+        covers ``since + i*bucket`` up to the next one; the last ends at ``until``).
+        Every bucket is returned, in time order, empty ones with ``{}``. ``ValueError``
+        unless ``since < until`` (both aware), ``bucket > 0`` and there are at most
+        1000 buckets. Records that cannot be read are left out."""
         ...
 
     async def purge(

@@ -35,6 +35,10 @@ Fail-closed
     own exception with it attached), and the open circuit makes later calls fail
     fast until the probe sees the node again.
 
+Reads of many records
+    Listings, counts, statistics and aggregations are the primary's, or the fallback's
+    while it serves (:mod:`~mahavishnu_dlq.storage.failover_reads`).
+
 Visibility
     :attr:`health` tells which backend serves, whether the store is degraded, how
     many changes await re-sync, when it last failed over and recovered; the queue's
@@ -89,11 +93,11 @@ from mahavishnu_dlq.errors import (
     StoreUnavailableError,
     TaskBusyError,
 )
-from mahavishnu_dlq.jobs.model import TaskSummary
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.printable import library_logger
-from mahavishnu_dlq.storage.base import Mutation, Store, StoreStatistics, mutate_each
+from mahavishnu_dlq.storage.base import Mutation, Store, mutate_each
 from mahavishnu_dlq.storage.failover_jobs import PrimaryControls, PrimaryJobs
+from mahavishnu_dlq.storage.failover_reads import FailoverReads
 from mahavishnu_dlq.storage.journal import JournalStore
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.storage.resync import Resync, merge_versions
@@ -106,8 +110,11 @@ T = TypeVar("T")
 _SEEN_KEPT = 10_000  # recent records remembered to seed the fallback
 
 
-class FailoverStore:
-    """A primary store (OpenSearch) with a fallback while it is down, re-synced after."""
+class FailoverStore(FailoverReads):
+    """A primary store (OpenSearch) with a fallback while it is down, re-synced after.
+
+    Its set-wide reads (listings, counts, statistics, aggregations) are
+    :class:`~mahavishnu_dlq.storage.failover_reads.FailoverReads`'."""
 
     backend = "failover"
 
@@ -445,23 +452,6 @@ class FailoverStore:
             self._remember(task)
         return claimed + taken
 
-    async def next_due_at(self) -> datetime | None:
-        times: list[datetime] = []
-        if self.fallback is not None and (self._open or self._journal):
-            found = await self.fallback.next_due_at()
-            if found is not None:
-                times.append(found)
-        if not self._open:
-            try:
-                found = await self._primary("next_due_at", self.primary.next_due_at)
-            except StoreUnavailableError:
-                if self.fallback is None:
-                    raise
-            else:
-                if found is not None:
-                    times.append(found)
-        return min(times, default=None)
-
     async def delete(self, task_id: str) -> bool:
         if self.fallback is not None and self._on_fallback(task_id):
             return await self._fallback_delete(task_id)
@@ -487,36 +477,6 @@ class FailoverStore:
         self._deleted[task_id] = when
         self._wake.set()
         return had
-
-    async def _read(self, action: str, call: Callable[[Store], Awaitable[T]]) -> T:
-        """A set-wide read: the primary's answer, or the fallback's while it serves."""
-        if self.fallback is not None and self._open:
-            return await call(self.fallback)
-        try:
-            return await self._primary(action, lambda: call(self.primary))
-        except StoreUnavailableError:
-            if self.fallback is None:
-                raise
-            return await call(self.fallback)
-
-    async def query(
-        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
-    ) -> TaskPage[FailedTask]:
-        return await self._read("query", lambda s: s.query(flt, limit=limit, cursor=cursor))
-
-    async def count(self, flt: TaskFilter | None = None) -> int:
-        return await self._read("count", lambda s: s.count(flt))
-
-    async def open_count(self) -> int:
-        return await self._read("open_count", lambda s: s.open_count())
-
-    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
-        return await self._read("summarize", lambda s: s.summarize(flt, sample=sample))
-
-    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
-        return await self._read(
-            "statistics", lambda s: s.statistics(top_fingerprints=top_fingerprints)
-        )
 
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]

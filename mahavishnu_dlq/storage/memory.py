@@ -21,7 +21,7 @@ import heapq
 import json
 import operator
 from collections.abc import Collection, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from mahavishnu_dlq.clock import to_micros
@@ -41,7 +41,14 @@ from mahavishnu_dlq.models import (
     encode_cursor,
     encode_json,
 )
-from mahavishnu_dlq.storage.base import FingerprintCount, Mutation, StoreStatistics
+from mahavishnu_dlq.storage.aggregations import GroupCounter, check_limit, histogram_buckets
+from mahavishnu_dlq.storage.base import (
+    FingerprintCount,
+    FingerprintGroup,
+    HistogramBucket,
+    Mutation,
+    StoreStatistics,
+)
 from mahavishnu_dlq.storage.memory_jobs import MemoryControlStore, MemoryJobStore
 
 __all__ = ["MemoryStore"]
@@ -391,6 +398,41 @@ class MemoryStore:
             oldest_pending_failed_at=self._oldest_pending(),
             top_fingerprints=top,
         )
+
+    async def fingerprint_groups(
+        self, flt: TaskFilter | None = None, *, limit: int = 50
+    ) -> list[FingerprintGroup]:
+        limit = check_limit(limit)
+        counter = GroupCounter()
+        add = counter.add
+        for row in self._select(flt):
+            fingerprint = row[_FINGERPRINT]
+            if fingerprint:
+                add(
+                    fingerprint,
+                    status=row[_STATUS_AT],
+                    workflow=row[_WORKFLOW],
+                    failed_at=row[_FAILED_AT],
+                    task_id=row[_ID],
+                    error_type=row[_ERROR_TYPE],
+                    error=row[_ERROR],
+                )
+        return counter.groups(limit)
+
+    async def failure_histogram(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> list[HistogramBucket]:
+        buckets = histogram_buckets(since, until, bucket)
+        counts: dict[int, dict[str, int]] = {}
+        for row in self._rows.values():
+            failed_at = row[_FAILED_AT]
+            if since <= failed_at < until:
+                index = buckets.index(to_micros(failed_at))
+                if index is not None:
+                    in_bucket = counts.setdefault(index, {})
+                    category = row[_CATEGORY_AT]
+                    in_bucket[category] = in_bucket.get(category, 0) + 1
+        return buckets.histogram(counts)
 
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]

@@ -41,7 +41,8 @@ Unreadable documents
     (``get``, ``mutate``) raises :class:`~mahavishnu_dlq.errors.UnreadableRecordError`
     with the stored source.
 
-Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`. Bulk jobs and control
+Claims: see :mod:`~mahavishnu_dlq.storage.opensearch_claims`; listings, counts and
+aggregations: :mod:`~mahavishnu_dlq.storage.opensearch_reads`. Bulk jobs and control
 records: in indexes of their own, ``<index>-jobs`` and ``<index>-controls``
 (:mod:`~mahavishnu_dlq.storage.opensearch_jobs`, :mod:`~.opensearch_controls`).
 
@@ -75,22 +76,16 @@ from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError
 from pydantic import SecretStr
 
 from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
-from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
     DeadLetterStatus,
     FailedTask,
-    TaskFilter,
-    TaskPage,
-    decode_cursor,
-    encode_cursor,
 )
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.storage import opensearch_query as q
 from mahavishnu_dlq.storage.base import (
     KeyedLock,
     Mutation,
-    StoreStatistics,
     UnreadableRecords,
 )
 from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
@@ -98,6 +93,7 @@ from mahavishnu_dlq.storage.opensearch_claims import Claims
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
 from mahavishnu_dlq.storage.opensearch_controls import OpenSearchControlStore
 from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
+from mahavishnu_dlq.storage.opensearch_reads import MAX_PAGE, OpenSearchReads
 from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Entry, LastWrites
 
 if TYPE_CHECKING:
@@ -109,7 +105,6 @@ _log = library_logger(__name__)
 
 Refresh = Literal["false", "wait_for", "true"]
 
-_MAX_PAGE = 10_000  # index.max_result_window
 _OK = frozenset({200, 201})
 _KNOWN_LIMIT = 4096  # documents whose last write (ours) we remember, for reads we can skip
 _UNREADABLE_KEPT = 1000  # undecodable document ids remembered (claims skip them)
@@ -123,8 +118,11 @@ def _raw(source: Any) -> str:
         return repr(source)
 
 
-class OpenSearchStore:
-    """Failed tasks in an OpenSearch index, shared safely by any number of processes."""
+class OpenSearchStore(OpenSearchReads):
+    """Failed tasks in an OpenSearch index, shared safely by any number of processes.
+
+    Its reads of many records — listings, counts, statistics, the console's
+    aggregations — are :class:`~mahavishnu_dlq.storage.opensearch_reads.OpenSearchReads`'."""
 
     backend = "opensearch"
 
@@ -170,7 +168,7 @@ class OpenSearchStore:
         self._template = f"mahavishnu-dlq-{index}"
         self._refresh = refresh
         self._conflict_retries = max(1, conflict_retries)
-        self._batch_size = max(1, min(batch_size, _MAX_PAGE))
+        self._batch_size = max(1, min(batch_size, MAX_PAGE))
         self._writer = BulkWriter(
             self._client,
             index,
@@ -424,102 +422,7 @@ class OpenSearchStore:
         require_asyncio()
         return await self._claims.next_due_at()
 
-    # -- many records ------------------------------------------------------------
-
-    async def query(
-        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
-    ) -> TaskPage[FailedTask]:
-        require_asyncio()
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        body: dict[str, Any] = {
-            "query": q.filter_query(flt),
-            "sort": q.LISTING_SORT,
-            "track_total_hits": False,
-        }
-        if cursor is not None:
-            key, last_id = decode_cursor(cursor)
-            body["search_after"] = [-key, last_id]
-        check = flt.matches if q.needs_post_filter(flt) else None
-        await self._ensure_visible()
-        page: list[FailedTask] = []
-        last_sort: list[Any] | None = None
-        more = False
-        while not more:
-            body["size"] = min(limit + 1 - len(page), _MAX_PAGE)
-            found = await self._search(body, "query")
-            for hit in found:
-                task = self._unreadable.read(hit["_id"], hit["_source"])
-                if task is None or (check is not None and not check(task)):
-                    continue  # unreadable (skipped, counted), or not matching a long text
-                if len(page) == limit:
-                    more = True
-                    break
-                page.append(task)
-                last_sort = hit["sort"]
-            if len(found) < body["size"]:
-                break
-            body["search_after"] = found[-1]["sort"]
-        next_cursor = None
-        if more and last_sort is not None:
-            next_cursor = encode_cursor(-last_sort[0], last_sort[1])
-        return TaskPage(page, next_cursor)
-
-    async def count(self, flt: TaskFilter | None = None) -> int:
-        require_asyncio()
-        if flt is not None and q.needs_post_filter(flt):  # a long text: check each match
-            total, cursor = 0, None
-            while True:
-                page = await self.query(flt, limit=_MAX_PAGE - 1, cursor=cursor)
-                total += len(page)
-                if page.cursor is None:
-                    return total
-                cursor = page.cursor
-        return await self._count(q.filter_query(flt), "count")
-
-    async def open_count(self) -> int:
-        require_asyncio()
-        return await self._count(q.OPEN_QUERY, "open_count")
-
-    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
-        """One search: the sample's ids, the exact total and three terms aggregations."""
-        require_asyncio()
-        sample = min(max(sample, 0), _MAX_PAGE)
-        if q.needs_post_filter(flt):  # a long text: the index selects a superset
-            return await self._summary_of_listing(flt, sample)
-        await self._ensure_visible()
-        with self._translated("summarize"):
-            response = await self._client.search(
-                index=self._index, body=q.summary_body(flt, sample)
-            )
-        return q.read_summary(response)
-
-    async def _summary_of_listing(self, flt: TaskFilter, sample: int) -> TaskSummary:
-        """:meth:`summarize` by reading every match, each checked by the listing."""
-        counts: tuple[dict[str, int], ...] = ({}, {}, {})
-        ids: list[str] = []
-        cursor: str | None = None
-        while True:
-            page = await self.query(flt, limit=_MAX_PAGE - 1, cursor=cursor)
-            for task in page:
-                keys = (task.status.value, task.error_category.value, task.workflow)
-                for count, key in zip(counts, keys, strict=True):
-                    count[key] = count.get(key, 0) + 1
-                if len(ids) < sample:
-                    ids.append(task.task_id)
-            if page.cursor is None:
-                break
-            cursor = page.cursor
-        by_status, by_category, by_workflow = counts
-        return TaskSummary.of(by_status, by_category, by_workflow, ids)
-
-    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
-        require_asyncio()
-        await self._ensure_visible()
-        body = q.statistics_body(top_fingerprints, self._unreadable.keys)
-        with self._translated("statistics"):
-            response = await self._client.search(index=self._index, body=body)
-        return q.read_statistics(response)
+    # -- many records (the reads are OpenSearchReads') ---------------------------------
 
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
@@ -575,12 +478,6 @@ class OpenSearchStore:
             response = await self._client.search(index=self._index, body=body)
         hits: list[dict[str, Any]] = response["hits"]["hits"]
         return hits
-
-    async def _count(self, query: dict[str, Any], action: str) -> int:
-        await self._ensure_visible()
-        with self._translated(action):
-            response = await self._client.count(index=self._index, body={"query": query})
-        return int(response["count"])
 
     def _written(self) -> int:
         """Bulk requests sent that may not be searchable yet (none when writes refresh)."""

@@ -68,6 +68,7 @@ __all__ = [
     "purge_query",
     "read_statistics",
     "read_summary",
+    "readable_query",
     "statistics_body",
     "summary_body",
     "template_body",
@@ -323,7 +324,7 @@ def unreadable_reason(exc: BaseException) -> str:
 _REQUIRED = ("task_id", "failed_at", "created_at", "updated_at", "failed_at_us")
 
 
-def _readable_query() -> dict[str, Any]:
+def readable_query() -> dict[str, Any]:
     """Documents whose enum fields hold values this version knows and whose required
     fields are there: the part of being readable a query can check. Invalid text or
     a wrong shape inside a stored object is only seen when a document is read."""
@@ -342,7 +343,7 @@ def _readable_query() -> dict[str, Any]:
 def unreadable_query(known: Collection[str] = ()) -> dict[str, Any]:
     """Documents that cannot be read: values this version does not know, or one of
     ``known`` (document ids a read of this process found undecodable)."""
-    should: list[dict[str, Any]] = [{"bool": {"must_not": [_readable_query()]}}]
+    should: list[dict[str, Any]] = [{"bool": {"must_not": [readable_query()]}}]
     if known:
         should.append({"ids": {"values": sorted(known)}})
     return {"bool": {"should": should, "minimum_should_match": 1}}

@@ -27,6 +27,8 @@ Reads
     connection of its own thread; WAL lets them read while a transaction writes.
     They see every change acknowledged before they started.
 
+    Listings, counts and aggregations: :mod:`.sqlite_reads`.
+
 Jobs and controls
     The bulk jobs and the control records (:mod:`.sqlite_jobs`, :mod:`.sqlite_controls`)
     live in the same file, written by the same writer, read by the same readers.
@@ -63,34 +65,21 @@ from mahavishnu_dlq.errors import (
     DLQError,
     StoreUnavailableError,
 )
-from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.limits import require_str
-from mahavishnu_dlq.models import (
-    DeadLetterStatus,
-    FailedTask,
-    TaskFilter,
-    TaskPage,
-    decode_cursor,
-    encode_cursor,
-)
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.storage import opensearch_query as documents
 from mahavishnu_dlq.storage import sqlite_errors as errors
 from mahavishnu_dlq.storage import sqlite_schema as s
-from mahavishnu_dlq.storage.base import (
-    Mutation,
-    StoreStatistics,
-    UnreadableRecords,
-    event_loop_kind,
-)
+from mahavishnu_dlq.storage.base import Mutation, UnreadableRecords, event_loop_kind
 from mahavishnu_dlq.storage.sqlite_controls import SQLiteControlStore
 from mahavishnu_dlq.storage.sqlite_jobs import SQLiteJobStore
+from mahavishnu_dlq.storage.sqlite_reads import PAGE as _PAGE
+from mahavishnu_dlq.storage.sqlite_reads import SQLiteReads
 from mahavishnu_dlq.storage.sqlite_writer import Op, Writer
 
 __all__ = ["SQLiteStore"]
 
 _BACKEND = "sqlite"
-_PAGE = 500  # rows read at a time by claims and listings
-_LISTING = " ORDER BY failed_at_us DESC, task_id ASC LIMIT ?"  # newest first
 
 
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -105,8 +94,11 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return connection
 
 
-class SQLiteStore:
-    """Failed tasks in one SQLite file, durable, shared safely by the processes of a host."""
+class SQLiteStore(SQLiteReads):
+    """Failed tasks in one SQLite file, durable, shared safely by the processes of a host.
+
+    Its reads of many records — listings, counts, statistics, the console's
+    aggregations — are :class:`~mahavishnu_dlq.storage.sqlite_reads.SQLiteReads`'."""
 
     backend = "sqlite"
     _setting = "sqlite.path"  # the setting that names the file, as messages say it
@@ -452,104 +444,7 @@ class SQLiteStore:
         result: datetime | None = await self._read(read)
         return result
 
-    # -- many records ------------------------------------------------------------
-
-    async def query(
-        self, flt: TaskFilter, *, limit: int, cursor: str | None = None
-    ) -> TaskPage[FailedTask]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        after = decode_cursor(cursor) if cursor is not None else None
-        arms = s.ordered_arms(flt)
-
-        def select(
-            where: str, params: list[Any], position: tuple[int, str] | None, fetch: int
-        ) -> tuple[str, list[Any]]:
-            clauses, values = ([where[len("WHERE ") :]] if where else []), list(params)
-            if position is not None:
-                clauses.append("(failed_at_us < ? OR (failed_at_us = ? AND task_id > ?))")
-                values += [-position[0], -position[0], position[1]]
-            sql = "SELECT task_id, doc, failed_at_us FROM tasks"
-            if clauses:
-                sql += " WHERE " + " AND ".join(clauses)
-            return sql + _LISTING, [*values, fetch]
-
-        def read(connection: sqlite3.Connection) -> TaskPage[FailedTask]:
-            page: list[FailedTask] = []
-            position = after
-            more = False
-            while not more:
-                fetch = min(_PAGE, limit + 1 - len(page))  # the page and one to tell "more"
-                parts = [select(where, params, position, fetch) for where, params in arms]
-                if len(parts) == 1:
-                    sql, values = parts[0]
-                else:  # each arm in its index order, merged
-                    union = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
-                    sql = f"SELECT task_id, doc, failed_at_us FROM ({union}){_LISTING}"
-                    values = [value for _, part_values in parts for value in part_values]
-                    values.append(fetch)
-                rows = connection.execute(sql, values).fetchall()
-                for task_id, doc, failed_at_us in rows:
-                    position = (-failed_at_us, task_id)
-                    task = self._decode(task_id, doc)
-                    if task is None:
-                        continue  # unreadable: skipped (and counted)
-                    if len(page) == limit:
-                        more = True
-                        break
-                    page.append(task)
-                if len(rows) < fetch:
-                    break
-            next_cursor = None
-            if more:
-                last = page[-1]
-                next_cursor = encode_cursor(-to_micros(last.failed_at), last.task_id)
-            return TaskPage(page, next_cursor)
-
-        result: TaskPage[FailedTask] = await self._read(read)
-        return result
-
-    async def count(self, flt: TaskFilter | None = None) -> int:
-        where, params = s.filter_sql(flt)
-
-        def read(connection: sqlite3.Connection) -> int:
-            if not where:
-                row = connection.execute(
-                    "SELECT COALESCE(SUM(n), 0) FROM counts WHERE kind = 'status'"
-                ).fetchone()
-            else:
-                row = connection.execute(f"SELECT COUNT(*) FROM tasks {where}", params).fetchone()
-            return int(row[0])
-
-        result: int = await self._read(read)
-        return result
-
-    async def open_count(self) -> int:
-        def read(connection: sqlite3.Connection) -> int:
-            marks = ", ".join("?" * len(s.OPEN_VALUES))
-            row = connection.execute(
-                "SELECT COALESCE(SUM(n), 0) FROM counts "
-                f"WHERE kind = 'status' AND key IN ({marks})",
-                s.OPEN_VALUES,
-            ).fetchone()
-            return int(row[0])
-
-        result: int = await self._read(read)
-        return result
-
-    async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
-        """Counts by one ``GROUP BY``, the sample through the listing indexes."""
-        result: TaskSummary = await self._read(lambda c: s.read_summary(c, flt, sample))
-        return result
-
-    async def statistics(self, *, top_fingerprints: int = 5) -> StoreStatistics:
-        seen = sorted(self._unreadable.keys)
-
-        def read(connection: sqlite3.Connection) -> StoreStatistics:
-            return s.read_statistics(connection, top_fingerprints, seen)
-
-        result: StoreStatistics = await self._read(read)
-        return result
+    # -- many records (the reads are SQLiteReads') ------------------------------------
 
     async def purge(
         self, *, older_than: datetime | None, statuses: Collection[DeadLetterStatus]
