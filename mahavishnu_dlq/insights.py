@@ -60,6 +60,7 @@ class InsightMethods:
         status: StatusArg = OPEN,
         workflow: str | Iterable[str] | None = None,
         error_category: ErrorCategory | str | Iterable[ErrorCategory | str] | None = None,
+        fingerprint: str | None = None,
         limit: int = 50,
     ) -> list[FingerprintGroup]:
         """The tasks grouped by failure fingerprint, biggest group first (ties by
@@ -67,12 +68,18 @@ class InsightMethods:
 
         ``status`` selects the tasks (one or several; by default the open ones:
         pending, retrying, exhausted; None for every status), ``workflow`` and
-        ``error_category`` narrow them further. Tasks without a fingerprint form no
+        ``error_category`` narrow them further; ``fingerprint`` picks one group (a
+        group page). Tasks without a fingerprint form no
         group, and records that cannot be read are left out. A bad argument raises
         ``ValueError`` or ``TypeError`` naming it.
         """
         limit = check_limit(limit)
-        flt = make_filter(status=statuses(status), workflow=workflow, error_category=error_category)
+        flt = make_filter(
+            status=statuses(status),
+            workflow=workflow,
+            error_category=error_category,
+            fingerprint=fingerprint,
+        )
         return await self._queue().traced_store.fingerprint_groups(flt, limit=limit)
 
     async def failure_histogram(

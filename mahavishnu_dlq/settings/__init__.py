@@ -20,6 +20,7 @@ The package, one module per concept:
 
 - :mod:`.model`: :class:`DLQSettings`, one build, the bridges to the core;
 - :mod:`.groups`: the nested groups (``processor``, ``jobs``, ``policies`` …);
+- :mod:`.web`: the ``web`` group (console tokens and roles, redaction);
 - :mod:`.hosts`: OpenSearch host entries and the credentials they carry;
 - :mod:`.sources`: environment, YAML file, keyword arguments, and their bounds;
 - :mod:`.yamlfile`: the hardened YAML loader of settings files;
@@ -43,6 +44,7 @@ from .groups import (
 )
 from .model import DLQSettings
 from .sources import CONFIG_ENV_VAR, ENV_PREFIX
+from .web import WebSettings, WebToken
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -57,6 +59,8 @@ __all__ = [
     "PolicySettings",
     "ProcessorSettings",
     "SQLiteSettings",
+    "WebSettings",
+    "WebToken",
     "WorkflowPolicySettings",
     "state_dir",
 ]

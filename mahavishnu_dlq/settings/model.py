@@ -54,6 +54,7 @@ from .sources import (
     source_error,
     yaml_path,
 )
+from .web import WebSettings
 
 __all__ = ["DLQSettings"]
 
@@ -120,6 +121,7 @@ class DLQSettings(BaseSettings):
     alerts: list[AlertRuleSettings] = Field(
         default_factory=list, description="alert rules evaluated by the retry processor"
     )
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @field_validator("alerts")
     @classmethod
@@ -247,9 +249,9 @@ class DLQSettings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """A JSON-compatible dump with secrets masked (for ``config show`` and logs).
 
-        The password is ``**********``; the hosts hold no credentials once validated
-        (they moved to username and password), and any left there (an instance built
-        with ``model_construct``) are masked too.
+        The password and the web tokens are ``**********``; the hosts hold no
+        credentials once validated (they moved to username and password), and any
+        left there (an instance built with ``model_construct``) are masked too.
         """
         data = self.model_dump(mode="json")
         opensearch = data["opensearch"]

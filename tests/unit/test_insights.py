@@ -112,6 +112,9 @@ async def test_groups_narrowed_by_workflow_and_category(dlq: DeadLetterQueue) ->
     assert (valid.first_seen, valid.last_seen) == (NOW - HOUR, NOW)
     assert await dlq.fingerprint_groups(workflow=["ingest", "report"], limit=1) == groups[:1]
     assert await dlq.fingerprint_groups(error_category=[ErrorCategory.PERMISSION]) == []
+    [one] = await dlq.fingerprint_groups(fingerprint="fp-c", status=None)  # a group page
+    assert (one.fingerprint, one.count, one.by_status["completed"]) == ("fp-c", 3, 1)
+    assert await dlq.fingerprint_groups(fingerprint="fp-none") == []
 
 
 async def test_groups_refuse_bad_arguments_by_name(dlq: DeadLetterQueue) -> None:

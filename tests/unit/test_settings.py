@@ -86,7 +86,16 @@ def test_example_yaml_lists_every_field() -> None:
     document = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     settings = DLQSettings()
     assert set(document) == set(DLQSettings.model_fields)
-    for group in ("processor", "policies", "classifier", "sqlite", "opensearch", "failover"):
+    for group in (
+        "processor",
+        "jobs",
+        "policies",
+        "classifier",
+        "sqlite",
+        "opensearch",
+        "failover",
+        "web",
+    ):
         assert set(document[group]) == set(type(getattr(settings, group)).model_fields), group
 
 
@@ -108,11 +117,15 @@ def _commented_examples() -> list[str]:
 
 
 def test_example_yaml_commented_examples_are_valid(tmp_path: Path) -> None:
-    blocks = dict(zip(("policies", "classifier"), _commented_examples(), strict=True))
+    blocks = dict(zip(("policies", "classifier", "web"), _commented_examples(), strict=True))
     text = "".join(f"{group}:\n{textwrap.indent(block, '  ')}\n" for group, block in blocks.items())
     settings = DLQSettings.from_yaml(write(tmp_path, text))
     assert settings.policies.by_workflow["nightly-report"].categories
     assert len(settings.classifier.rules) == 3
+    assert [(t.name, t.role) for t in settings.web.tokens] == [
+        ("alice", "operator"),
+        ("dashboards", "viewer"),
+    ]
 
 
 def test_the_default_sqlite_file_follows_the_xdg_state_home(
@@ -147,6 +160,8 @@ def test_the_settings_package_keeps_its_public_names() -> None:
         "PolicySettings",
         "ProcessorSettings",
         "SQLiteSettings",
+        "WebSettings",
+        "WebToken",
         "WorkflowPolicySettings",
         "state_dir",
     ]
