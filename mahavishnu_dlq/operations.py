@@ -140,10 +140,10 @@ class Operations:
     def __init__(self, dlq: DeadLetterQueue) -> None:
         self._dlq = dlq
 
-    async def statistics(self) -> dict[str, Any]:
+    async def statistics(self, top_fingerprints: int = 5) -> dict[str, Any]:
         """See :meth:`DeadLetterQueue.get_statistics`."""
         dlq = self._dlq
-        stats = await dlq.traced_store.statistics()
+        stats = await dlq.traced_store.statistics(top_fingerprints=top_fingerprints)
         now = dlq.clock.now()
         size = stats.open_count
         oldest = stats.oldest_pending_failed_at

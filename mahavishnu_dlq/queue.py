@@ -445,11 +445,18 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         )
         return await self.traced_store.query(flt, limit=limit, cursor=cursor)
 
-    async def get_statistics(self) -> dict[str, Any]:
+    async def get_statistics(self, *, top_fingerprints: int = 5) -> dict[str, Any]:
         """Counts, lifetime counters and health, with the original Mahavishnu keys (plus
         ``backend``, ``degraded``, ``failover``, ``total_stored``, ``unreadable``,
-        ``oldest_pending_age_seconds`` and ``top_fingerprints``)."""
-        return await self._operations.statistics()
+        ``oldest_pending_age_seconds`` and the ``top_fingerprints`` biggest groups of
+        open tasks: 0 to 100, 0 skips that aggregation)."""
+        if isinstance(top_fingerprints, bool) or not isinstance(top_fingerprints, int):
+            raise TypeError(
+                f"top_fingerprints must be an int, got {type(top_fingerprints).__name__}"
+            )
+        if not 0 <= top_fingerprints <= 100:
+            raise ValueError(f"top_fingerprints must be between 0 and 100, got {top_fingerprints}")
+        return await self._operations.statistics(top_fingerprints)
 
     # -- operator actions (see mahavishnu_dlq.operations) ------------------------------
 

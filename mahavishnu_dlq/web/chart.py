@@ -49,6 +49,10 @@ class Bar:
     title: str
     segments: list[Segment]
 
+    def count_of(self, category: str) -> int:
+        """This bucket's failures of ``category`` (0 when it has none)."""
+        return next((s.count for s in self.segments if s.category == category), 0)
+
 
 @dataclass(frozen=True)
 class Tick:

@@ -189,7 +189,8 @@ async def overview(request: Request, who: Viewer, dlq: Queue, done: str | None =
             failed.append(exc)
 
     async with anyio.create_task_group() as group:  # the store answers them side by side
-        group.start_soon(read, "stats", dlq.get_statistics())
+        # the groups below are the top fingerprints with more to say: not asked twice
+        group.start_soon(read, "stats", dlq.get_statistics(top_fingerprints=0))
         group.start_soon(read, "day", dlq.failure_histogram(hours=24, buckets=24))
         group.start_soon(read, "week", dlq.failure_histogram(hours=168, buckets=28))
         group.start_soon(read, "groups", dlq.fingerprint_groups(limit=5))  # open tasks

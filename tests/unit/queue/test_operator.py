@@ -199,6 +199,14 @@ async def test_statistics(clock: FakeClock) -> None:
     assert sum(fp["count"] for fp in top) == stats["queue_size"]
     fingerprints = {(await fetch(dlq, i)).error_fingerprint for i in ("n1", "n2", "x1")}
     assert fingerprints == {top[0]["fingerprint"]}
+    fewer = await dlq.get_statistics(top_fingerprints=1)
+    assert fewer["top_fingerprints"] == top[:1]
+    skipped = await dlq.get_statistics(top_fingerprints=0)  # what the console's overview asks
+    assert skipped["top_fingerprints"] == []
+    assert skipped["status_breakdown"] == stats["status_breakdown"]
+    for bad, error in ((-1, ValueError), (101, ValueError), (True, TypeError), ("5", TypeError)):
+        with pytest.raises(error, match="top_fingerprints"):
+            await dlq.get_statistics(top_fingerprints=bad)  # type: ignore[arg-type]
 
 
 async def test_statistics_of_an_empty_queue(dlq: DeadLetterQueue) -> None:
