@@ -24,8 +24,8 @@ token check, the queue's reads, rendering), no network and no browser.
    templates' share: the pages' ``page()`` calls, timed in a pass of their own.
 2. Where the time goes: each queue call of the overview and of the task pages
    timed alone beside its bare read, both ways; the overview's calls at once (as
-   the page awaits them), in turn, and at once without the statistics' top
-   fingerprints (which the overview does not show).
+   the page awaits them: the statistics without the top fingerprints, which it
+   does not show), in turn, and at once with the top fingerprints (the page before).
 3. The overview's searches by the bare client: without the request cache (as after
    a change) against with it, and against variants (no top fingerprints, no
    unreadable count, ``breadth_first`` collection, no readable filter).
@@ -201,9 +201,10 @@ def _routes(console: Console, flt: Filters) -> list[Route]:
             "overview `/`",
             "/",
             {},
-            "statistics search then breakers (refresh and search of `-controls`), two "
-            "histogram searches, groups search: the four at once, as the page awaits them",
-            lambda: bare.overview(clock.now(), flt.open, together=True),
+            "statistics search without top fingerprints then breakers (refresh and search "
+            "of `-controls`), two histogram searches, groups search: the four at once, as "
+            "the page awaits them",
+            lambda: bare.overview(clock.now(), flt.open, together=True, top_fingerprints=0),
             _PAGE_MS,
         ),
         Route(
