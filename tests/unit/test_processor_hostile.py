@@ -26,7 +26,7 @@ from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage.base import Mutation
 from mahavishnu_dlq.testing import FakeClock
-from tests.unit.test_processor import WatchedStore, add, has_status, stored
+from tests.unit.processor.support import WatchedStore, add, has_status, stored
 
 pytestmark = pytest.mark.anyio
 
