@@ -17,9 +17,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mahavishnu_dlq.models import FailedTask, TaskFilter
@@ -155,3 +156,18 @@ async def everything(store: OpenSearchStore) -> list[FailedTask]:
         if page.cursor is None:
             return found
         cursor = page.cursor
+
+
+async def until(what: str, condition: Callable[[], Awaitable[bool] | bool], timeout: float) -> None:
+    """Poll ``condition`` every 50 ms until true (real time: these are chaos tests); fail
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        await anyio.sleep(0.05)

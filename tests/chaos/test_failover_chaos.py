@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus
 from mahavishnu_dlq.storage import FailoverStore
 from mahavishnu_dlq.storage.opensearch import OpenSearchStore
-from tests.chaos.conftest import Record, everything
+from tests.chaos.conftest import Record, everything, until
 from tests.chaos.node import ChaosNode
 
 pytestmark = pytest.mark.anyio
@@ -37,20 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def failover_store(url: str, index: str) -> FailoverStore:
     search = OpenSearchStore(hosts=[url], index=index, timeout=5.0)
     return FailoverStore(search, failure_threshold=3, probe_interval=0.5, timeout=TIMEOUT)
-
-
-async def until(what: str, condition: Callable[[], Awaitable[bool] | bool], timeout: float) -> None:
-    """Poll ``condition`` until true (real time: this is a chaos test)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 async def recovered(store: FailoverStore) -> None:

@@ -1,7 +1,8 @@
 """A worker process for the multi-process tests (run with ``python -m``), on any shared store.
 
 ``STORE`` names the store every process of a test shares: ``opensearch:URL:INDEX``
-(an index on a node; asyncio only) or ``sqlite:PATH`` (a file on this host).
+(an index on a node; asyncio only; ``opensearch:URL1,URL2,URL3:INDEX`` gives the client
+every node of a cluster) or ``sqlite:PATH`` (a file on this host).
 ``--loop asyncio|trio`` picks the event loop the process runs on.
 
 Modes (first argument):
@@ -14,7 +15,11 @@ Modes (first argument):
     "task_id", "pid", "loop", "start", "end"}`` when it ends (``time.time()``). A task
     whose payload has ``"block": true`` blocks for an hour when ``--block`` is
     given. ``--ready``/``--go``: touch the first file once connected, then wait
-    for the second to exist before claiming (a start barrier).
+    for the second to exist before claiming (a start barrier). ``--until F``: no
+    open task left is not the end until the file ``F`` exists (the producers are
+    done). ``--ride-out``: a cycle that meets an unavailable store is logged
+    (``{"event": "store_error", ...}``) and the next one starts after a pause, instead
+    of the process failing (a chaos test kills nodes under it).
 
 ``enqueue STORE``
     Enqueues the tasks of :data:`RESTART_TASKS` through a ``DeadLetterQueue``,
@@ -53,6 +58,7 @@ import anyio
 from mahavishnu_dlq import DeadLetterQueue
 from mahavishnu_dlq.downstream import BreakerBook, BreakerPolicy
 from mahavishnu_dlq.downstream.rates import RateBook
+from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.jobs.runner import JobRunner
 from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.storage import Store
@@ -72,17 +78,19 @@ RESTART_TASKS: list[tuple[str, str, str]] = [
 
 
 def open_store(spec: str) -> Store:
-    """The (unopened) store ``spec`` names: ``opensearch:URL:INDEX`` or ``sqlite:PATH``."""
+    """The (unopened) store ``spec`` names: ``opensearch:URL[,URL...]:INDEX`` or
+    ``sqlite:PATH``."""
     kind, _, rest = spec.partition(":")
     if kind == "sqlite" and rest:
         return SQLiteStore(rest)
     if kind == "opensearch":
-        url, _, index = rest.rpartition(":")  # the URL has colons of its own
-        if url and index:
+        urls, _, index = rest.rpartition(":")  # the URLs have colons of their own
+        hosts = [url for url in urls.split(",") if url]
+        if hosts and index:
             from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415
 
-            return OpenSearchStore(hosts=[url], index=index)
-    raise ValueError(f"a store is opensearch:URL:INDEX or sqlite:PATH, got {spec!r}")
+            return OpenSearchStore(hosts=hosts, index=index)
+    raise ValueError(f"a store is opensearch:URL[,URL...]:INDEX or sqlite:PATH, got {spec!r}")
 
 
 class _Log:
@@ -140,10 +148,22 @@ async def _process(args: argparse.Namespace) -> int:
             await anyio.to_thread.run_sync(_wait_for_file, Path(args.go), args.timeout)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
-            if await processor.run_once():
-                continue
-            if await store.open_count() == 0:
-                return 0
+            try:
+                if await processor.run_once():
+                    continue
+                if await store.open_count() == 0 and (args.until is None or args.until.exists()):
+                    return 0
+            except StoreUnavailableError as exc:
+                if not args.ride_out:
+                    raise
+                log.write(
+                    {
+                        "event": "store_error",
+                        "pid": pid,
+                        "at": time.time(),
+                        "error": repr(exc)[:500],
+                    }
+                )
             await anyio.sleep(0.05)
         return 3
     finally:
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     proc.add_argument("--block", action="store_true")
     proc.add_argument("--ready")
     proc.add_argument("--go")
+    proc.add_argument("--until", type=Path, help="done only once this file exists")
+    proc.add_argument("--ride-out", action="store_true", help="outlive store outages")
     dead = modes.add_parser("dead")
     dead.add_argument("store")
     dead.add_argument("worker_id")
