@@ -20,7 +20,11 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueFullError",
     "RetryAfter",
+    "StoreAccessError",
+    "StoreAuthenticationError",
+    "StoreNotFoundError",
     "StoreOverloadedError",
+    "StoreTLSError",
     "StoreUnavailableError",
     "TaskBusyError",
     "TaskNotFoundError",
@@ -103,6 +107,48 @@ class StoreOverloadedError(StoreUnavailableError):
     """
 
     _state = "overloaded (back-pressure)"
+
+
+class StoreAuthenticationError(StoreUnavailableError):
+    """The storage backend refused our credentials (HTTP 401).
+
+    An outage to a failover store (it keeps tasks in its journal while the password is
+    being fixed), but never worded as one: the message names the user and the settings
+    to fix, never the password.
+    """
+
+    _state = "refusing our credentials"
+
+
+class StoreAccessError(StoreUnavailableError):
+    """The storage backend knows who we are but forbids what was asked (HTTP 403).
+
+    The message names the permission the backend reported missing, and the user.
+    """
+
+    _state = "refusing access"
+
+
+class StoreTLSError(StoreUnavailableError):
+    """The TLS connection to the storage backend failed: an untrusted, expired or
+    wrong-host certificate, or a client certificate the backend refused.
+
+    The message names the host, what the certificate check said and the setting to fix.
+    """
+
+    _state = "unreachable over TLS"
+
+
+class StoreNotFoundError(DLQError, LookupError):
+    """The store's data is not where the settings point (e.g. a missing OpenSearch index).
+
+    Raised when a store is opened for reading only, which never creates anything: a typo
+    in the index name must not show an empty queue.
+    """
+
+    def __init__(self, backend: str, detail: str) -> None:
+        self.backend = backend
+        super().__init__(f"{backend} store not found: {detail}")
 
 
 class UnreadableRecordError(DLQError, LookupError):

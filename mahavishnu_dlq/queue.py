@@ -59,7 +59,7 @@ from mahavishnu_dlq.operations import (
 from mahavishnu_dlq.policy import PolicyBook
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.processor import RetryProcessor
-from mahavishnu_dlq.storage.base import Store
+from mahavishnu_dlq.storage.base import Store, open_store
 from mahavishnu_dlq.storage.build import store_from_settings
 from mahavishnu_dlq.storage.failover import FailoverStore
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -218,14 +218,20 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
             alert_rules=settings.alert_rules(),
         )
 
-    async def connect(self) -> None:
+    async def connect(self, *, create: bool = True) -> None:
         """Connect the store (idempotent) without starting a processor, as tools like the CLI do.
+
+        ``create=False`` is for tools that read (``status``, ``list``, the web console):
+        the store creates nothing to open (no OpenSearch index or template), and a
+        missing index raises :class:`~mahavishnu_dlq.errors.StoreNotFoundError` rather
+        than show an empty queue (:meth:`Store.open`). Writing works on a store opened
+        so, as long as it exists.
 
         A store with background work (the failover store's recovery probe) gets it
         started here, in a task group :meth:`stop` ends before closing the store.
         """
         if not self._opened:
-            await self.traced_store.open()
+            await open_store(self.traced_store, create=create)
             self._opened = True
             monitor = getattr(self.store, "monitor", None)
             if monitor is not None and self._maintenance is None:

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, 
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mahavishnu_dlq.storage.base import open_store
+
 if TYPE_CHECKING:
     from mahavishnu_dlq.jobs.model import TaskSummary
     from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter, TaskPage
@@ -304,8 +306,8 @@ class TracedStore:
         with tracer.start_as_current_span(f"dlq.store.{op}", attributes=attributes):
             return await call()
 
-    async def open(self) -> None:
-        await self._run("open", self.inner.open)
+    async def open(self, *, create: bool = True) -> None:
+        await self._run("open", lambda: open_store(self.inner, create=create))
 
     async def close(self) -> None:
         await self._run("close", self.inner.close)

@@ -4,6 +4,7 @@ per test session, started only when a test needs it."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -12,11 +13,15 @@ from types import ModuleType
 
 import pytest
 
+from tests.secured_node import SecuredNode, secured_setup
+
 #: The shared checks of the hostile-input properties assert; show their values.
 pytest.register_assert_rewrite("tests.hostile")
 
 #: Point the tests at an existing node/cluster instead of starting one.
 OPENSEARCH_URL_VAR = "MAHAVISHNU_DLQ_TEST_OPENSEARCH_URL"
+#: A JSON file {"url", "config", "admin"} of a running secured node (see tests/secured_node.py).
+SECURED_NODE_VAR = "MAHAVISHNU_DLQ_TEST_SECURED_NODE"
 _NODE_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "opensearch_node.py"
 
 
@@ -35,7 +40,12 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _node_module() -> ModuleType:
+def load_node_script() -> ModuleType:
+    """``scripts/opensearch_node.py`` as the module ``opensearch_node`` (its ``osnode``
+    package importable from then on); loaded once."""
+    loaded = sys.modules.get("opensearch_node")
+    if loaded is not None and getattr(loaded, "__file__", None) == str(_NODE_SCRIPT):
+        return loaded
     spec = importlib.util.spec_from_file_location("opensearch_node", _NODE_SCRIPT)
     if spec is None or spec.loader is None:  # pragma: no cover - the script ships with the repo
         raise RuntimeError(f"cannot load {_NODE_SCRIPT}")
@@ -58,7 +68,7 @@ def opensearch_url() -> Iterator[str]:
         yield url
         return
     try:
-        node = _node_module().start_node()
+        node = load_node_script().start_node()
     except Exception as exc:  # any reason means "no node here"
         reason = f"no OpenSearch node could be started ({type(exc).__name__}: {exc})"
         if os.environ.get("CI", "").lower() == "true":
@@ -66,5 +76,28 @@ def opensearch_url() -> Iterator[str]:
         pytest.skip(f"{reason}; set {OPENSEARCH_URL_VAR} to use an existing one")
     try:
         yield node.url
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_opensearch() -> Iterator[SecuredNode]:
+    """A second node of this session, secured (see :mod:`tests.secured_node`): started only
+    when a test needs it; skips locally and fails with ``CI=true`` if it cannot start."""
+    running = os.environ.get(SECURED_NODE_VAR)
+    if running:  # {"url", "config", "admin"} of a node started with secured_setup
+        given = json.loads(Path(running).read_text())
+        yield SecuredNode(given["url"], Path(given["config"]), given["admin"])
+        return
+    script = load_node_script()
+    try:
+        node = script.start_node(secured=secured_setup(script))
+    except Exception as exc:  # any reason means "no secured node here"
+        reason = f"no secured OpenSearch node could be started ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI needs one", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield SecuredNode(node.url, node.workdir / "config", str(node.access.password))
     finally:
         node.stop()

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from mahavishnu_dlq import __version__
-from mahavishnu_dlq.cli import actions, breakers, browse, jobs, operate, serve
+from mahavishnu_dlq.cli import actions, breakers, browse, doctor, jobs, operate, serve
 from mahavishnu_dlq.cli.common import (
     APP_ENV_VAR,
     EXIT_FAILED,
@@ -114,6 +114,7 @@ def build_app() -> typer.Typer:
         ("purge", actions.purge),
         ("clear", actions.clear),
         ("serve", serve.serve),
+        ("doctor", doctor.doctor),
     ):
         app.command(name)(command)
     operate.register(app, context_settings=settings)

@@ -73,7 +73,7 @@ def breaker_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         found = await dlq.list_breakers()
         return [breaker_json(b, now, dlq.downstream.policy(b.workflow)) for b in found], now
 
-    rows, now = run(state_of(ctx), body)
+    rows, now = run(state_of(ctx), body, create=False)
     if as_json:
         emit_json({"breakers": rows, "count": len(rows)})
     elif not rows:

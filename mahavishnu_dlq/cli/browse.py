@@ -67,7 +67,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], datetime]:
         return await dlq.get_statistics(), dlq.clock.now()
 
-    stats, now = run(state_of(ctx), body, degraded_ok=True)
+    stats, now = run(state_of(ctx), body, degraded_ok=True, create=False)
     if as_json:
         emit_json(stats)
     else:
@@ -122,7 +122,7 @@ def list_tasks(
         )
         return list(page), page.cursor, now
 
-    tasks, next_cursor, now = run(state_of(ctx), body)
+    tasks, next_cursor, now = run(state_of(ctx), body, create=False)
     if as_json:
         emit_json(
             {"tasks": [task_json(t) for t in tasks], "count": len(tasks), "cursor": next_cursor}
@@ -159,7 +159,7 @@ def show(
         except UnreadableRecordError as exc:
             return exc, dlq.clock.now()
 
-    task, now = run(state_of(ctx), body)
+    task, now = run(state_of(ctx), body, create=False)
     if task is None:
         fail(f"no task with id {task_id!r} in the dead-letter queue", EXIT_FAILED)
     if isinstance(task, UnreadableRecordError):

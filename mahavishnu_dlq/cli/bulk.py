@@ -218,7 +218,8 @@ def run_bulk(state: CliState, request: BulkRequest, *, app: str | None = None) -
             waiting_hint=_waiting_hint(job),
         )
 
-    followed = run(state, body, app=app)
+    # a dry run reads (its report is stored as a job: the jobs index is made if need be)
+    followed = run(state, body, app=app, create=not request.dry_run)
     _show(request, followed)
 
 

@@ -38,6 +38,7 @@ from mahavishnu_dlq.cli.terminal import dumps, escape_line, text_of
 from mahavishnu_dlq.errors import (
     ConfigurationError,
     DLQError,
+    StoreNotFoundError,
     StoreUnavailableError,
     TaskBusyError,
     TaskNotFoundError,
@@ -264,11 +265,16 @@ class CliState:
 
 
 @asynccontextmanager
-async def opened(state: CliState, app: str | None = None) -> AsyncIterator[DeadLetterQueue]:
-    """The command's queue with its store connected; stopped (processor, store) on exit."""
+async def opened(
+    state: CliState, app: str | None = None, *, create: bool = True
+) -> AsyncIterator[DeadLetterQueue]:
+    """The command's queue with its store connected; stopped (processor, store) on exit.
+
+    ``create=False`` for the commands that only read: their store creates nothing
+    (a missing OpenSearch index is an error, not an empty queue)."""
     dlq = await state.build_queue(app)
     try:
-        await dlq.connect()
+        await dlq.connect(create=create)
     except BaseException:
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(DLQError):  # never opened: report the first error
@@ -286,8 +292,13 @@ def run(
     *,
     app: str | None = None,
     degraded_ok: bool = False,
+    create: bool = True,
 ) -> T:
     """Run ``body`` on the opened queue; library errors become one line and an exit status.
+
+    Commands that only read pass ``create=False``: opening their store creates
+    nothing, and a missing index (a misspelt ``opensearch.index``) is one line naming
+    it, exit status 1 (:class:`~mahavishnu_dlq.errors.StoreNotFoundError`).
 
     A failover store that opened degraded serves from this process's fallback: only
     commands that say so (``degraded_ok``: status, the processor) run then; the
@@ -297,7 +308,7 @@ def run(
     """
 
     async def main() -> T:
-        async with opened(state, app) as dlq:
+        async with opened(state, app, create=create) as dlq:
             store = dlq.store
             if not degraded_ok and getattr(store, "degraded", False):
                 health = getattr(store, "health", {})
@@ -315,7 +326,7 @@ def run(
         return anyio.run(main)
     except CliError as exc:
         fail(text_of(exc), exc.code)
-    except StoreUnavailableError as exc:
+    except (StoreUnavailableError, StoreNotFoundError) as exc:
         fail(text_of(exc), EXIT_FAILED)
     except ConfigurationError as exc:
         fail(text_of(exc), EXIT_USAGE)

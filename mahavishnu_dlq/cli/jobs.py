@@ -49,7 +49,7 @@ def jobs_list(
     async def body(dlq: DeadLetterQueue) -> list[Job]:
         return await dlq.list_jobs(state=states, limit=limit)
 
-    jobs = run(state_of(ctx), body)
+    jobs = run(state_of(ctx), body, create=False)
     if as_json:
         emit_json({"jobs": [job.to_dict() for job in jobs], "count": len(jobs)})
     elif not jobs:
@@ -67,7 +67,7 @@ def jobs_show(ctx: typer.Context, job_id: JobIdArgument, as_json: JsonOption = F
     async def body(dlq: DeadLetterQueue) -> Job:
         return await dlq.get_job(job_id)  # JobNotFoundError: one line, exit 1
 
-    job = run(state_of(ctx), body)
+    job = run(state_of(ctx), body, create=False)
     if as_json:
         emit_json(job.to_dict())
     else:

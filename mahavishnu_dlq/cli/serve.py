@@ -86,7 +86,7 @@ def serve(
     level = logging.INFO if state.verbose else logging.WARNING
 
     async def main() -> None:
-        async with opened(state, app) as dlq:
+        async with opened(state, app, create=False) as dlq:  # the console reads
             web = create_app(dlq, settings=settings)
             console = web.state.dlq_web
             console.owns_queue = console.connected = True  # connected by opened()

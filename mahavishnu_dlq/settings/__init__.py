@@ -21,6 +21,7 @@ The package, one module per concept:
 - :mod:`.model`: :class:`DLQSettings`, one build, the bridges to the core;
 - :mod:`.groups`: the nested groups (``processor``, ``jobs``, ``policies`` …);
 - :mod:`.web`: the ``web`` group (console tokens and roles, redaction);
+- :mod:`.opensearch`: the ``opensearch`` group (nodes, TLS, index shape);
 - :mod:`.hosts`: OpenSearch host entries and the credentials they carry;
 - :mod:`.sources`: environment, YAML file, keyword arguments, and their bounds;
 - :mod:`.yamlfile`: the hardened YAML loader of settings files;
@@ -34,7 +35,6 @@ from .groups import (
     ClassifierSettings,
     FailoverSettings,
     JobSettings,
-    OpenSearchSettings,
     PolicyOverrideSettings,
     PolicySettings,
     ProcessorSettings,
@@ -43,6 +43,7 @@ from .groups import (
     state_dir,
 )
 from .model import DLQSettings
+from .opensearch import OpenSearchSettings
 from .sources import CONFIG_ENV_VAR, ENV_PREFIX
 from .web import WebSettings, WebToken
 

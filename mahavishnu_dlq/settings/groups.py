@@ -1,13 +1,11 @@
 """The settings groups: one pydantic model per nested block of the settings.
 
 ``processor``, ``policies`` (with its per-category and per-workflow overrides),
-``classifier``, ``sqlite``, ``opensearch`` and ``failover``; the alert rules are
-:class:`~mahavishnu_dlq.alerts.AlertRuleSettings`. Each field carries its range
+``classifier``, ``sqlite`` and ``failover`` (``opensearch`` is in :mod:`.opensearch`);
+the alert rules are :class:`~mahavishnu_dlq.alerts.AlertRuleSettings`. Each field carries its range
 and a description (the validation messages and the documented example file say
 both). A group refuses unknown keys and never shows its input in pydantic's own
 messages; :mod:`~mahavishnu_dlq.settings.problems` writes the messages users see.
-``opensearch.hosts`` entries are checked and freed of their credentials by
-:mod:`~mahavishnu_dlq.settings.hosts`.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
@@ -32,7 +28,6 @@ from mahavishnu_dlq.downstream.rates import RateBook, parse_rate
 from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
 from mahavishnu_dlq.policy import MAX_SECONDS, Jitter, PolicyOverride
 
-from .hosts import check_host, take_credentials
 from .problems import number
 
 __all__ = [
@@ -42,7 +37,6 @@ __all__ = [
     "ClassifierSettings",
     "FailoverSettings",
     "JobSettings",
-    "OpenSearchSettings",
     "PolicyOverrideSettings",
     "PolicySettings",
     "ProcessorSettings",
@@ -51,7 +45,6 @@ __all__ = [
 ]
 
 _DAY = 86400.0
-_INDEX_FORBIDDEN = frozenset('\\/*?"<>| ,#:')
 
 
 class _Group(BaseModel):
@@ -368,66 +361,6 @@ class ClassifierSettings(_Group):
     )
 
 
-class OpenSearchSettings(_Group):
-    """Connection to OpenSearch (store ``opensearch`` or ``failover``)."""
-
-    hosts: list[Annotated[str, AfterValidator(check_host)]] = Field(
-        default_factory=lambda: ["http://127.0.0.1:9200"],
-        min_length=1,
-        description="node URLs; credentials in them move to username and password",
-    )
-    username: str | None = Field(default=None, description="basic-auth user")
-    password: SecretStr | None = Field(default=None, description="basic-auth password")
-    verify_certs: bool = Field(default=True, description="verify TLS certificates")
-    ca_certs: str | None = Field(default=None, description="CA bundle file for TLS")
-    timeout_seconds: float = Field(default=10, ge=0.1, le=300, description="per-request timeout")
-    index: str = Field(
-        default="mahavishnu-dlq-tasks", min_length=1, max_length=255, description="index name"
-    )
-    refresh: Literal["false", "wait_for", "true"] = Field(
-        default="false", description="refresh after writes (tests: wait_for)"
-    )
-    bulk_max_bytes: int = Field(
-        default=8_388_608,
-        ge=65_536,
-        le=104_857_600,
-        description="largest bulk request (below the node's http.max_content_length); "
-        "a bigger record is refused",
-    )
-    backpressure_seconds: float = Field(
-        default=30,
-        ge=0,
-        le=600,
-        description="how long writes the node refuses with HTTP 429 are retried, with backoff",
-    )
-
-    @model_validator(mode="after")
-    def _credentials_out_of_hosts(self) -> OpenSearchSettings:
-        secret = None if self.password is None else self.password.get_secret_value()
-        hosts, username, password = take_credentials(self.hosts, self.username, secret)
-        if hosts != self.hosts:
-            self.hosts = hosts
-            self.username = username
-            self.password = None if password is None else SecretStr(password)
-        return self
-
-    @field_validator("index")
-    @classmethod
-    def _index_name(cls, value: str) -> str:
-        problem = None
-        if value != value.lower():
-            problem = "must be lowercase"
-        elif value in {".", ".."}:
-            problem = "must not be '.' or '..'"
-        elif value[0] in "-_+":
-            problem = "must not start with '-', '_' or '+'"
-        elif bad := sorted(_INDEX_FORBIDDEN.intersection(value)):
-            problem = "must not contain " + " ".join(repr(char) for char in bad)
-        if problem:
-            raise ValueError(f"index name {value!r} {problem}")
-        return value
-
-
 def state_dir() -> Path:
     """Where mahavishnu-dlq keeps its files for this user: ``$XDG_STATE_HOME/mahavishnu-dlq``,
     else ``~/.local/state/mahavishnu-dlq`` (the XDG base directory rule)."""
@@ -436,7 +369,7 @@ def state_dir() -> Path:
     return root / "mahavishnu-dlq"
 
 
-def _a_path(value: str | None) -> str | None:
+def a_path(value: str | None) -> str | None:
     """A path setting: no NUL, ``~`` expanded; None stays None (the default path)."""
     if value is None:
         return None
@@ -465,7 +398,7 @@ class SQLiteSettings(_Group):
     @field_validator("path")
     @classmethod
     def _a_file_path(cls, value: str | None) -> str | None:
-        return _a_path(value)
+        return a_path(value)
 
     def file(self) -> Path:
         """The database file: ``path``, else the per-user default (read when asked)."""
@@ -500,7 +433,7 @@ class FailoverSettings(_Group):
     @field_validator("path")
     @classmethod
     def _a_directory_path(cls, value: str | None) -> str | None:
-        return _a_path(value)
+        return a_path(value)
 
     def directory(self, index: str) -> Path:
         """The journals' directory for ``index``: ``path``, else the per-user default."""

@@ -38,11 +38,11 @@ from .groups import (
     ClassifierSettings,
     FailoverSettings,
     JobSettings,
-    OpenSearchSettings,
     PolicySettings,
     ProcessorSettings,
     SQLiteSettings,
 )
+from .opensearch import OpenSearchSettings
 from .problems import configuration_error
 from .sources import (
     ENV_PREFIX,

@@ -12,6 +12,12 @@ mutations, so every backend gets the same state machine for free.
 own (its failure is handed back in its place); :func:`mutate_each` builds it from
 ``mutate`` for stores whose mutations are remote calls.
 
+Opening: :meth:`Store.open` creates what the store needs (indexes, a file, its
+schema). ``open(create=False)``, what read-only tools use, creates nothing in
+OpenSearch: a missing index (a typo in its name) raises
+:class:`~mahavishnu_dlq.errors.StoreNotFoundError` rather than show an empty
+queue. The memory, SQLite and journal stores open the same way either way.
+
 Unreadable records: a store may hold a record it cannot decode (written by a
 newer version, by hand, or before input was checked). Every read skips such a
 record instead of failing — :meth:`Store.query`, :meth:`Store.claim_due` and
@@ -35,6 +41,7 @@ backend.
 from __future__ import annotations
 
 import builtins
+import inspect
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -64,6 +71,7 @@ __all__ = [
     "UnreadableRecords",
     "event_loop_kind",
     "mutate_each",
+    "open_store",
     "report_unreadable",
 ]
 
@@ -228,8 +236,17 @@ class Store(Protocol):
         """The records the processors of every process share (breakers, rate limits)."""
         ...
 
-    async def open(self) -> None:
-        """Connect and create whatever the store needs (idempotent)."""
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and create whatever the store needs (idempotent).
+
+        ``create=False`` opens for reading: the store changes nothing to open, and
+        data that is not where the settings point raises
+        :class:`~mahavishnu_dlq.errors.StoreNotFoundError` instead of showing an empty
+        queue. A store keeping its data in this process or in a local file (memory,
+        SQLite) may open the same way either way; each backend says what it does.
+        Call it through :func:`open_store`, which also opens a store written before
+        ``create`` existed.
+        """
         ...
 
     async def close(self) -> None:
@@ -340,6 +357,26 @@ class Store(Protocol):
     async def clear(self) -> int:
         """Delete every record; the count."""
         ...
+
+
+async def open_store(store: Store, *, create: bool = True) -> None:
+    """``store.open(create=create)``; a store whose ``open`` takes no ``create`` (one
+    written against an earlier version of :class:`Store`) is opened with ``open()``,
+    as it always was."""
+    if create or not _takes_create(store):
+        await store.open()
+    else:
+        await store.open(create=False)
+
+
+def _takes_create(store: Store) -> bool:
+    try:
+        parameters = inspect.signature(store.open).parameters
+    except (TypeError, ValueError):  # a callable without a signature: ask it as before
+        return False
+    return "create" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 async def mutate_each(

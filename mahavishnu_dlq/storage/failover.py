@@ -95,7 +95,7 @@ from mahavishnu_dlq.errors import (
 )
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.printable import library_logger
-from mahavishnu_dlq.storage.base import Mutation, Store, mutate_each
+from mahavishnu_dlq.storage.base import Mutation, Store, mutate_each, open_store
 from mahavishnu_dlq.storage.failover_jobs import PrimaryControls, PrimaryJobs
 from mahavishnu_dlq.storage.failover_reads import FailoverReads
 from mahavishnu_dlq.storage.journal import JournalStore
@@ -153,6 +153,7 @@ class FailoverStore(FailoverReads):
         self._change = 0
         self._seen: OrderedDict[str, FailedTask] = OrderedDict()
         self._wake = anyio.Event()
+        self._create = True  # how open() was asked to open the primary; probes do the same
         self.failed_over_at: datetime | None = None
         self.recovered_at: datetime | None = None
         self.last_error: str | None = None
@@ -214,16 +215,29 @@ class FailoverStore(FailoverReads):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open both stores; a primary that is down opens degraded (see :meth:`monitor`)."""
+    async def open(self, *, create: bool = True) -> None:
+        """Open both stores; a primary that is down opens degraded (see :meth:`monitor`).
+
+        ``create=False`` opens the primary for reading (and so does every probe after):
+        a primary whose data is missing raises
+        :class:`~mahavishnu_dlq.errors.StoreNotFoundError`, which is no outage — it is
+        raised here, the fallback never serves for it (nor is it opened: the primary
+        is asked first then, so a misspelt index leaves no journal behind)."""
+        self._create = create
+        if create:
+            await self._open_fallback()
+        try:
+            with anyio.fail_after(self.timeout):
+                await open_store(self.primary, create=create)
+        except (StoreUnavailableError, TimeoutError) as exc:
+            self._trip(exc, at_start=True)  # start degraded (or failing fast); the probe recovers
+        if not create:
+            await self._open_fallback()
+
+    async def _open_fallback(self) -> None:
         if self.fallback is not None:
             await self.fallback.open()
             await self._load_journal()
-        try:
-            with anyio.fail_after(self.timeout):
-                await self.primary.open()
-        except (StoreUnavailableError, TimeoutError) as exc:
-            self._trip(exc, at_start=True)  # start degraded (or failing fast); the probe recovers
 
     async def _load_journal(self) -> None:
         """Take up what the journal file holds: changes a process that died (this
@@ -527,7 +541,9 @@ class FailoverStore(FailoverReads):
         if not self.degraded:
             return True
         try:
-            await self._primary("probe", self.primary.open, probing=True)
+            await self._primary(
+                "probe", lambda: open_store(self.primary, create=self._create), probing=True
+            )
         except StoreUnavailableError:
             return False
         try:

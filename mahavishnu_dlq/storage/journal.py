@@ -122,8 +122,9 @@ class JournalStore(SQLiteStore):
 
     # -- opening and closing -------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Take a free slot, open its file, adopt the journals of dead processes."""
+    async def open(self, *, create: bool = True) -> None:
+        """Take a free slot, open its file, adopt the journals of dead processes
+        (``create=False`` too: the journal is this host's own)."""
         if self._is_open():
             return
         if self._opening is None:

@@ -246,8 +246,8 @@ class MemoryStore:
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def open(self) -> None:
-        return None
+    async def open(self, *, create: bool = True) -> None:
+        """Nothing to connect or create (``create`` changes nothing here)."""
 
     async def close(self) -> None:
         return None

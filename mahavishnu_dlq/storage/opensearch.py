@@ -6,8 +6,10 @@ Mapping and ids
     :mod:`~mahavishnu_dlq.storage.opensearch_query` (which also describes the
     document layout). An index with a conflicting field is refused
     (``ConfigurationError``); one that lacks fields (an older mapping version,
-    kept in ``_meta``) is upgraded in place. The document ``_id`` is the SHA-256
-    hex digest of the task id, so any id string is safe.
+    kept in ``_meta``) is upgraded in place. ``open(create=False)`` (read-only
+    tools) writes nothing: a missing index is a
+    :class:`~mahavishnu_dlq.errors.StoreNotFoundError`, never an empty queue. The
+    document ``_id`` is the SHA-256 hex digest of the task id, so any id string is safe.
 
 Compare-and-set
     :meth:`~OpenSearchStore.mutate` first tries an optimistic ``create`` of
@@ -93,6 +95,7 @@ from mahavishnu_dlq.storage.opensearch_claims import Claims
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
 from mahavishnu_dlq.storage.opensearch_controls import OpenSearchControlStore
 from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
+from mahavishnu_dlq.storage.opensearch_missing import missing_index
 from mahavishnu_dlq.storage.opensearch_reads import MAX_PAGE, OpenSearchReads
 from mahavishnu_dlq.storage.opensearch_write import BulkWriter, Entry, LastWrites
 
@@ -135,6 +138,8 @@ class OpenSearchStore(OpenSearchReads):
         password: str | SecretStr | None = None,
         verify_certs: bool = True,
         ca_certs: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         timeout: float = 10.0,
         refresh: Refresh = "false",
         client: AsyncOpenSearch | None = None,
@@ -143,9 +148,14 @@ class OpenSearchStore(OpenSearchReads):
         max_in_flight: int = 4,
         bulk_max_bytes: int = 8_388_608,
         backpressure_seconds: float = 30.0,
+        number_of_shards: int = 1,
+        number_of_replicas: int | None = None,
     ) -> None:
         """``client``, when given, is used instead of one built from the connection
-        arguments, and is left open by :meth:`close` (its owner closes it)."""
+        arguments, and is left open by :meth:`close` (its owner closes it).
+
+        ``number_of_shards`` and ``number_of_replicas`` shape the index this store
+        creates (and its template); None replicas: one once a second node is there."""
         if refresh not in ("false", "wait_for", "true"):
             raise ConfigurationError(
                 f"refresh must be one of: false, wait_for, true; got {refresh!r}",
@@ -158,9 +168,12 @@ class OpenSearchStore(OpenSearchReads):
             password=password,
             verify_certs=verify_certs,
             ca_certs=ca_certs,
+            client_cert=client_cert,
+            client_key=client_key,
             timeout=timeout,
             client=client,
         )
+        self._shards, self._replicas = number_of_shards, number_of_replicas
         self._client = self._conn.client
         self._translated = self._conn.translated
         self._item_error = self._conn.item_error
@@ -204,9 +217,13 @@ class OpenSearchStore(OpenSearchReads):
             chunk_ids=self._batch_size,
         )
         #: the bulk jobs, in the index ``<index>-jobs`` (:mod:`.opensearch_jobs`)
-        self.jobs = OpenSearchJobStore(self._conn, index, conflict_retries=conflict_retries)
+        self.jobs = OpenSearchJobStore(
+            self._conn, index, conflict_retries=conflict_retries, replicas=number_of_replicas
+        )
         #: breakers and rate limits, in ``<index>-controls`` (:mod:`.opensearch_controls`)
-        self.controls = OpenSearchControlStore(self._conn, index, conflict_retries=conflict_retries)
+        self.controls = OpenSearchControlStore(
+            self._conn, index, conflict_retries=conflict_retries, replicas=number_of_replicas
+        )
         self._claims = Claims(
             self._writer,
             self._search,
@@ -232,10 +249,14 @@ class OpenSearchStore(OpenSearchReads):
             password=s.password,
             verify_certs=s.verify_certs,
             ca_certs=s.ca_certs,
+            client_cert=s.client_cert,
+            client_key=s.client_key,
             timeout=s.timeout_seconds,
             refresh=s.refresh,
             bulk_max_bytes=s.bulk_max_bytes,
             backpressure_seconds=s.backpressure_seconds,
+            number_of_shards=s.number_of_shards,
+            number_of_replicas=s.number_of_replicas,
         )
 
     def __repr__(self) -> str:
@@ -248,13 +269,29 @@ class OpenSearchStore(OpenSearchReads):
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
+        """Put the template, create the index and its jobs and controls indexes, and
+        check (or complete) their mappings.
+
+        ``create=False`` opens for reading and writes nothing: the index must exist
+        (else :class:`~mahavishnu_dlq.errors.StoreNotFoundError` naming it, the cluster
+        and a near-miss name: :mod:`~.opensearch_missing`), a conflicting mapping is
+        refused as always, and one lacking fields is only reported (a writing open
+        completes it). Missing jobs and controls indexes read as empty and are made
+        by their first write."""
         require_asyncio()
+        if not create:
+            await self._open_existing()
+            return
         indices = self._client.indices
         with self._translated("open"):
-            await indices.put_index_template(name=self._template, body=q.template_body(self._index))
+            template = q.template_body(self._index, shards=self._shards, replicas=self._replicas)
+            await indices.put_index_template(name=self._template, body=template)
             try:
-                await indices.create(index=self._index, body=q.index_body())
+                await indices.create(
+                    index=self._index,
+                    body=q.index_body(shards=self._shards, replicas=self._replicas),
+                )
             except RequestError as exc:
                 if error_info(exc.info)[0] != "resource_already_exists_exception":
                     raise
@@ -262,16 +299,41 @@ class OpenSearchStore(OpenSearchReads):
             for name, entry in found.items():
                 conflicts, update = q.mapping_problems(entry.get("mappings") or {})
                 if conflicts:
-                    raise ConfigurationError(
-                        f"OpenSearch index {name!r} has a mapping mahavishnu-dlq cannot use: "
-                        + "; ".join(conflicts)
-                        + ". Use another index (opensearch.index) or reindex this one.",
-                        field="opensearch.index",
-                    )
+                    raise self._unusable_mapping(name, conflicts)
                 if update:
                     await indices.put_mapping(index=name, body=q.update_body())
         await self.jobs.ensure()
         await self.controls.ensure()
+
+    async def _open_existing(self) -> None:
+        """:meth:`open` for reading: check the index and its mapping, change nothing."""
+        with self._translated("open"):
+            try:
+                found = await self._client.indices.get_mapping(index=self._index)
+            except NotFoundError:
+                found = None
+        if found is None:
+            raise await missing_index(self._conn, self._index)
+        for name, entry in found.items():
+            conflicts, update = q.mapping_problems(entry.get("mappings") or {})
+            if conflicts:
+                raise self._unusable_mapping(name, conflicts)
+            if update:
+                _log.warning(
+                    "dlq.store.open: OpenSearch index %r lacks fields of this version's "
+                    "mapping; reading goes on, and the next writing open (the processor, "
+                    "an enqueue) adds them",
+                    name,
+                    extra={"action": "dlq.store.open", "index": name},
+                )
+
+    def _unusable_mapping(self, name: str, conflicts: list[str]) -> ConfigurationError:
+        return ConfigurationError(
+            f"OpenSearch index {name!r} has a mapping mahavishnu-dlq cannot use: "
+            + "; ".join(conflicts)
+            + ". Use another index (opensearch.index) or reindex this one.",
+            field="opensearch.index",
+        )
 
     async def close(self) -> None:
         require_asyncio()

@@ -4,8 +4,13 @@
 credentials (or takes a client the caller owns) and turns the client's exceptions
 into the library's, the original kept as ``__cause__``:
 
-- connection failures, timeouts, TLS failures, 5xx answers, authentication and
-  authorization failures: :class:`~mahavishnu_dlq.errors.StoreUnavailableError`;
+- connection failures, timeouts and 5xx answers:
+  :class:`~mahavishnu_dlq.errors.StoreUnavailableError`;
+- a certificate not trusted, expired or for another host, or a client certificate
+  refused: :class:`~mahavishnu_dlq.errors.StoreTLSError` (one sentence naming the host
+  and the setting to fix, :mod:`.opensearch_tls`);
+- HTTP 401: :class:`~mahavishnu_dlq.errors.StoreAuthenticationError` naming the user;
+  HTTP 403: :class:`~mahavishnu_dlq.errors.StoreAccessError` naming the permission;
 - HTTP 429 (the node pushing back): :class:`~mahavishnu_dlq.errors.StoreOverloadedError`;
 - HTTP 400 (a request the index refuses, e.g. a mapping conflict) and 413 (a
   request larger than the node takes): :class:`~mahavishnu_dlq.errors.ConfigurationError`.
@@ -24,7 +29,7 @@ Compare-and-set starts from a realtime read: :meth:`Connection.read` and
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch, ConnectionTimeout, NotFoundError, TransportError
@@ -35,9 +40,13 @@ from mahavishnu_dlq.credentials import mask_credentials, mask_userinfo, split_cr
 from mahavishnu_dlq.errors import (
     ConfigurationError,
     DLQError,
+    StoreAccessError,
+    StoreAuthenticationError,
     StoreOverloadedError,
+    StoreTLSError,
     StoreUnavailableError,
 )
+from mahavishnu_dlq.storage.opensearch_tls import tls_context, tls_failure
 
 __all__ = ["Connection", "Versioned", "error_info", "require_asyncio"]
 
@@ -91,6 +100,8 @@ class Connection:
         password: str | SecretStr | None = None,
         verify_certs: bool = True,
         ca_certs: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
         timeout: float = 10.0,
         client: AsyncOpenSearch | None = None,
     ) -> None:
@@ -113,17 +124,29 @@ class Connection:
         self.index = index
         self.timeout = timeout
         self._secret = secret or ""
+        #: who we are to the node, for messages: the user, or the client certificate
+        self.user = username
         #: whether :meth:`close` closes the client (not one the caller passed in)
         self.owns_client = client is None
         if client is None:
             auth = None if username is None else (username, self._secret)
+            context = tls_context(
+                verify_certs=verify_certs,
+                ca_certs=ca_certs,
+                client_cert=client_cert,
+                client_key=client_key,
+                hosts=self.shown_hosts(),
+            )
             client = AsyncOpenSearch(
                 hosts=self.hosts,
                 http_auth=auth,
-                verify_certs=verify_certs,
-                ca_certs=ca_certs,
+                ssl_context=context,
                 timeout=timeout,
                 maxsize=64,  # concurrent attempts each read their record: do not queue on 10
+                # several hosts: a request that timed out on a hung node goes to the next
+                # one, and the hung node is set aside (as a refused one is); one host: no
+                # retry, a caller waits one timeout, not four
+                retry_on_timeout=len(self.hosts) > 1,
             )
         self.client = client
 
@@ -155,6 +178,20 @@ class Connection:
             )
         if status == 429:
             return StoreOverloadedError(_BACKEND, detail)
+        if status == 401:
+            who = f"user {self.user!r}" if self.user else "no user (opensearch.username unset)"
+            return StoreAuthenticationError(
+                _BACKEND,
+                f"{detail}; authentication failed for {who}: check opensearch.username and "
+                "opensearch.password (or opensearch.client_cert)",
+            )
+        if status == 403:
+            who = f"user {self.user!r}" if self.user else "this client"
+            return StoreAccessError(
+                _BACKEND,
+                f"{detail}; {who} lacks a permission this needs (see the role in "
+                "docs/opensearch.md)",
+            )
         return StoreUnavailableError(_BACKEND, detail)
 
     def item_error(self, item: dict[str, Any], action: str) -> DLQError:
@@ -167,6 +204,10 @@ class Connection:
         try:
             yield
         except OpenSearchConnectionError as exc:  # includes timeouts and TLS failures
+            hosts = ", ".join(self.shown_hosts())
+            tls = tls_failure(exc, hosts)
+            if tls is not None:
+                raise StoreTLSError(_BACKEND, self.redact(f"{action}: {tls}")) from exc
             reason = exc.error or (
                 f"no answer within {self.timeout:g} s" if isinstance(exc, ConnectionTimeout) else ""
             )
@@ -202,7 +243,17 @@ class Connection:
         return read
 
     async def close(self) -> None:
-        """Close the client if this connection made it."""
-        if self.owns_client:
+        """Close the client if this connection made it, with the connections of hosts
+        marked dead (opensearch-py closes only the live ones: a node that died would
+        leave its HTTP session open)."""
+        if not self.owns_client:
+            return
+        pool = self.client.transport.connection_pool
+        try:
             with self.translated("close"):
                 await self.client.close()
+        finally:
+            for connection in getattr(pool, "orig_connections", ()):
+                if connection not in getattr(pool, "connections", ()):
+                    with suppress(Exception):  # best effort: it is being thrown away
+                        await connection.close()

@@ -10,8 +10,9 @@ Layout
     object fits), and ``write_id``, unique per write (neither indexed nor searchable).
     The document ``_id`` is the SHA-256 of the key, as for tasks, so any key string is
     safe. :meth:`OpenSearchControlStore.ensure` puts a template for the index (so one
-    re-created by a write is strict too) and creates it; :meth:`~OpenSearchControlStore.drop`
-    deletes both.
+    re-created by a write is strict too) and creates it — at the store's ``open()``, or
+    at the first write when the store was opened for reading (until then a read finds
+    no records); :meth:`~OpenSearchControlStore.drop` deletes both.
 
 Compare-and-set
     :meth:`~OpenSearchControlStore.mutate` computes the successor of the record and
@@ -49,13 +50,13 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from opensearchpy import ConflictError, NotFoundError
+from opensearchpy import AuthorizationException, ConflictError, NotFoundError
 
 from mahavishnu_dlq.storage.base import ControlMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_control
 from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
-from mahavishnu_dlq.storage.opensearch_side import SideIndex
+from mahavishnu_dlq.storage.opensearch_side import Ensured, SideIndex
 from mahavishnu_dlq.storage.stored_controls import ControlBusyError, control_key, read_control
 
 __all__ = ["CONTROLS_MAPPING_VERSION", "OpenSearchControlStore", "controls_index"]
@@ -90,7 +91,13 @@ class OpenSearchControlStore:
     the module); ``conn`` is the store's connection, ``index`` its tasks index."""
 
     def __init__(
-        self, conn: Connection, index: str, *, conflict_retries: int = 20, kept: int = _KEPT
+        self,
+        conn: Connection,
+        index: str,
+        *,
+        conflict_retries: int = 20,
+        kept: int = _KEPT,
+        replicas: int | None = None,
     ) -> None:
         self._conn = conn
         self._client = conn.client
@@ -101,8 +108,12 @@ class OpenSearchControlStore:
             _PROPERTIES,
             CONTROLS_MAPPING_VERSION,
             "circuit breakers and rate limits",
+            replicas,
         )
         self.index = self._side.name
+        #: how the index is made: its mapping, template and the check of an existing one
+        self.side = self._side
+        self._made = Ensured(self._side, conn)
         self._conflict_retries = max(1, conflict_retries)
         self._keys = KeyedLock()
         self._kept = max(0, kept)
@@ -121,12 +132,12 @@ class OpenSearchControlStore:
         """Put the template and create the index (idempotent); an existing index that
         maps a field otherwise is refused (``ConfigurationError``), one that lacks a
         field is completed in place (:class:`~.opensearch_side.SideIndex`)."""
-        await self._side.ensure(self._conn)
+        await self._made.ensure()
 
     async def drop(self) -> None:
         """Delete the index and its template (with the store's :meth:`drop`)."""
         self._last.clear()
-        await self._side.drop(self._conn)
+        await self._made.drop()
 
     # -- reads and writes ----------------------------------------------------------------
 
@@ -153,6 +164,7 @@ class OpenSearchControlStore:
         """Write ``new`` if the stored version is still ``version`` (absent: None); its
         new version, or None when another write came first (a 409)."""
         body = {"key": key, "write_id": write_id, "doc": new}
+        await self._made.before_write()  # a store opened for reading makes it now
         with self._translated("mutate control"):
             try:
                 if version is None:
@@ -219,6 +231,19 @@ class OpenSearchControlStore:
                 return copy.deepcopy(new)  # the remembered one is not the caller's
         raise ControlBusyError(key, self._conflict_retries)
 
+    async def _refreshed(self) -> bool:
+        """Make every acknowledged write searchable (writes do not refresh); False when
+        there is no controls index yet (no records). A read-only user may not refresh:
+        it reads what is searchable already (at most the refresh interval old)."""
+        with self._translated("list controls"):
+            try:
+                await self._client.indices.refresh(index=self.index)
+            except NotFoundError:
+                return False
+            except AuthorizationException:
+                pass
+        return True
+
     async def list(self, prefix: str) -> builtins.list[tuple[str, dict[str, Any]]]:
         require_asyncio()
         prefix = control_key(prefix, "prefix")
@@ -235,11 +260,8 @@ class OpenSearchControlStore:
         else:  # too long for a prefix query: from the keys after all but its last character
             body["search_after"] = [prefix[:-1]]
         found: builtins.list[tuple[str, dict[str, Any]]] = []
-        with self._translated("list controls"):
-            try:  # writes do not refresh: make every acknowledged one searchable
-                await self._client.indices.refresh(index=self.index)
-            except NotFoundError:  # no controls index yet: no records
-                return found
+        if not await self._refreshed():
+            return found
         while True:
             with self._translated("list controls"):
                 try:

@@ -12,7 +12,9 @@ Layout
     JSON (``Job.to_dict()``), stored but not indexed. The document ``_id`` is the
     SHA-256 of the job id, as for tasks. :meth:`OpenSearchJobStore.ensure` puts a
     template for the index (so one re-created by a write is strict too) and creates
-    it; :meth:`~OpenSearchJobStore.drop` deletes both.
+    it — at the store's ``open()``, or at the first job created when the store was
+    opened for reading (until then a read finds no jobs);
+    :meth:`~OpenSearchJobStore.drop` deletes both.
 
 Compare-and-set
     :meth:`~OpenSearchJobStore.mutate` reads the job in realtime with its
@@ -42,7 +44,7 @@ from mahavishnu_dlq.storage.base import JobMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_job_result
 from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
-from mahavishnu_dlq.storage.opensearch_side import SideIndex
+from mahavishnu_dlq.storage.opensearch_side import Ensured, SideIndex
 from mahavishnu_dlq.storage.stored_jobs import read_job
 
 __all__ = ["JOBS_MAPPING_VERSION", "OpenSearchJobStore", "jobs_index"]
@@ -84,12 +86,24 @@ class OpenSearchJobStore:
     """The :class:`~mahavishnu_dlq.storage.base.JobStore` of an OpenSearch store (see
     the module); ``conn`` is the store's connection, ``index`` its tasks index."""
 
-    def __init__(self, conn: Connection, index: str, *, conflict_retries: int = 20) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        index: str,
+        *,
+        conflict_retries: int = 20,
+        replicas: int | None = None,
+    ) -> None:
         self._conn = conn
         self._client = conn.client
         self._translated = conn.translated
-        self._side = SideIndex(index, "jobs", _PROPERTIES, JOBS_MAPPING_VERSION, "bulk jobs")
+        self._side = SideIndex(
+            index, "jobs", _PROPERTIES, JOBS_MAPPING_VERSION, "bulk jobs", replicas
+        )
         self.index = self._side.name
+        #: how the index is made: its mapping, template and the check of an existing one
+        self.side = self._side
+        self._made = Ensured(self._side, conn)
         self._conflict_retries = max(1, conflict_retries)
         self._ids = KeyedLock()
 
@@ -105,11 +119,11 @@ class OpenSearchJobStore:
         """Put the template and create the index (idempotent); an existing index that
         maps a field otherwise is refused (``ConfigurationError``), one that lacks a
         field is completed in place (:class:`~.opensearch_side.SideIndex`)."""
-        await self._side.ensure(self._conn)
+        await self._made.ensure()
 
     async def drop(self) -> None:
         """Delete the index and its template (with the store's :meth:`drop`)."""
-        await self._side.drop(self._conn)
+        await self._made.drop()
 
     # -- the JobStore protocol ------------------------------------------------------------
 
@@ -129,6 +143,7 @@ class OpenSearchJobStore:
         require_asyncio()
         if not isinstance(job, Job):
             raise TypeError(f"create takes a Job, got {type(job).__name__}")
+        await self._made.before_write()  # a store opened for reading makes it now
         with self._translated("create job"):
             try:
                 await self._client.create(

@@ -69,6 +69,7 @@ __all__ = [
     "read_statistics",
     "read_summary",
     "readable_query",
+    "shard_settings",
     "statistics_body",
     "summary_body",
     "template_body",
@@ -156,27 +157,36 @@ def _mappings() -> dict[str, Any]:
     }
 
 
-def _settings(refresh_interval: str) -> dict[str, Any]:
-    # One shard: a dead-letter queue is small, and exact terms aggregations need it.
-    return {
-        "number_of_shards": 1,
-        "auto_expand_replicas": "0-1",
-        "refresh_interval": refresh_interval,
-    }
+def shard_settings(shards: int = 1, replicas: int | None = None) -> dict[str, Any]:
+    """The index's shards and replicas (``opensearch.number_of_shards`` / ``_replicas``).
+
+    One shard by default: a dead-letter queue is small, and exact terms aggregations
+    need it. Replicas None: one replica once a second node is there
+    (``auto_expand_replicas: 0-1``), none on a single node (which stays green).
+    """
+    copies: dict[str, Any] = (
+        {"auto_expand_replicas": "0-1"} if replicas is None else {"number_of_replicas": replicas}
+    )
+    return {"number_of_shards": shards, **copies}
 
 
-def index_body(refresh_interval: str = "1s") -> dict[str, Any]:
+def index_body(
+    refresh_interval: str = "1s", *, shards: int = 1, replicas: int | None = None
+) -> dict[str, Any]:
     """Body of the create-index request."""
-    return {"settings": _settings(refresh_interval), "mappings": _mappings()}
+    settings = {**shard_settings(shards, replicas), "refresh_interval": refresh_interval}
+    return {"settings": settings, "mappings": _mappings()}
 
 
-def template_body(index: str, refresh_interval: str = "1s") -> dict[str, Any]:
+def template_body(
+    index: str, refresh_interval: str = "1s", *, shards: int = 1, replicas: int | None = None
+) -> dict[str, Any]:
     """A composable template matching exactly ``index``, so an index re-created by
     a write (after someone deleted it) gets the strict mapping too."""
     return {
         "index_patterns": [index],
         "priority": 200,
-        "template": index_body(refresh_interval),
+        "template": index_body(refresh_interval, shards=shards, replicas=replicas),
         "_meta": {"managed_by": "mahavishnu-dlq", "mapping_version": MAPPING_VERSION},
     }
 

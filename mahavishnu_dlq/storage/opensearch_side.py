@@ -7,6 +7,12 @@ write is strict too), the index created at ``open()``; an existing index that ma
 field otherwise is refused with a :class:`~mahavishnu_dlq.errors.ConfigurationError`
 naming it and what it holds, one that lacks a field is completed in place; and
 ``drop()`` deletes the index and its template.
+
+A store opened for reading (``open(create=False)``) creates neither: a read of a
+missing side index answers empty, and the first write makes it (:class:`Ensured`:
+the template, then the index, once per store), so a read-only console can still
+start a bulk job. Putting the template first matters: a write to a missing index
+makes OpenSearch create it, and only the template makes that one strict.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from opensearchpy import NotFoundError, RequestError
 
 from mahavishnu_dlq.errors import ConfigurationError
 from mahavishnu_dlq.storage.opensearch_client import Connection, error_info
+from mahavishnu_dlq.storage.opensearch_query import shard_settings
 
-__all__ = ["SideIndex"]
+__all__ = ["Ensured", "SideIndex"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class SideIndex:
     properties: dict[str, dict[str, Any]]
     version: int  #: kept in ``_meta``; versions only ever add fields
     holds: str  #: what it holds, for the refusal: "bulk jobs"
+    replicas: int | None = None  #: as the tasks index's (``opensearch.number_of_replicas``)
 
     @property
     def name(self) -> str:
@@ -49,8 +57,7 @@ class SideIndex:
         }
 
     def body(self) -> dict[str, Any]:
-        settings = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
-        return {"settings": settings, "mappings": self.mappings()}
+        return {"settings": shard_settings(1, self.replicas), "mappings": self.mappings()}
 
     def conflicts(self, mappings: dict[str, Any]) -> tuple[list[str], bool]:
         """The fields an existing index maps otherwise than we do, and whether it lacks
@@ -105,3 +112,28 @@ class SideIndex:
                 await conn.client.indices.delete(index=self.name)
             with suppress(NotFoundError):
                 await conn.client.indices.delete_index_template(name=self.template)
+
+
+class Ensured:
+    """Whether a store made its side index (and template) yet: :meth:`ensure` at
+    ``open()``, :meth:`before_write` on every write path (a no-op once made)."""
+
+    def __init__(self, side: SideIndex, conn: Connection) -> None:
+        self._side = side
+        self._conn = conn
+        self._done = False
+
+    async def ensure(self) -> None:
+        """Put the template and create the index now (idempotent)."""
+        await self._side.ensure(self._conn)
+        self._done = True
+
+    async def before_write(self) -> None:
+        """Make the index unless this store made it already."""
+        if not self._done:
+            await self.ensure()
+
+    async def drop(self) -> None:
+        """Delete the index and its template; the next write makes them again."""
+        self._done = False
+        await self._side.drop(self._conn)

@@ -139,8 +139,12 @@ class SQLiteStore(SQLiteReads):
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Create or open the file (idempotent); every other method opens it on first use."""
+    async def open(self, *, create: bool = True) -> None:
+        """Create or open the file (idempotent); every other method opens it on first use.
+
+        ``create=False`` opens the same way: the file is this host's own, and its
+        directory, the file and its schema are made where ``sqlite.path`` says (a
+        first read shows the empty queue a first run has)."""
         if self._writer_connection is not None:
             return
         connection = await anyio.to_thread.run_sync(self._open_file)

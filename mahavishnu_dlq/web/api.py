@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from mahavishnu_dlq import __version__
-from mahavishnu_dlq.errors import StoreUnavailableError, TaskNotFoundError
+from mahavishnu_dlq.errors import StoreNotFoundError, StoreUnavailableError, TaskNotFoundError
 from mahavishnu_dlq.jobs.model import JobKind, JobState
 from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory, TaskFilter
 from mahavishnu_dlq.operations import make_filter
@@ -191,6 +191,9 @@ async def health(request: Request) -> JSONResponse:
     except StoreUnavailableError as exc:
         body.update(status="unavailable", **error_body("store_unavailable", str(exc)))
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    except StoreNotFoundError as exc:  # the console reads only: a missing index stays missing
+        body.update(status="not_found", **error_body("store_not_found", str(exc)))
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "30"})
     degraded = bool(getattr(dlq.store, "degraded", False))
     body.update(
         status="degraded" if degraded else "ok",

@@ -3,8 +3,12 @@
 Given a queue (``create_app(dlq)``), the app uses it as it is: the host starts and
 stops it (a mounted app's lifespan does not run, so the host's does it). Without
 one, the app builds a queue from the settings and connects it in its own
-lifespan (``mahavishnu-dlq serve``); a store that cannot be reached then does not
-stop the app from starting: requests answer 503 and the next one tries again.
+lifespan; a store that cannot be reached then does not stop the app from
+starting: requests answer 503 and the next one tries again. That queue is opened
+for reading (``connect(create=False)``): the console creates no index, and a
+missing one (a misspelt ``opensearch.index``) is a 503 ``store_not_found`` naming
+it, on every request until it exists; its actions still write (a bulk job makes the
+jobs index on its first write). ``mahavishnu-dlq serve`` opens its queue the same way.
 
 Every answer carries the security headers (a Content-Security-Policy with no
 inline script, ``nosniff``, no framing, no referrer to other sites, ``no-store``
@@ -29,7 +33,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mahavishnu_dlq import __version__
-from mahavishnu_dlq.errors import StoreUnavailableError
+from mahavishnu_dlq.errors import DLQError, StoreNotFoundError, StoreUnavailableError
+from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.settings import DLQSettings
 
 from .auth import TokenBook
@@ -48,6 +53,7 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'"
 )
 _STATIC = Path(__file__).parent / "static"
+_log = library_logger("mahavishnu_dlq.web")
 
 
 @dataclass
@@ -64,15 +70,25 @@ class Console:
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     async def queue(self) -> DeadLetterQueue:
-        """The connected queue; 503 while its store cannot be reached."""
+        """The connected queue; 503 while its store cannot be reached or is missing."""
         if self.dlq is None:
             raise WebError(503, "store_unavailable", "the console has no queue yet")
         if self.owns_queue and not self.connected:
             async with self._lock:
                 if not self.connected:
-                    await self.dlq.connect()  # StoreUnavailableError: 503
+                    # opened for reading: StoreUnavailableError, StoreNotFoundError: 503
+                    await self.dlq.connect(create=False)
                     self.connected = True
         return self.dlq
+
+    async def release(self) -> None:
+        """Stop the queue the app built; its store too when it never connected."""
+        if self.dlq is None or not self.owns_queue:
+            return
+        await self.dlq.stop()
+        if not self.connected:  # stop() closes only a connected store; free its client
+            with anyio.CancelScope(shield=True), contextlib.suppress(DLQError):
+                await self.dlq.store.close()
 
 
 async def queue(request: Request) -> DeadLetterQueue:
@@ -108,12 +124,16 @@ def create_app(
 
         console.dlq = DeadLetterQueue.from_settings(settings)
         console.owns_queue = True
-        with contextlib.suppress(StoreUnavailableError):  # answered 503 until it answers
+        try:
             await console.queue()
+        except StoreUnavailableError:
+            pass  # answered 503 until it answers
+        except StoreNotFoundError as exc:  # answered 503 naming it until it exists
+            _log.warning("dlq.web: %s", exc, extra={"action": "dlq.web.store_not_found"})
         try:
             yield
         finally:
-            await console.dlq.stop()
+            await console.release()  # stop() shields its own cleanup
 
     app = FastAPI(
         title="mahavishnu-dlq",

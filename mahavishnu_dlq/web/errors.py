@@ -5,7 +5,8 @@ with the status of its kind: 400 (a bad argument; ``field`` names it), 401 (no o
 an unknown token), 403 (a viewer acting, a cross-site or CSRF-less form), 404, 409
 (the task is being retried elsewhere, or the job cannot do that now), 413 (a body
 past ``web.max_body_bytes``, a payload past the queue's limit), 503 (the store
-cannot be reached). Anything unexpected is logged here with its traceback and
+cannot be reached: ``store_unavailable``; or its index does not exist:
+``store_not_found``, naming it). Anything unexpected is logged here with its traceback and
 answered 500 with a request id, never the trace. Pages get the same status with a
 short HTML page, and a 401 on a page redirects to the sign-in form.
 """
@@ -28,6 +29,7 @@ from mahavishnu_dlq.errors import (
     JobStateError,
     PayloadTooLargeError,
     QueueFullError,
+    StoreNotFoundError,
     StoreOverloadedError,
     StoreUnavailableError,
     TaskBusyError,
@@ -85,6 +87,8 @@ def _classify(exc: Exception) -> WebError:
         found = WebError(503, "store_overloaded", message)
     elif isinstance(exc, StoreUnavailableError):
         found = WebError(503, "store_unavailable", message)
+    elif isinstance(exc, StoreNotFoundError):
+        found = WebError(503, "store_not_found", message)
     elif isinstance(exc, PayloadTooLargeError):
         found = WebError(413, "too_large", message)
     elif isinstance(exc, (InvalidPayloadError, ConfigurationError, ValueError, TypeError)):
@@ -172,6 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
         UnreadableRecordError,
         QueueFullError,
         StoreUnavailableError,
+        StoreNotFoundError,
         PayloadTooLargeError,
         InvalidPayloadError,
         ConfigurationError,

@@ -227,6 +227,8 @@ _TITLES = {
     500: "Something went wrong",
     503: "The store cannot be reached",
 }
+#: titles of error types whose status says too little
+_TYPE_TITLES = {"store_not_found": "The store was not found"}
 
 
 def _session_principal(request: Request) -> Principal | None:
@@ -247,7 +249,7 @@ def error_page(
         "code": status,
         "error_type": type_,
         "message": message,
-        "title": _TITLES.get(status, "Request refused"),
+        "title": _TYPE_TITLES.get(type_) or _TITLES.get(status, "Request refused"),
     }
     try:
         who = _session_principal(request)

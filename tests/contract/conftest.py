@@ -16,6 +16,7 @@ import pytest
 
 from mahavishnu_dlq.storage import FailoverStore, MemoryStore, Store
 from mahavishnu_dlq.storage.sqlite import SQLiteStore
+from tests.secured_node import PASSWORDS, SECURED_INDEX, SecuredNode
 
 
 @pytest.fixture(
@@ -24,6 +25,7 @@ from mahavishnu_dlq.storage.sqlite import SQLiteStore
         "sqlite",
         "failover",
         pytest.param("opensearch", marks=pytest.mark.opensearch),
+        pytest.param("secured", marks=pytest.mark.opensearch),
     ]
 )
 async def store(
@@ -55,6 +57,25 @@ async def store(
         pytest.skip("OpenSearchStore runs on asyncio only (opensearch-py's AsyncOpenSearch)")
     from mahavishnu_dlq.storage.opensearch import OpenSearchStore  # noqa: PLC0415 - extra
 
+    if request.param == "secured":  # HTTPS, as a user holding only the documented role
+        node: SecuredNode = request.getfixturevalue("secured_opensearch")
+        index = f"{SECURED_INDEX}-contract-{uuid.uuid4().hex[:12]}"
+        secured = OpenSearchStore(
+            hosts=[node.url],
+            index=index,
+            username="dlq",
+            password=PASSWORDS["dlq"],
+            ca_certs=node.ca_file,
+        )
+        await secured.open()
+        try:
+            yield secured
+        finally:
+            await secured.close()
+            # dropping an index is an administrator's job, not the role's
+            node.admin("DELETE", f"/{index}*")
+            node.admin("DELETE", f"/_index_template/mahavishnu-dlq-{index}*")
+        return
     url = request.getfixturevalue("opensearch_url")
     search = OpenSearchStore(hosts=[url], index=f"dlq-contract-{uuid.uuid4().hex[:12]}")
     await search.open()

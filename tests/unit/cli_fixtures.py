@@ -133,7 +133,7 @@ hostile_name = type(HOSTILE, (), {})()
 
 
 class _BrokenStore(MemoryStore):
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         raise RuntimeError(f"disk on fire {HOSTILE}")
 
 

@@ -200,7 +200,7 @@ def test_the_store_can_be_reopened_after_a_command_stopped_the_queue(
 class _DownStore(MemoryStore):
     """A store whose backend cannot be reached."""
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         raise StoreUnavailableError("opensearch", "connection refused")
 
 
