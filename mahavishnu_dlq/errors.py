@@ -39,8 +39,12 @@ class DLQError(Exception):
         super().__init__(message or (type(self).__doc__ or "").strip())
 
 
-class QueueFullError(DLQError):
-    """The dead-letter queue is full."""
+class QueueFullError(DLQError, ValueError):
+    """The dead-letter queue is full.
+
+    Also a ``ValueError``: the original Mahavishnu DLQ raised one, and code catching it
+    keeps working.
+    """
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
@@ -51,8 +55,11 @@ class QueueFullError(DLQError):
         )
 
 
-class TaskNotFoundError(DLQError, LookupError):
-    """No task with this id is stored."""
+class TaskNotFoundError(DLQError, LookupError, ValueError):
+    """No task with this id is stored.
+
+    Also a ``ValueError``, as the original Mahavishnu DLQ raised.
+    """
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id

@@ -20,6 +20,7 @@ enqueues) and its own counters.
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -50,6 +51,7 @@ _log = library_logger("mahavishnu_dlq")
 R = TypeVar("R")
 
 _SELECTIVE = frozenset({ErrorCategory.TRANSIENT, ErrorCategory.NETWORK, ErrorCategory.RESOURCE})
+_UNRETRYABLE = frozenset({ErrorCategory.PERMISSION, ErrorCategory.PERMANENT})
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -308,15 +310,30 @@ class DLQIntegration:
     - ``SELECTIVE``: only transient, network and resource failures;
     - ``MANUAL``: only explicit :meth:`enqueue_failed_workflow` calls;
     - ``DISABLED``: nothing is enqueued (failures still propagate).
+
+    Under ``SELECTIVE`` and ``MANUAL`` an explicit :meth:`enqueue_failed_workflow` of a
+    permission or permanent failure is skipped too, as the original did; pass
+    ``enqueue_unretryable=True`` to store those explicit enqueues anyway.
+
+    Counters: ``auto_enqueued`` counts every failure stored (by the wrapper or by
+    :meth:`enqueue_failed_workflow`; ``manually_enqueued`` the explicit ones among
+    them), ``skipped_by_strategy`` every failure the strategy kept out, and
+    ``skipped_permission`` / ``skipped_permanent`` those skips by category
+    (``skipped_permanent`` takes every category but permission). An ``async def
+    should_enqueue`` override in a subclass is awaited.
     """
 
     def __init__(
         self,
         dlq: DeadLetterQueue,
         strategy: DLQIntegrationStrategy | str = DLQIntegrationStrategy.AUTOMATIC,
+        *,
+        enqueue_unretryable: bool = False,
     ) -> None:
         self.dlq = dlq
         self.strategy = DLQIntegrationStrategy(strategy)
+        #: explicit enqueues of permission/permanent failures under SELECTIVE and MANUAL
+        self.enqueue_unretryable = enqueue_unretryable
         self.reset_statistics()
 
     def reset_statistics(self) -> None:
@@ -345,6 +362,27 @@ class DLQIntegration:
             return self._category(error) in _SELECTIVE
         return False
 
+    async def _should_enqueue(self, category: ErrorCategory) -> bool:
+        """:meth:`should_enqueue`, awaited when a subclass made it ``async def``."""
+        decision: object = self.should_enqueue(category)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        return bool(decision)
+
+    def _skipped(self, category: ErrorCategory) -> None:
+        self._stats["skipped_by_strategy"] += 1
+        if category is ErrorCategory.PERMISSION:
+            self._stats["skipped_permission"] += 1
+        elif category not in _SELECTIVE:
+            self._stats["skipped_permanent"] += 1
+
+    def _explicit_allowed(self, category: ErrorCategory) -> bool:
+        if self.strategy is DLQIntegrationStrategy.DISABLED:
+            return False
+        if self.enqueue_unretryable or self.strategy is DLQIntegrationStrategy.AUTOMATIC:
+            return True
+        return category not in _UNRETRYABLE
+
     def determine_retry_policy(
         self, error: BaseException | str | ErrorCategory, workflow: str = ""
     ) -> RetryPolicy:
@@ -363,8 +401,11 @@ class DLQIntegration:
         max_retries: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> FailedTask | None:
-        """Enqueue a failure explicitly (any strategy but DISABLED); None when disabled."""
-        if self.strategy is DLQIntegrationStrategy.DISABLED:
+        """Enqueue a failure explicitly; None when the strategy skips it (DISABLED, or a
+        permission/permanent failure under SELECTIVE or MANUAL: see the class)."""
+        category = self._category(error)
+        if not self._explicit_allowed(category):
+            self._skipped(category)
             return None
         record = await self.dlq.enqueue(
             task_id,
@@ -376,6 +417,7 @@ class DLQIntegration:
             metadata=metadata,
             workflow=workflow,
         )
+        self._stats["auto_enqueued"] += 1
         self._stats["manually_enqueued"] += 1
         return record
 
@@ -429,7 +471,7 @@ class DLQIntegration:
         except Exception as exc:
             self._stats["workflows_failed"] += 1
             category = self._category(exc)
-            if self.should_enqueue(category):
+            if await self._should_enqueue(category):
                 record = await capture_failure(
                     self.dlq,
                     exc,
@@ -444,12 +486,7 @@ class DLQIntegration:
                 self._stats["auto_enqueued" if record is not None else "not_stored"] += 1
             else:
                 _mark(exc, None, None)
-                if self.strategy is not DLQIntegrationStrategy.SELECTIVE:
-                    self._stats["skipped_by_strategy"] += 1
-                elif category is ErrorCategory.PERMISSION:
-                    self._stats["skipped_permission"] += 1
-                else:
-                    self._stats["skipped_permanent"] += 1
+                self._skipped(category)
             raise
 
     def get_statistics(self) -> dict[str, Any]:

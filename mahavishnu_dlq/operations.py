@@ -156,7 +156,12 @@ class Operations:
             "retry_policies": {p.value: stats.by_policy.get(p.value, 0) for p in RetryPolicy},
             "lifetime_stats": dict(dlq.lifetime),
             "is_processor_running": dlq.is_processor_running,
-            "retry_interval_seconds": dlq.retry_interval_seconds,
+            # the running processor's real check interval; None when none runs here
+            "retry_interval_seconds": (
+                dlq.processor.check_interval
+                if dlq.processor is not None and dlq.is_processor_running
+                else None
+            ),
             "backend": dlq.store.backend,
             "location": getattr(dlq.store, "location", None),
             "degraded": bool(getattr(dlq.store, "degraded", False)),

@@ -268,7 +268,10 @@ class FailoverStore(FailoverReads):
         """Try a last re-sync (bounded by the timeout), then close both stores."""
         if self.degraded and not self._open:
             with anyio.move_on_after(self.timeout):
-                await self._resync()
+                try:
+                    await self._resync()
+                except StoreUnavailableError as exc:  # failed again: the journal keeps them
+                    _log.debug("dlq.failover: last re-sync at close failed: %s", exc)
         if self.pending_resync:
             kept = (
                 f"they stay in the journal {self.fallback.location} for the next process"

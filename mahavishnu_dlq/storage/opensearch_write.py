@@ -53,7 +53,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from mahavishnu_dlq.errors import PayloadTooLargeError, StoreOverloadedError
+from mahavishnu_dlq.errors import (
+    PayloadTooLargeError,
+    StoreOverloadedError,
+    StoreUnavailableError,
+)
 from mahavishnu_dlq.models import FailedTask, encode_json
 from mahavishnu_dlq.storage import opensearch_query as q
 
@@ -66,6 +70,28 @@ _BULK_FILTER = (
 )
 _OVERHEAD = 2  # bytes: the newlines after an action line and after its document
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.05, 2.0  # seconds between sends the node refused with 429
+
+
+class _MalformedReply(Exception):  # noqa: N818 - private; becomes StoreUnavailableError
+    """A bulk reply of unexpected shape (no ``items``, an item that is not one action)."""
+
+
+def _reply_items(response: object, expected: int) -> list[Item]:
+    """The per-item results of a bulk reply, checked: ``expected`` items, each one
+    ``{action: {"status": int, ...}}``. A reply of any other shape raises
+    :class:`_MalformedReply` (a real node never sends one; a proxy might)."""
+    items = response.get("items") if isinstance(response, dict) else None
+    if not isinstance(items, list):
+        raise _MalformedReply(f"no 'items' list in the reply ({type(response).__name__})")
+    if len(items) != expected:
+        raise _MalformedReply(f"{len(items)} items in the reply for {expected} sent")
+    results: list[Item] = []
+    for position, item in enumerate(items):
+        result = next(iter(item.values())) if isinstance(item, dict) and len(item) == 1 else None
+        if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+            raise _MalformedReply(f"item {position} is not one action with a status: {item!r:.200}")
+        results.append(result)
+    return results
 
 
 class Doc(NamedTuple):
@@ -211,10 +237,15 @@ class BulkWriter:
 
     async def _submit_all(self, entries: list[Entry], action: str) -> list[Item]:
         chunks = list(self._chunks(entries))
-        with self._translated(action):
-            if len(chunks) == 1:
-                return await self._submit(*chunks[0])
-            parts = await asyncio.gather(*(self._submit(*chunk) for chunk in chunks))
+        try:
+            with self._translated(action):
+                if len(chunks) == 1:
+                    return await self._submit(*chunks[0])
+                parts = await asyncio.gather(*(self._submit(*chunk) for chunk in chunks))
+        except _MalformedReply as exc:  # a store fault like any other: failover takes it
+            raise StoreUnavailableError(
+                "opensearch", f"{action}: malformed bulk reply from index {self._index}: {exc}"
+            ) from exc
         return [item for part in parts for item in part]
 
     def _chunks(self, entries: list[Entry]) -> Iterator[tuple[list[str], int, int]]:
@@ -273,7 +304,9 @@ class BulkWriter:
                     lines += batch.lines
                 lines.append("")
                 try:
-                    items = await self._send("\n".join(lines))
+                    items = _reply_items(
+                        await self._send("\n".join(lines)), sum(b.entries for b in taken)
+                    )
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting submitter
                     for batch in taken:
                         if not batch.future.done():
@@ -294,7 +327,7 @@ class BulkWriter:
             # next must see the free slot and start a worker, or its items would wait
             self._workers.discard(me)
 
-    async def _send(self, body: str) -> list[Item]:
+    async def _send(self, body: str) -> object:
         """One bulk request; a whole request refused with 429 is sent again after a pause."""
         params = {"filter_path": _BULK_FILTER}
         if self._refresh != "false":
@@ -325,7 +358,7 @@ class BulkWriter:
                     f"{self._backpressure_seconds:g} s ({exc.error})",
                 ) from exc
             raise
-        return [next(iter(item.values())) for item in response["items"]]
+        return response
 
     async def written(self, entries: list[Entry], action: str) -> list[bool]:
         """Whether each (conditional) write answered 409 was in fact applied: a

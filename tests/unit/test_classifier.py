@@ -20,7 +20,7 @@ from mahavishnu_dlq.classifier import (
     ErrorClassifier,
     http_status,
 )
-from mahavishnu_dlq.errors import ConfigurationError, TaskNotFoundError
+from mahavishnu_dlq.errors import ConfigurationError, JobNotFoundError
 from mahavishnu_dlq.models import ErrorCategory
 from tests.unit.classifier_support import (
     HTTPError,
@@ -93,7 +93,7 @@ CLASSIFIER = ErrorClassifier()
         pytest.param(json.JSONDecodeError("Expecting value", "", 0), VALIDATION, id="JSON"),
         pytest.param(pydantic_error(), VALIDATION, id="pydantic-ValidationError"),
         pytest.param(ConfigurationError("bad", field="x"), VALIDATION, id="DLQ-ValueError"),
-        pytest.param(TaskNotFoundError("t-1"), PERMANENT, id="LookupError-is-not-KeyError"),
+        pytest.param(JobNotFoundError("j-1"), PERMANENT, id="LookupError-is-not-KeyError"),
         pytest.param(RuntimeError("boom"), PERMANENT, id="RuntimeError"),
         pytest.param(NotImplementedError(), PERMANENT, id="NotImplementedError"),
         pytest.param(Exception(), PERMANENT, id="empty-Exception"),

@@ -189,7 +189,7 @@ async def test_statistics(clock: FakeClock) -> None:
     assert life["manually_retried"] == 1
     assert life["archived"] == 1
     assert stats["is_processor_running"] is False
-    assert stats["retry_interval_seconds"] == 45
+    assert stats["retry_interval_seconds"] is None  # no processor runs: no interval
     assert stats["backend"] == "memory"
     assert stats["oldest_pending_age_seconds"] == 90.0  # n1 failed at T0, now T0+90
     top = stats["top_fingerprints"]
