@@ -58,7 +58,18 @@ def _visible(code: int) -> str:
 
 
 def _class(codes: frozenset[int]) -> re.Pattern[str]:
-    return re.compile("[" + "".join(f"\\U{code:08x}" for code in sorted(codes)) + "]")
+    """A character class of ``codes``, consecutive ones as ranges (quick to compile)."""
+    ranges: list[list[int]] = []
+    for code in sorted(codes):
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    parts = (
+        f"\\U{first:08x}" if first == last else f"\\U{first:08x}-\\U{last:08x}"
+        for first, last in ranges
+    )
+    return re.compile("[" + "".join(parts) + "]")
 
 
 _LINE_TABLE = {code: _visible(code) for code in UNSAFE}
