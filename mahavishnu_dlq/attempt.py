@@ -429,22 +429,44 @@ def _count(
             dlq.alerts.record_exhausted()  # the hooks run after the attempt (async)
     if _log.isEnabledFor(logging.INFO):
         level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
+        extra = {
+            "action": "dlq.retry",
+            "task_id": task.task_id,
+            "workflow": task.workflow,
+            "attempt": task.retry_count,
+            "outcome": outcome.value,
+            "status": stored.status.value,
+        }
+        error = _attempt_error(outcome, stored)
+        if error:
+            extra["error"] = error
         _log.log(
             level,
-            "dlq.retry %s attempt %d: %s -> %s",
+            "dlq.retry %s attempt %d: %s -> %s%s",
             task.task_id,
             task.retry_count,
             outcome.value,
             stored.status.value,
-            extra={
-                "action": "dlq.retry",
-                "task_id": task.task_id,
-                "workflow": task.workflow,
-                "attempt": task.retry_count,
-                "outcome": outcome.value,
-                "status": stored.status.value,
-            },
+            f": {error}" if error else "",
+            extra=extra,
         )
+
+
+#: Characters of a failed attempt's error its ``dlq.retry`` log line carries.
+LOGGED_ERROR_CHARS = 500
+_NOT_FAILED = (AttemptOutcome.SUCCESS, AttemptOutcome.DEFERRED)
+
+
+def _attempt_error(outcome: AttemptOutcome, stored: FailedTask) -> str:
+    """``Type: message`` of the attempt that just failed, on one line and cut ("" for
+    a success): the operator watching ``processor run`` sees why, not only that."""
+    if outcome in _NOT_FAILED or not (stored.last_error or stored.last_error_type):
+        return ""
+    kind = stored.last_error_type or "error"
+    text = " ".join(f"{kind}: {stored.last_error or ''}".split())
+    if len(text) > LOGGED_ERROR_CHARS:
+        text = text[: LOGGED_ERROR_CHARS - 1] + "…"
+    return text
 
 
 async def release(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> None:

@@ -10,17 +10,18 @@ at once.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from mahavishnu_dlq.cli.arguments import parse_task_id
+from mahavishnu_dlq.cli.arguments import parse_choices, parse_task_id
 from mahavishnu_dlq.cli.bulk import FilterArgs, bulk_request, run_bulk
 from mahavishnu_dlq.cli.common import EXIT_FAILED, PROG, emit_json, run
 from mahavishnu_dlq.cli.options import (
+    REPLAYABLE,
     AppOption,
     BackgroundOption,
     CategoryOption,
@@ -29,6 +30,7 @@ from mahavishnu_dlq.cli.options import (
     JsonOption,
     OlderThanOption,
     RateOption,
+    ReplayStatusOption,
     SinceOption,
     StatusOption,
     TextOption,
@@ -45,11 +47,14 @@ from mahavishnu_dlq.cli.render import when
 from mahavishnu_dlq.cli.terminal import escape_line, say, text_of
 from mahavishnu_dlq.errors import DLQError, UnreadableRecordError
 from mahavishnu_dlq.jobs import JobKind
-from mahavishnu_dlq.models import FailedTask
-from mahavishnu_dlq.queue import DeadLetterQueue
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["archive", "clear", "purge", "replay", "retry"]
 
+_FINISHED = "a completed or archived task is not replayed"
 _SELECT = "--status, --category, --workflow, --fingerprint, --text, --since, --until, --older-than"
 
 
@@ -149,7 +154,7 @@ def retry(
 
 def replay(
     ctx: typer.Context,
-    status: StatusOption = None,
+    status: ReplayStatusOption = None,
     category: CategoryOption = None,
     workflow: WorkflowOption = None,
     since: SinceOption = None,
@@ -171,6 +176,7 @@ def replay(
     (and run here when no processor takes it within --wait); --background only
     starts it. Exit status 1 when any task failed or was skipped (listed).
     """
+    parse_choices(status, DeadLetterStatus, option="--status", only=REPLAYABLE, refused=_FINISHED)
     filters = FilterArgs(status, category, workflow, since, until, text, fingerprint, older_than)
     request = bulk_request(
         JobKind.REPLAY,

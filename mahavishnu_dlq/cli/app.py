@@ -98,7 +98,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(
         name=PROG,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # --install-completion, --show-completion
         rich_markup_mode=None,
         pretty_exceptions_show_locals=False,  # locals may hold secrets
         context_settings=settings,

@@ -15,9 +15,10 @@ a message is cut (:func:`quoted`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from functools import partial
 from typing import TypeVar
 
 import typer
@@ -31,7 +32,9 @@ __all__ = [
     "MAX_RATE",
     "MAX_REASON_CHARS",
     "MIN_RATE",
+    "count_parser",
     "parse_choices",
+    "parse_count",
     "parse_duration",
     "parse_job_id",
     "parse_moment",
@@ -124,24 +127,59 @@ def parse_moment(text: str, now: datetime, *, option: str) -> datetime:
         ) from None
 
 
-def parse_choices(values: Iterable[str] | None, enum: type[E], *, option: str) -> tuple[E, ...]:
-    """Repeated and/or comma-separated enum values; BadParameter naming the allowed ones."""
+def parse_choices(
+    values: Iterable[str] | None,
+    enum: type[E],
+    *,
+    option: str,
+    only: Sequence[E] | None = None,
+    refused: str = "not allowed here",
+) -> tuple[E, ...]:
+    """Repeated and/or comma-separated enum values; BadParameter naming the allowed
+    ones. ``only`` narrows them (a member outside it is ``refused``, in those words)."""
+    allowed = ", ".join(str(m.value) for m in (enum if only is None else only))
     chosen: list[E] = []
     for value in values or ():
         for name in filter(None, (part.strip().lower() for part in value.split(","))):
             try:
                 member = enum(name)
             except ValueError:
-                allowed = ", ".join(str(m.value) for m in enum)
                 raise typer.BadParameter(
                     f"unknown value {name!r}; allowed: {allowed}", param_hint=option
                 ) from None
+            if only is not None and member not in only:
+                raise typer.BadParameter(
+                    f"{name!r}: {refused}; allowed: {allowed}", param_hint=option
+                )
             if member not in chosen:
                 chosen.append(member)
     return tuple(chosen)
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$", re.IGNORECASE)
+
+
+def parse_count(text: str | int, *, option: str, low: int = 1, high: int = 1000) -> int:
+    """A whole number from ``low`` to ``high`` (``--limit``, ``--concurrency``);
+    BadParameter, worded like the other options' errors, otherwise."""
+    value = str(text).strip()
+    if not re.fullmatch(r"[+-]?\d{1,30}", value.replace("_", "")):
+        raise typer.BadParameter(
+            f"{quoted(str(text))} is not a whole number: give one from {low} to {high:,}",
+            param_hint=option,
+        )
+    count = int(value.replace("_", ""))
+    if not low <= count <= high:
+        raise typer.BadParameter(
+            f"{quoted(str(text))} is out of range: give a number from {low} to {high:,}",
+            param_hint=option,
+        )
+    return count
+
+
+def count_parser(option: str, *, low: int = 1, high: int = 1000) -> Callable[[str], int]:
+    """:func:`parse_count` for ``option``, as typer's ``parser=``."""
+    return partial(parse_count, option=option, low=low, high=high)
 
 
 def parse_rate(text: str, *, option: str = "--rate") -> float:

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,7 +28,9 @@ from mahavishnu_dlq.cli.options import JsonOption, iso, state_of
 from mahavishnu_dlq.cli.render import breaker_until, render_breakers
 from mahavishnu_dlq.cli.terminal import EscapingRichHandler, say
 from mahavishnu_dlq.downstream import Breaker, BreakerPolicy, BreakerState
-from mahavishnu_dlq.queue import DeadLetterQueue
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["breaker_close", "breaker_json", "breaker_list", "breaker_open", "register"]
 

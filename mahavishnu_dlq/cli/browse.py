@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from mahavishnu_dlq.cli.arguments import parse_task_id
+from mahavishnu_dlq.cli.arguments import count_parser, parse_task_id
 from mahavishnu_dlq.cli.common import (
     EXIT_FAILED,
     emit_json,
@@ -48,31 +49,59 @@ from mahavishnu_dlq.cli.render import (
 from mahavishnu_dlq.cli.terminal import escape_line
 from mahavishnu_dlq.errors import UnreadableRecordError
 from mahavishnu_dlq.models import (
+    DeadLetterStatus,
     FailedTask,
     decode_cursor,
 )
-from mahavishnu_dlq.queue import DeadLetterQueue
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["list_tasks", "show", "status"]
+
+#: Most retrying tasks ``status`` reads to find the live leases (and their workers).
+MAX_LEASES_READ = 10_000
 
 
 # -- status, list, show -----------------------------------------------------------------
 
 
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Statistics: counts by status, category and policy, lifetime counters, backend
-    and degraded state, oldest pending age, circuit breakers not closed and the most
-    frequent failures."""
+    """Statistics: counts by status, category and policy, backend and degraded
+    state, oldest pending age, the processors at work elsewhere (from their live
+    leases), circuit breakers not closed and the most frequent failures.
 
-    async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], datetime]:
-        return await dlq.get_statistics(), dlq.clock.now()
+    Lifetime counters count what this process did: shown only while a processor
+    runs in it (--json always has them)."""
 
-    stats, now = run(state_of(ctx), body, degraded_ok=True, create=False)
+    async def body(dlq: DeadLetterQueue) -> tuple[dict[str, Any], datetime, dict[str, int]]:
+        stats = await dlq.get_statistics()
+        now = dlq.clock.now()
+        return stats, now, await _leases_elsewhere(dlq, stats, now)
+
+    stats, now, leases = run(state_of(ctx), body, degraded_ok=True, create=False)
     if as_json:
         emit_json(stats)
     else:
         console = Console()
-        console.print(render_statistics(stats, now, width=console.width))
+        console.print(render_statistics(stats, now, width=console.width, leases=leases))
+
+
+async def _leases_elsewhere(
+    dlq: DeadLetterQueue, stats: Mapping[str, Any], now: datetime
+) -> dict[str, int]:
+    """``{worker: tasks}`` of the live leases held outside this process's processor:
+    the processors at work elsewhere (an idle one holds no lease, so is not seen)."""
+    if not stats["status_breakdown"].get(DeadLetterStatus.RETRYING.value):
+        return {}
+    here = dlq.worker_id if stats.get("is_processor_running") else None
+    page = await dlq.list_tasks(DeadLetterStatus.RETRYING, MAX_LEASES_READ)
+    owners = Counter(
+        task.lease_owner or "?"
+        for task in page
+        if task.lease_active(now) and task.lease_owner != here
+    )
+    return dict(owners)
 
 
 def list_tasks(
@@ -85,7 +114,14 @@ def list_tasks(
     text: TextOption = None,
     fingerprint: FingerprintOption = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="Tasks per page.")
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            metavar="N",
+            parser=count_parser("--limit"),
+            help="Tasks per page (1-1000).",
+        ),
     ] = 20,
     cursor: Annotated[
         str | None,
@@ -95,9 +131,10 @@ def list_tasks(
 ) -> None:
     """Failed tasks, newest failure first, one page at a time.
 
-    Columns: id, status, category, retries n/max, next retry, failed at (UTC) and
-    the error, cut to fit; a terminal narrower than 100 columns leaves out category
-    and failed at (show and --json have everything).
+    Columns: id, status, category, retries n/max, next retry, failed at (UTC, to
+    the second) and the error (its first 200 characters). Ids and errors wrap in
+    their columns; a terminal narrower than 140 columns puts category under status
+    and the time under the date (show and --json have everything).
     """
     selection = task_filter(status, category, workflow, since, until, text, fingerprint)
     if cursor is not None:

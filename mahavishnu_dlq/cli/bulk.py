@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 import typer
@@ -44,8 +45,10 @@ from mahavishnu_dlq.cli.options import FINISHED, confirm, task_filter
 from mahavishnu_dlq.cli.render import when
 from mahavishnu_dlq.cli.terminal import say, text_of
 from mahavishnu_dlq.jobs import Job, JobKind, JobState
-from mahavishnu_dlq.models import TaskFilter
-from mahavishnu_dlq.queue import DeadLetterQueue
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.models import TaskFilter
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["DEFAULT_WAIT", "BulkRequest", "FilterArgs", "bulk_request", "run_bulk"]
 

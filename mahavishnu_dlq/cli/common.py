@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import typer
@@ -43,9 +43,10 @@ from mahavishnu_dlq.errors import (
     TaskBusyError,
     TaskNotFoundError,
 )
-from mahavishnu_dlq.queue import DeadLetterQueue
-from mahavishnu_dlq.settings import DLQSettings
-from mahavishnu_dlq.storage import FailoverStore
+
+if TYPE_CHECKING:  # imported where used: ``--help`` opens no queue, settings or store
+    from mahavishnu_dlq.queue import DeadLetterQueue
+    from mahavishnu_dlq.settings import DLQSettings
 
 __all__ = [
     "APP_ENV_VAR",
@@ -203,6 +204,8 @@ async def resolve_app(
     spec: str, target: Any, settings: Callable[[], DLQSettings]
 ) -> DeadLetterQueue:
     """A queue from what ``--app`` named: a queue, a factory, handlers, or one handler."""
+    from mahavishnu_dlq.queue import DeadLetterQueue  # noqa: PLC0415 - not for --help
+
     spec = spec if len(spec) <= 200 else spec[:200] + "…"
     if callable(target) and not isinstance(target, DeadLetterQueue) and _is_factory(target):
         try:
@@ -237,6 +240,8 @@ class CliState:
     def settings(self) -> DLQSettings:
         """The validated settings; a configuration problem ends the command (exit 2)."""
         if self._settings is None:
+            from mahavishnu_dlq.settings import DLQSettings  # noqa: PLC0415 - not for --help
+
             try:
                 self._settings = DLQSettings.load(self.config)
             except ConfigurationError as exc:
@@ -253,6 +258,8 @@ class CliState:
         """The queue a command works on: the ``--app`` one, else one built from settings."""
         spec = self.app_spec(app)
         if spec is None:
+            from mahavishnu_dlq.queue import DeadLetterQueue  # noqa: PLC0415 - not for --help
+
             try:
                 return DeadLetterQueue.from_settings(self.settings())
             except ModuleNotFoundError as exc:  # store: opensearch without the extra
@@ -306,6 +313,8 @@ def run(
     A store degraded only because its journal holds changes a process that ended
     left (OpenSearch answers) is re-synced first, and the command runs.
     """
+
+    from mahavishnu_dlq.storage import FailoverStore  # noqa: PLC0415 - not for --help
 
     async def main() -> T:
         async with opened(state, app, create=create) as dlq:

@@ -8,6 +8,8 @@ cannot be loaded (as every command).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import typer
 from rich.console import Console
@@ -16,8 +18,10 @@ from rich.text import Text
 from mahavishnu_dlq.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_json, fail
 from mahavishnu_dlq.cli.options import JsonOption, state_of
 from mahavishnu_dlq.cli.terminal import escape_line, text_of
-from mahavishnu_dlq.doctor import Check, diagnose, failed
 from mahavishnu_dlq.errors import DLQError
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.doctor import Check
 
 __all__ = ["doctor", "render_check"]
 
@@ -44,6 +48,8 @@ def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
     file, its permissions, schema, journal mode and free disk. Exit status 0 when no
     check failed (warnings allowed), 1 when one did.
     """
+    from mahavishnu_dlq.doctor import diagnose, failed  # noqa: PLC0415 - not for --help
+
     settings = state_of(ctx).settings()  # unusable settings: one line, exit 2
     try:
         checks = anyio.run(diagnose, settings)

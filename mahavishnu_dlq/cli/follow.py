@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 from rich.console import Console
@@ -46,7 +46,9 @@ from mahavishnu_dlq.cli.common import PROG
 from mahavishnu_dlq.cli.terminal import escape_line, say
 from mahavishnu_dlq.errors import JobStateError
 from mahavishnu_dlq.jobs import Job, JobState
-from mahavishnu_dlq.queue import DeadLetterQueue
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = [
     "ANSWER_SECONDS",

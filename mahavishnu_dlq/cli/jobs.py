@@ -10,18 +10,20 @@ status 1.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from mahavishnu_dlq.cli.arguments import parse_choices, parse_job_id
+from mahavishnu_dlq.cli.arguments import count_parser, parse_choices, parse_job_id
 from mahavishnu_dlq.cli.common import PROG, emit_json, run
 from mahavishnu_dlq.cli.job_render import job_counts, render_job_detail, render_job_list
 from mahavishnu_dlq.cli.options import JsonOption, state_of
 from mahavishnu_dlq.cli.terminal import say
 from mahavishnu_dlq.jobs import Job, JobState
-from mahavishnu_dlq.queue import DeadLetterQueue
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["jobs_cancel", "jobs_list", "jobs_pause", "jobs_resume", "jobs_show", "register"]
 
@@ -39,7 +41,14 @@ def jobs_list(
         ),
     ] = None,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="Jobs at most.")
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            metavar="N",
+            parser=count_parser("--limit"),
+            help="Jobs at most (1-1000).",
+        ),
     ] = 20,
     as_json: JsonOption = False,
 ) -> None:

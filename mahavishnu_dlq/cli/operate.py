@@ -17,11 +17,10 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
-import yaml
 from rich import progress
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -29,15 +28,16 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from mahavishnu_dlq.cli.common import PROG, emit_json, fail, run
+from mahavishnu_dlq.cli.arguments import count_parser
+from mahavishnu_dlq.cli.common import EXIT_USAGE, PROG, emit_json, error_line, fail, run
 from mahavishnu_dlq.cli.options import AppOption, JsonOption, state_of
 from mahavishnu_dlq.cli.render import STATUS_STYLE, render_statistics, render_task, titled_table
 from mahavishnu_dlq.cli.terminal import escape_block, escape_line, say, text_of
-from mahavishnu_dlq.demo import DemoResult, run_demo
 from mahavishnu_dlq.errors import ConfigurationError
-from mahavishnu_dlq.processor import RetryProcessor
-from mahavishnu_dlq.queue import DeadLetterQueue
-from mahavishnu_dlq.settings import CONFIG_ENV_VAR, DLQSettings
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.demo import DemoResult
+    from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["register"]
 
@@ -72,7 +72,11 @@ def processor_run(
     app: AppOption = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(metavar="N", min=1, max=1000, help="Attempts at once (default: settings)."),
+        typer.Option(
+            metavar="N",
+            parser=count_parser("--concurrency"),
+            help="Attempts at once, 1-1000 (default: settings).",
+        ),
     ] = None,
     interval: Annotated[
         float | None,
@@ -108,6 +112,8 @@ def processor_run(
             dlq.concurrency = concurrency
         before = dict(dlq.lifetime)
         if drain:
+            from mahavishnu_dlq.processor import RetryProcessor  # noqa: PLC0415 - not for --help
+
             attempts = await RetryProcessor(dlq, check_interval=interval).drain()
             return _summary(dlq, before, attempts)
         say(
@@ -131,23 +137,61 @@ def processor_run(
 # -- config show / validate -------------------------------------------------------------------
 
 
-def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def config_show(
+    ctx: typer.Context,
+    origin: Annotated[
+        bool,
+        typer.Option(
+            "--origin",
+            help="Say where each value came from: default, file (and line) or environment "
+            "(the variable); one dotted key a line.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
     """The effective settings (file, environment, defaults), secrets masked."""
     state = state_of(ctx)
     data = state.settings().redacted()
+    from mahavishnu_dlq.settings import CONFIG_ENV_VAR  # noqa: PLC0415 - not for --help
+
+    named = state.config or os.environ.get(CONFIG_ENV_VAR)
+    if origin:
+        _show_origins(data, Path(named) if named else None, as_json=as_json)
+        return
     if as_json:
         emit_json(data)
         return
-    named = state.config or os.environ.get(CONFIG_ENV_VAR)
     source = f"{named}, " if named else "no file, "
     say(f"# effective settings: {source}MAHAVISHNU_DLQ_* environment, defaults; secrets masked")
     sys.stdout.write(_yaml(data))
+
+
+def _show_origins(data: Mapping[str, Any], named: Path | None, *, as_json: bool) -> None:
+    """``config show --origin``: each leaf, its value and where it came from."""
+    from mahavishnu_dlq.cli.origins import leaves, origins  # noqa: PLC0415 - not for --help
+
+    found = origins(data, named)
+    values: dict[str, Any] = {}
+    for path in leaves(data):
+        value: Any = data
+        for part in path:
+            value = value[part]
+        values[".".join(path)] = value
+    if as_json:
+        emit_json({key: {"value": values[key], "origin": where} for key, where in found.items()})
+        return
+    say(f"# effective settings and where each came from (file: {named or 'none'}); secrets masked")
+    width = max(map(len, found), default=0)
+    for key, where in found.items():
+        say(f"{key.ljust(width)}  {json.dumps(values[key], ensure_ascii=False)}  # {where}")
 
 
 def _yaml(data: Any) -> str:
     """``data`` as YAML; all ASCII, every character escaped in YAML's own way, when
     it holds a character the terminal must not see (PyYAML writes bidi controls,
     U+0085, U+2028 and U+2029 as they are)."""
+    import yaml  # noqa: PLC0415 - not for --help
+
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     if escape_block(text) != text:
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
@@ -158,16 +202,34 @@ def config_validate(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="The YAML settings file.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Check FILE (with the MAHAVISHNU_DLQ_* environment) as the library would load it."""
+    """Check FILE (with the MAHAVISHNU_DLQ_* environment) as the library would load it.
+
+    Every problem is reported, one a line, with where its value came from (exit 2).
+    """
+    from mahavishnu_dlq.settings import DLQSettings  # noqa: PLC0415 - not for --help
+
     try:
         settings = DLQSettings.from_yaml(file)
     except Exception as exc:  # noqa: BLE001 - ConfigurationError, or what a hostile file raises
         error = text_of(exc)
         if not isinstance(exc, ConfigurationError):
             error = f"cannot load {file}: {type(exc).__name__}: {error}"
+        header, *lines = error.splitlines() or [""]
+        problems = [line.strip().removeprefix("- ") for line in lines if line.strip()]
         if as_json:
-            emit_json({"file": str(file), "valid": False, "error": error})
-        fail(error)
+            emit_json(
+                {
+                    "file": str(file),
+                    "valid": False,
+                    "error": error,
+                    "problems": problems or [header],
+                }
+            )
+        if len(problems) < 2:  # one problem, one line
+            fail(error)
+        sys.stderr.write(f"{PROG}: {error_line(header)}\n")  # then one problem a line
+        sys.stderr.writelines(f"  - {error_line(problem)}\n" for problem in problems)
+        raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         emit_json({"file": str(file), "valid": True, "store": settings.store})
     else:
@@ -272,7 +334,7 @@ def render_demo(result: DemoResult) -> RenderableType:
         Text(),
         _by_workflow(result.by_workflow),
         Rule("statistics", style="bright_black"),
-        render_statistics(result.statistics),
+        render_statistics(result.statistics, counters=True),  # the demo's own work
         Rule("example failures", style="bright_black"),
         *panels,
     )
@@ -309,6 +371,8 @@ def demo(
     settings = state.settings()
     if state.verbose == 0:  # the demo's failures are expected: its tables show them
         logging.getLogger("mahavishnu_dlq").setLevel(logging.ERROR)
+    from mahavishnu_dlq.demo import run_demo  # noqa: PLC0415 - not for --help
+
     run = partial(run_demo, count, seed=seed, timeout=timeout, settings=settings)
     if as_json:
         result = anyio.run(run)

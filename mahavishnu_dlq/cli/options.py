@@ -11,7 +11,7 @@ which also share ``--older-than``, ``--rate``, ``--dry-run``, ``--background`` a
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from mahavishnu_dlq.models import (
 
 __all__ = [
     "FINISHED",
+    "REPLAYABLE",
     "AppOption",
     "BackgroundOption",
     "CategoryOption",
@@ -38,6 +39,7 @@ __all__ = [
     "JsonOption",
     "OlderThanOption",
     "RateOption",
+    "ReplayStatusOption",
     "SinceOption",
     "StatusOption",
     "TextOption",
@@ -45,6 +47,7 @@ __all__ = [
     "WaitOption",
     "WorkflowOption",
     "YesOption",
+    "completer",
     "confirm",
     "iso",
     "names",
@@ -55,6 +58,8 @@ __all__ = [
 ]
 
 FINISHED = (DeadLetterStatus.COMPLETED, DeadLetterStatus.ARCHIVED)
+#: What ``replay --status`` takes: a completed or archived task is never made due again.
+REPLAYABLE = (DeadLetterStatus.PENDING, DeadLetterStatus.RETRYING, DeadLetterStatus.EXHAUSTED)
 
 
 def state_of(ctx: typer.Context) -> CliState:
@@ -69,6 +74,19 @@ def task_json(task: FailedTask) -> dict[str, Any]:
 
 # -- shared options ----------------------------------------------------------------------
 
+
+def completer(values: Sequence[str]) -> Callable[[str], list[str]]:
+    """Shell completion of a comma-separated choice: the values that start the last
+    part, after the parts already given (``pending,ex`` -> ``pending,exhausted``)."""
+
+    def complete(incomplete: str) -> list[str]:
+        *given, last = incomplete.split(",")
+        head = "".join(f"{part}," for part in given)
+        return [head + value for value in values if value.startswith(last.lower())]
+
+    return complete
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (shape: docs/cli.md).")]
 StatusOption = Annotated[
     list[str] | None,
@@ -77,6 +95,17 @@ StatusOption = Annotated[
         "-s",
         metavar="STATUS[,STATUS]",
         help="pending, retrying, exhausted, completed, archived (repeat or comma-separate).",
+        autocompletion=completer([status.value for status in DeadLetterStatus]),
+    ),
+]
+ReplayStatusOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        metavar="STATUS[,STATUS]",
+        help="pending, retrying, exhausted: the replayable ones (repeat or comma-separate).",
+        autocompletion=completer([status.value for status in REPLAYABLE]),
     ),
 ]
 CategoryOption = Annotated[
@@ -85,6 +114,7 @@ CategoryOption = Annotated[
         "--category",
         metavar="CATEGORY[,CATEGORY]",
         help="transient, network, resource, permission, validation, permanent.",
+        autocompletion=completer([category.value for category in ErrorCategory]),
     ),
 ]
 WorkflowOption = Annotated[

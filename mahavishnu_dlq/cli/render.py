@@ -50,7 +50,11 @@ STATUS_STYLE = {
     "completed": "green",
     "archived": "bright_black",
 }
-NARROW = 100  # terminal columns below which ``list`` leaves out category and failed-at
+NARROW = 100  # terminal columns below which ``breaker list`` leaves out since
+STACKED = 140  # terminal columns below which ``list`` stacks status/category, date/time
+#: What ``status`` says instead of lifetime counters that count nothing.
+NO_COUNTERS = "not shown: they count this process, and no processor runs in it"
+ERROR_CELL = 200  # characters of an error ``list`` shows (``show`` has all of it)
 OUTCOME_STYLE = {"success": "green", "running": "cyan", "deferred": "yellow"}
 BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 
@@ -130,10 +134,22 @@ def _short_type(error_type: str) -> str:
 
 
 def render_statistics(
-    stats: Mapping[str, Any], now: datetime | None = None, *, width: int = 120
+    stats: Mapping[str, Any],
+    now: datetime | None = None,
+    *,
+    width: int = 120,
+    counters: bool | None = None,
+    leases: Mapping[str, int] | None = None,
 ) -> RenderableType:
     """``DeadLetterQueue.get_statistics()`` as tables: counts, queue health, the circuit
-    breakers not closed, top fingerprints (``now``: when an open breaker closes, relative)."""
+    breakers not closed, top fingerprints (``now``: when an open breaker closes, relative).
+
+    The lifetime counters are shown when they mean something (``counters``; by
+    default while a processor runs in this process); otherwise a line says why not.
+    ``leases`` (the live leases by the worker holding them, outside this process)
+    says which processors are at work elsewhere."""
+    if counters is None:
+        counters = bool(stats.get("is_processor_running"))
     queue = titled_table(
         "queue", "name", "value", box=None, show_header=False, title_justify="center"
     )
@@ -174,13 +190,20 @@ def render_statistics(
             ),
         )
     plain_row(queue, "oldest pending", age(stats.get("oldest_pending_age_seconds")))
-    plain_row(queue, "processor", f"{running}, every {stats['retry_interval_seconds']:g} s")
+    interval = stats.get("retry_interval_seconds")
+    every = "" if interval is None else f", every {interval:g} s"
+    plain_row(queue, "processor", f"{running} here{every}")
+    if leases is not None:
+        plain_row(queue, "elsewhere", _elsewhere(leases))
     tables = [
         count_table("status", stats["status_breakdown"], STATUS_STYLE),
         count_table("error categories", stats["error_categories"]),
         count_table("retry policies", stats["retry_policies"]),
-        count_table("lifetime counters (this process)", stats["lifetime_stats"]),
     ]
+    if counters:
+        tables.append(count_table("lifetime counters (this process)", stats["lifetime_stats"]))
+    else:
+        plain_row(queue, "lifetime counters", Text(NO_COUNTERS, "bright_black"))
     fingerprints = titled_table(
         "top fingerprints (open tasks)", "+tasks", "error type", "example error", "fingerprint"
     )
@@ -199,6 +222,18 @@ def render_statistics(
     if breakers is not None:
         parts += [breakers, Text()]
     return Group(*parts, fingerprints)
+
+
+def _elsewhere(leases: Mapping[str, int]) -> Text:
+    """The processors holding live leases: how many, on how many tasks, which."""
+    if not leases:
+        return Text("no processor at work (no live leases; an idle one holds none)", "bright_black")
+    owners = sorted(leases, key=lambda owner: (-leases[owner], owner))
+    named = ", ".join(f"{escape_line(owner)} ({leases[owner]})" for owner in owners[:5])
+    more = f" and {len(owners) - 5} more" if len(owners) > 5 else ""
+    total = sum(leases.values())
+    count = f"{len(owners)} processor{'s' if len(owners) != 1 else ''}"
+    return Text(f"{count} at work on {total} task{'s' if total != 1 else ''}: {named}{more}")
 
 
 # -- circuit breakers -------------------------------------------------------------------------
@@ -424,34 +459,40 @@ def render_source(source: str | None) -> str:
 def render_task_list(tasks: Sequence[FailedTask], now: datetime, *, width: int = 120) -> Table:
     """The ``list`` table: id, status, category, retries, next retry, failed at, error.
 
-    Below ``NARROW`` columns (the terminal's ``width``) category and failed-at are
-    left out, so the error keeps room; ``show`` and ``--json`` have everything."""
-    wide = width >= NARROW
-    longest = max((len(escape_line(task.task_id)) for task in tasks), default=8)
+    Every column is always there. Below ``STACKED`` columns (the terminal's ``width``)
+    status and category share a column on two lines, as do the failed-at date and
+    time, and ids and errors wrap rather than lose their ends; ``show`` and ``--json``
+    have everything."""
+    stacked = width < STACKED
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
-    table.add_column("id", overflow="fold", width=max(8, min(longest, 36 if wide else 20)))
-    table.add_column("status", no_wrap=True)
-    if wide:
+    longest = max((len(escape_line(task.task_id)) for task in tasks), default=8)
+    room = width - (47 if stacked else 78)  # what the fixed columns and gaps leave
+    table.add_column("id", overflow="fold", width=max(8, min(longest, 36, room // 2)))
+    table.add_column("status\ncategory" if stacked else "status", no_wrap=True)
+    if not stacked:
         table.add_column("category", no_wrap=True)
     table.add_column("retries", justify="right", no_wrap=True)
     table.add_column("next retry", no_wrap=True)
-    if wide:
-        table.add_column("failed at", no_wrap=True)
-    table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("failed at", no_wrap=True)
+    table.add_column("error", overflow="fold", min_width=16, ratio=1)
     for task in tasks:
         next_retry = "-"
         if task.next_retry_at is not None:
             next_retry = "due" if task.next_retry_at <= now else relative(task.next_retry_at, now)
-        error_type = _short_type(task.last_error_type or task.error_type)
-        cells: list[str | RenderableType] = [
-            task.task_id,
-            Text(task.status.value, STATUS_STYLE[task.status.value]),
-        ]
-        if wide:
-            cells.append(task.error_category.value)
+        status = Text(task.status.value, STATUS_STYLE[task.status.value])
+        category = task.error_category.value
+        failed_at = task.failed_at.strftime("%Y-%m-%d %H:%M:%S")
+        cells: list[str | RenderableType] = [task.task_id]
+        if stacked:
+            cells.append(Text.assemble(status, "\n", category))
+        else:
+            cells += [status, category]
         cells += [f"{task.retry_count}/{task.max_retries}", next_retry]
-        if wide:
-            cells.append(task.failed_at.strftime("%m-%d %H:%M"))
-        cells.append(f"{error_type}: {task.last_error or task.error}")
+        cells.append(Text(failed_at.replace(" ", "\n")) if stacked else failed_at)
+        error_type = _short_type(task.last_error_type or task.error_type)
+        error = f"{error_type}: {task.last_error or task.error}"
+        if len(error) > ERROR_CELL:
+            error = error[: ERROR_CELL - 1] + "…"
+        cells.append(error)
         plain_row(table, *cells)
     return table

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import secrets
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -21,7 +21,9 @@ from mahavishnu_dlq.cli.common import EXIT_USAGE, PROG, fail, opened
 from mahavishnu_dlq.cli.options import AppOption, state_of
 from mahavishnu_dlq.cli.terminal import say, text_of
 from mahavishnu_dlq.errors import DLQError, StoreUnavailableError
-from mahavishnu_dlq.settings import DLQSettings, WebToken
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.settings import DLQSettings
 
 __all__ = ["is_loopback", "serve"]
 
@@ -38,6 +40,8 @@ def is_loopback(host: str) -> bool:
 
 def _with_token(settings: DLQSettings) -> tuple[DLQSettings, str]:
     """The settings with a one-time operator token, and the token."""
+    from mahavishnu_dlq.settings import WebToken  # noqa: PLC0415 - not for --help
+
     token = secrets.token_urlsafe(32)
     web = settings.web.model_copy(
         update={"tokens": [WebToken(name="console", token=token, role="operator")]}

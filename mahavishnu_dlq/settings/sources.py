@@ -12,13 +12,16 @@ longer than :data:`MAX_ENV_BYTES`, JSON nested deeper than
 :data:`~mahavishnu_dlq.settings.yamlfile.MAX_DEPTH` levels, keyword arguments
 nested as deep (or containing themselves). Each refusal names the variable or the
 argument; so does :func:`source_error`, for a variable that is not JSON where JSON
-is needed.
+is needed (for a bare URL in ``MAHAVISHNU_DLQ_OPENSEARCH__HOSTS``, it gives the
+exact form to write: :func:`hosts_form`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsError, YamlConfigSettingsSource
 from pydantic_settings.sources import ConfigFileSourceType
 
+from mahavishnu_dlq.credentials import mask_userinfo
 from mahavishnu_dlq.errors import ConfigurationError
 
 from .yamlfile import MAX_DEPTH, read_settings_file
@@ -34,9 +38,11 @@ from .yamlfile import MAX_DEPTH, read_settings_file
 __all__ = [
     "CONFIG_ENV_VAR",
     "ENV_PREFIX",
+    "HOSTS_ENV_VAR",
     "MAX_ENV_BYTES",
     "YAML_FILE",
     "YamlFileSource",
+    "hosts_form",
     "printable",
     "screen_environment",
     "screen_overrides",
@@ -48,6 +54,8 @@ __all__ = [
 ENV_PREFIX = "MAHAVISHNU_DLQ_"
 #: Environment variable naming a YAML file read when no path is given.
 CONFIG_ENV_VAR = "MAHAVISHNU_DLQ_CONFIG"
+#: The OpenSearch hosts: a JSON list, which people often write as a bare URL.
+HOSTS_ENV_VAR = "MAHAVISHNU_DLQ_OPENSEARCH__HOSTS"
 #: Longest value of a settings environment variable, in UTF-8 bytes (64 KiB).
 MAX_ENV_BYTES = 65_536
 
@@ -127,11 +135,27 @@ def source_error(exc: SettingsError) -> ConfigurationError:
         var for var in os.environ if var.upper() == prefix or var.upper().startswith(prefix + "__")
     )
     where = printable(" or ".join(variables) or f"{prefix}*")
+    hosts = next((var for var in variables if var.upper() == HOSTS_ENV_VAR), None)
+    if hosts is not None and os.environ[hosts].lstrip()[:1] not in ("[", "{"):
+        return ConfigurationError(
+            "invalid mahavishnu-dlq configuration (1 problem):\n  - opensearch.hosts: "
+            f"environment variable {printable(hosts)} is a list, written as JSON: "
+            f"{printable(hosts)}={hosts_form(os.environ[hosts])}",
+            field="opensearch.hosts",
+        )
     return ConfigurationError(
         f"invalid mahavishnu-dlq configuration (1 problem):\n  - {name}: could not read the "
         f"value of environment variable {where}; groups and lists take JSON{printable(detail)}",
         field=name,
     )
+
+
+def hosts_form(value: str) -> str:
+    """What to write for ``$MAHAVISHNU_DLQ_OPENSEARCH__HOSTS`` given a bare URL or a
+    comma-separated list of them: the JSON list, quoted for a POSIX shell, with any
+    password masked (the message quoting it must not show one)."""
+    entries = [mask_userinfo(part.strip()) for part in value.split(",") if part.strip()]
+    return shlex.quote(json.dumps(entries or ["http://localhost:9200"], ensure_ascii=False))
 
 
 def _refused(variable: str, problem: str) -> ConfigurationError:

@@ -120,7 +120,7 @@ def _document(block: str) -> str:
 def test_check_names_the_difference_and_write_fixes_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stale = reference.render_reference().replace("Tasks per page.", "Tasks on a page.")
+    stale = reference.render_reference().replace("Tasks per page (1-1000).", "Tasks on a page.")
     doc = tmp_path / "cli.md"
     doc.write_text(_document(stale), encoding="utf-8")
 

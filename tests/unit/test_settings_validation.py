@@ -259,10 +259,39 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def test_env_value_that_is_not_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__HOSTS", "http://a:9200")
+    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__HOSTS", "[http://a:9200]")
     error = config_error()
     assert error.field == "opensearch"
     assert "MAHAVISHNU_DLQ_OPENSEARCH__HOSTS" in str(error)
+    assert "groups and lists take JSON" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "form"),
+    [
+        ("http://a:9200", """'["http://a:9200"]'"""),
+        ("a:9200", """'["a:9200"]'"""),
+        (" http://a:9200 , https://b:9200,", """'["http://a:9200", "https://b:9200"]'"""),
+        ("https://admin:hunter2@a:9200", """'["https://**********@a:9200"]'"""),
+        ("http://o'brien:9200", """'["http://o'"'"'brien:9200"]'"""),
+    ],
+)
+def test_a_bare_url_in_the_hosts_variable_is_answered_with_the_form_to_write(
+    monkeypatch: pytest.MonkeyPatch, value: str, form: str
+) -> None:
+    monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__HOSTS", value)
+    error = config_error()
+    assert error.field == "opensearch.hosts"
+    message = str(error)
+    assert message.endswith(
+        "environment variable MAHAVISHNU_DLQ_OPENSEARCH__HOSTS is a list, written as JSON: "
+        f"MAHAVISHNU_DLQ_OPENSEARCH__HOSTS={form}"
+    )
+    assert "hunter2" not in message
+    written = form[1:-1].replace("""'"'"'""", "'")
+    if not set("*'") & set(written):  # what it says to write loads (these hosts are valid)
+        monkeypatch.setenv("MAHAVISHNU_DLQ_OPENSEARCH__HOSTS", written)
+        assert DLQSettings().opensearch.hosts == json.loads(written)
 
 
 # --- secrets ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from mahavishnu_dlq.models import DeadLetterStatus
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.storage.memory import MemoryStore
-from mahavishnu_dlq.testing import FakeClock
+from mahavishnu_dlq.testing import FakeClock, FlakyHandler
 from tests.unit.cli.conftest import (
     APP,
     JOB_KEYS,
@@ -421,6 +421,21 @@ def test_processor_drain_human_output(cli: Cli, dlq: DeadLetterQueue) -> None:
         f"processor {WORKER} stopped; 1 attempts: 1 retry success, 0 retry failed, 0 exhausted\n"
     )
     assert record(dlq, "t-1").status is DeadLetterStatus.COMPLETED
+
+
+def test_processor_run_logs_the_error_of_each_failed_attempt(
+    cli: Cli, dlq: DeadLetterQueue
+) -> None:
+    error = FlakyHandler(failures=10**6, make_error=lambda: ValueError("row 7\nis bad"))
+    dlq.register_handler("bad", error)
+    enqueue(dlq, "t-1", workflow="bad", retry_policy="immediate")
+    enqueue(dlq, "t-2", retry_policy="immediate")  # ok: its success carries no error
+    ran = cli(*APP, "processor", "run", "--drain")
+    assert ran.code == 0, ran.err
+    failed = next(line for line in ran.err.splitlines() if "dlq.retry t-1" in line)
+    assert "attempt 1: failure -> pending: ValueError: row 7 is bad" in failed
+    succeeded = next(line for line in ran.err.splitlines() if "dlq.retry t-2" in line)
+    assert succeeded.rstrip().endswith("success -> completed")
 
 
 def test_processor_drain_with_a_mapping_of_handlers(

@@ -18,10 +18,14 @@ from functools import partial
 import anyio
 import pytest
 import typer
+from rich.console import Console
 
+from mahavishnu_dlq.cli.arguments import parse_count
 from mahavishnu_dlq.cli.common import parse_choices, parse_duration, parse_moment, parse_rate
+from mahavishnu_dlq.cli.render import render_statistics
 from mahavishnu_dlq.models import DeadLetterStatus, ErrorCategory
 from mahavishnu_dlq.queue import DeadLetterQueue
+from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock
 from tests.unit.cli.conftest import (
     APP,
@@ -109,6 +113,29 @@ def test_parse_rate(text: str, per_second: float) -> None:
     assert parse_rate(text) == pytest.approx(per_second)
 
 
+@pytest.mark.parametrize(("text", "count"), [("1", 1), ("20", 20), (" 1000 ", 1000), (7, 7)])
+def test_parse_count(text: str | int, count: int) -> None:
+    assert parse_count(text, option="--limit") == count
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("0", "'0' is out of range: give a number from 1 to 1,000"),
+        ("1001", "'1001' is out of range"),
+        ("-3", "'-3' is out of range"),
+        ("many", "'many' is not a whole number: give one from 1 to 1,000"),
+        ("2.5", "'2.5' is not a whole number"),
+        ("", "'' is not a whole number"),
+        ("9" * 100, "is not a whole number"),
+    ],
+)
+def test_parse_count_refuses_in_the_words_of_the_other_options(text: str, problem: str) -> None:
+    with pytest.raises(typer.BadParameter, match=re.escape(problem)) as caught:
+        parse_count(text, option="--limit")
+    assert caught.value.param_hint == "--limit"
+
+
 @pytest.mark.parametrize("text", ["0", "0/s", "-1", "fast", "", "10/d", "10/", "/s"])
 def test_parse_rate_refuses(text: str) -> None:
     with pytest.raises(typer.BadParameter, match="is not a rate") as caught:
@@ -152,20 +179,20 @@ def test_parse_choices_names_the_allowed_values() -> None:
         (["retry"], "name TASK_ID, or select tasks with filter options"),
         (["archive", "t-1", "--status", "pending"], "not both"),
         (["jobs", "list", "--state", "sleeping"], "unknown value 'sleeping'"),
-        (["jobs", "list", "--limit", "0"], "--limit"),
+        (["jobs", "list", "--limit", "0"], "--limit: '0' is out of range: give a number from 1"),
         (["jobs", "show"], "Missing argument 'JOB_ID'"),
         (["jobs", "bogus"], "No such command 'bogus'"),
         (["replay", "--wait", "soon"], "--wait"),
         (["--app"], "--app"),
-        (["list", "--limit", "many"], "--limit"),
-        (["list", "--limit", "0"], "--limit"),
+        (["list", "--limit", "many"], "--limit: 'many' is not a whole number: give one from 1"),
+        (["list", "--limit", "1001"], "Invalid value for --limit: '1001' is out of range"),
         (["list", "--status", "nope"], "unknown value 'nope'"),
         (["list", "--category", "cosmic"], "unknown value 'cosmic'"),
         (["list", "--since", "last tuesday"], "--since"),
         (["purge", "--older-than", "30", "--yes"], "--older-than"),
         (["replay", "--rate", "fast"], "--rate"),
         (["processor", "bogus"], "No such command 'bogus'"),
-        (["processor", "run", "--concurrency", "0"], "--concurrency"),
+        (["processor", "run", "--concurrency", "0"], "--concurrency: '0' is out of range"),
         (["replay", "--limit", "0"], "No such option: --limit"),
         (["config", "validate"], "Missing argument 'FILE'"),
     ],
@@ -253,6 +280,52 @@ def test_status_human_output(cli: Cli, mixed: DeadLetterQueue) -> None:
     assert ran.err == ""
 
 
+def test_status_leaves_out_the_lifetime_counters_of_its_own_process(
+    cli: Cli, mixed: DeadLetterQueue
+) -> None:
+    ran = cli(*APP, "status")
+    assert ran.code == 0, ran.err
+    assert "enqueued_total" not in ran.out  # counted while the fixture seeded, not by status
+    assert re.search(
+        r"lifetime counters\s+not shown: they count this process, and no processor", ran.out
+    )
+    assert re.search(r"processor\s+stopped here", ran.out)
+    assert re.search(r"elsewhere\s+no processor at work \(no live leases", ran.out)
+    assert cli(*APP, "status", "--json").json()["lifetime_stats"]["enqueued_total"] == 6
+
+
+def test_status_names_the_processors_at_work_elsewhere(cli: Cli, mixed: DeadLetterQueue) -> None:
+    lease(mixed, "net-1", owner="host-a:41")
+    lease(mixed, "net-2", owner="host-b:7")
+    lease(mixed, "val-1", owner="host-a:41")
+    ran = cli(*APP, "status")
+    assert ran.code == 0, ran.err
+    assert re.search(
+        r"elsewhere\s+2 processors at work on 3 tasks: host-a:41 \(2\), host-b:7 \(1\)", ran.out
+    )
+
+
+def test_status_with_a_lease_that_has_expired_sees_no_processor(
+    cli: Cli, mixed: DeadLetterQueue, clock: FakeClock
+) -> None:
+    lease(mixed, "net-1")
+    clock.advance(601)  # past the 600 s lease: its worker is presumed dead
+    ran = cli(*APP, "status")
+    assert re.search(r"elsewhere\s+no processor at work", ran.out)
+
+
+def test_statistics_show_the_lifetime_counters_of_a_processor_running_here() -> None:
+    stats = anyio.run(DeadLetterQueue(MemoryStore()).get_statistics)
+    console = Console(width=160, record=True)
+    console.print(render_statistics(stats | {"is_processor_running": True}, leases={}))
+    out = console.export_text()
+    assert "lifetime counters" in out
+    assert "enqueued_total" in out
+    assert "running here" in out
+    console.print(render_statistics(stats, counters=True))  # the demo: its own work
+    assert "enqueued_total" in console.export_text()
+
+
 # -- list ------------------------------------------------------------------------------
 
 
@@ -293,6 +366,40 @@ def test_list_human_output_names_ids_and_statuses(cli: Cli, mixed: DeadLetterQue
     assert "ConnectionError: connection reset by peer" in row
     assert "6 tasks" in ran.out
     assert "--cursor" not in ran.out
+
+
+def test_list_shows_full_dates_with_seconds(cli: Cli, mixed: DeadLetterQueue) -> None:
+    ran = cli(*APP, "list")
+    row = next(line for line in ran.out.splitlines() if "net-1" in line)
+    assert "2026-01-01 00:00:00" in row  # failed at, to the second
+    assert "network" in row
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_list_at_80_columns_keeps_every_column_and_wraps_ids_and_errors(
+    cli: Cli, dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    long_id = "order-2026-12-06-abcdef-0123456789"
+    message = "connection reset by peer while talking to upstream api.example.com"
+    enqueue(dlq, long_id, error=ConnectionError(message))
+    monkeypatch.setenv("COLUMNS", str(columns))
+    ran = cli(*APP, "list")
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    for header in ("id", "status", "category", "retries", "next retry", "failed at", "error"):
+        assert header in ran.out
+    assert "network" in ran.out
+    assert "2026-01-01" in ran.out
+    assert "00:00:00" in ran.out
+    # the id and the error wrap within their columns, every character kept
+    header = next(line for line in lines if " error" in line)
+    status_at = next(line.index("status") for line in lines if "status" in line)
+    error_at, rule = header.index(" error") + 1, lines.index(header) + 1
+    body = [line for line in lines[rule + 1 :] if line.strip() and "1 task" not in line]
+    assert "".join(line[:status_at].strip() for line in body) == long_id
+    error = "".join("".join(line[error_at:].split()) for line in body)  # wrapped or folded
+    assert error == "ConnectionError:" + message.replace(" ", "")
 
 
 def test_list_human_output_with_nothing_to_show(cli: Cli, dlq: DeadLetterQueue) -> None:

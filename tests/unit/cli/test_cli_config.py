@@ -134,6 +134,38 @@ def test_config_show_json_masks_secrets(
     assert data["opensearch"]["hosts"] == ["https://search.example:9200", "http://plain:9200"]
 
 
+def test_config_show_origin_says_where_each_value_came_from(
+    cli: Cli, secret_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAHAVISHNU_DLQ_STORE", "memory")
+    monkeypatch.setenv("MAHAVISHNU_DLQ_PROCESSOR", '{"batch_size": 50}')  # a group, as JSON
+    ran = cli("--config", str(secret_config), "config", "show", "--origin")
+    assert ran.code == 0, ran.err
+    assert "s3cret" not in ran.out
+    lines = {line.split()[0]: line for line in ran.out.splitlines()[1:]}
+    assert lines["max_size"].endswith(f"500  # file {secret_config}, line 1")
+    assert lines["opensearch.hosts"].endswith(f"# file {secret_config}, line 3")
+    assert '"https://search.example:9200"' in lines["opensearch.hosts"]
+    assert lines["store"].endswith('"memory"  # environment MAHAVISHNU_DLQ_STORE')
+    assert lines["processor.batch_size"].endswith("50  # environment MAHAVISHNU_DLQ_PROCESSOR")
+    assert lines["processor.concurrency"].endswith("# default")  # the group does not set it
+    assert lines["enabled"].endswith("true  # default")
+    assert MASK in lines["opensearch.password"]
+
+    data = cli("--config", str(secret_config), "config", "show", "--origin", "--json").json()
+    assert data["max_size"] == {"value": 500, "origin": f"file {secret_config}, line 1"}
+    assert data["store"] == {"value": "memory", "origin": "environment MAHAVISHNU_DLQ_STORE"}
+    assert data["processor.concurrency"]["origin"] == "default"
+    assert data["processor.breaker.trip_on"]["origin"] == "default"  # a list is one value
+
+
+def test_config_show_origin_without_a_file(cli: Cli) -> None:
+    ran = cli("config", "show", "--origin")
+    assert ran.code == 0, ran.err
+    assert "(file: none)" in ran.out.splitlines()[0]
+    assert all(line.endswith("# default") for line in ran.out.splitlines()[1:])
+
+
 def test_config_show_with_conflicting_passwords_is_exit_2(
     cli: Cli, secret_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,6 +241,30 @@ def test_config_validate_out_of_range_value(cli: Cli, tmp_path: Path) -> None:
     data = ran.json()
     assert data["valid"] is False
     assert "max_size" in data["error"]
+
+
+def test_config_validate_prints_one_problem_per_line(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_size: 5\nstore: nope\nretry_interval_seconds: abc\n")
+    ran = cli("config", "validate", str(config))
+    assert ran.code == 2
+    assert ran.out == ""
+    header, *problems = ran.err.splitlines()
+    assert header == "mahavishnu-dlq: invalid mahavishnu-dlq configuration (3 problems):"
+    assert [problem.split(":")[0] for problem in problems] == [
+        "  - max_size",
+        "  - retry_interval_seconds",
+        "  - store",
+    ]
+    assert f"{config}, line 1" in problems[0]
+
+    data = cli("config", "validate", str(config), "--json").json()
+    assert data["valid"] is False
+    assert [problem.split(":")[0] for problem in data["problems"]] == [
+        "max_size",
+        "retry_interval_seconds",
+        "store",
+    ]
 
 
 def test_config_validate_missing_file(cli: Cli, tmp_path: Path) -> None:

@@ -180,23 +180,48 @@ def test_replay_by_fingerprint(cli: Cli, mixed: DeadLetterQueue) -> None:
 
 def test_replay_skips_what_it_cannot_replay_and_is_exit_1(cli: Cli, mixed: DeadLetterQueue) -> None:
     lease(mixed, "net-1")
-    ran = cli(*APP, "replay", "--status", "completed,retrying", "--json")
+    ran = cli(*APP, "replay", "--status", "retrying", "--json")
     assert ran.code == 1
     data = ran.json()
     assert data["state"] == "done"
-    assert data["matched"] == data["skipped"] == 2
+    assert data["matched"] == data["skipped"] == 1
     reasons = {item["task_id"]: item["error"] for item in data["failures"]}
-    assert set(reasons) == {"done-1", "net-1"}
+    assert set(reasons) == {"net-1"}
     assert {item["outcome"] for item in data["failures"]} == {"skipped"}
-    assert "completed" in reasons["done-1"]
     assert "other-worker" in reasons["net-1"]
 
-    ran = cli(*APP, "replay", "--status", "completed,retrying")
+    ran = cli(*APP, "replay", "--status", "retrying")
     assert ran.code == 1
-    assert "2 matched, 0 replayed, 2 skipped, 0 failed" in ran.out
+    assert "1 matched, 0 replayed, 1 skipped, 0 failed" in ran.out
     assert "not done" in ran.out
-    row = next(line for line in ran.out.splitlines() if "done-1" in line)
+    row = next(line for line in ran.out.splitlines() if "net-1" in line)
     assert "skipped" in row
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("completed", "'completed': a completed or archived task is not replayed"),
+        ("pending,archived", "'archived': a completed or archived task is not replayed"),
+        ("nope", "unknown value 'nope'"),
+    ],
+)
+def test_replay_status_takes_only_replayable_statuses(
+    cli: Cli, mixed: DeadLetterQueue, status: str, expected: str
+) -> None:
+    before = snapshot(mixed)
+    ran = cli(*APP, "replay", "--status", status)
+    assert ran.code == 2
+    line = ran.one_error_line()
+    assert f"Invalid value for --status: {expected}" in line
+    assert "allowed: pending, retrying, exhausted (see" in line
+    assert snapshot(mixed) == before
+
+
+def test_replay_help_offers_only_replayable_statuses(cli: Cli) -> None:
+    ran = cli("replay", "--help")
+    assert "pending, retrying, exhausted: the replayable ones" in ran.out
+    assert "completed" not in ran.out.split("--status")[1].split("--category")[0]
 
 
 # -- retry by filter: a retry job (it runs the handlers, here with --app) ----------------------
