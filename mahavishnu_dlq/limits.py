@@ -37,6 +37,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_NAME_CHARS",
     "MAX_NUMBER_DIGITS",
+    "MAX_SECONDS",
     "MAX_TYPE_CHARS",
     "Limits",
     "bound_text",
@@ -53,6 +54,10 @@ __all__ = [
 ]
 
 #: Longest task id (characters).
+#: The longest duration (seconds) a policy accepts or schedules: a century.
+#: Longer delay hints are clamped to it, so a datetime can always hold the result.
+MAX_SECONDS = 100 * 365 * 86400.0
+
 MAX_ID_CHARS = 512
 #: Longest workflow name (characters).
 MAX_NAME_CHARS = 512

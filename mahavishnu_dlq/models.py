@@ -20,6 +20,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mahavishnu_dlq.limits import is_valid_unicode
+from mahavishnu_dlq.states import (
+    AttemptOutcome,
+    DeadLetterStatus,
+    DLQIntegrationStrategy,
+    ErrorCategory,
+    RetryPolicy,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,61 +72,10 @@ def _make_encoder() -> Callable[[Any], str]:
 encode_json: Callable[[Any], str] = _make_encoder()
 
 
-class RetryPolicy(str, Enum):
-    """When the processor retries a task."""
-
-    NEVER = "never"
-    LINEAR = "linear"
-    EXPONENTIAL = "exponential"
-    IMMEDIATE = "immediate"
-
-
-class DeadLetterStatus(str, Enum):
-    """Where a task is in its life (see the state machine in the user guide)."""
-
-    PENDING = "pending"
-    RETRYING = "retrying"
-    EXHAUSTED = "exhausted"
-    COMPLETED = "completed"
-    ARCHIVED = "archived"
-
-
 #: Statuses that count toward ``max_size``: the task still needs something done.
 OPEN_STATUSES = frozenset(
     {DeadLetterStatus.PENDING, DeadLetterStatus.RETRYING, DeadLetterStatus.EXHAUSTED}
 )
-
-
-class ErrorCategory(str, Enum):
-    """What kind of failure this is; decides the default retry policy."""
-
-    TRANSIENT = "transient"
-    NETWORK = "network"
-    RESOURCE = "resource"
-    PERMISSION = "permission"
-    VALIDATION = "validation"
-    PERMANENT = "permanent"
-
-
-class DLQIntegrationStrategy(str, Enum):
-    """Which failures :class:`~mahavishnu_dlq.integration.DLQIntegration` enqueues."""
-
-    AUTOMATIC = "automatic"
-    SELECTIVE = "selective"
-    MANUAL = "manual"
-    DISABLED = "disabled"
-
-
-class AttemptOutcome(str, Enum):
-    """How one attempt ended."""
-
-    RUNNING = "running"
-    SUCCESS = "success"
-    FAILURE = "failure"
-    TIMEOUT = "timeout"
-    DEFERRED = "deferred"
-    CANCELLED = "cancelled"
-    LOST = "lost"
 
 
 class Attempt(BaseModel):

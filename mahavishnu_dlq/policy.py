@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mahavishnu_dlq.errors import RetryAfter
+from mahavishnu_dlq.limits import MAX_SECONDS
 from mahavishnu_dlq.models import ErrorCategory, RetryPolicy
 
 __all__ = [
@@ -41,9 +42,6 @@ __all__ = [
     "retry_after_hint",
 ]
 
-#: The longest duration (seconds) a policy accepts or schedules: a century.
-#: Longer delay hints are clamped to it, so a datetime can always hold the result.
-MAX_SECONDS = 100 * 365 * 86400.0
 
 _RNG = random.Random()
 _CACHE_LIMIT = 4096

@@ -46,10 +46,10 @@ from mahavishnu_dlq.cli.options import (
 from mahavishnu_dlq.cli.render import when
 from mahavishnu_dlq.cli.terminal import escape_line, say, text_of
 from mahavishnu_dlq.errors import DLQError, UnreadableRecordError
-from mahavishnu_dlq.jobs import JobKind
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+from mahavishnu_dlq.states import DeadLetterStatus, JobKind
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.models import FailedTask
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["archive", "clear", "purge", "replay", "retry"]

@@ -23,8 +23,7 @@ from typing import TypeVar
 
 import typer
 
-from mahavishnu_dlq.limits import MAX_ID_CHARS, MAX_NAME_CHARS, is_valid_unicode
-from mahavishnu_dlq.policy import MAX_SECONDS
+from mahavishnu_dlq.limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_SECONDS, is_valid_unicode
 
 __all__ = [
     "MAX_FILTER_CHARS",

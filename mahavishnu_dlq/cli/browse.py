@@ -48,13 +48,10 @@ from mahavishnu_dlq.cli.render import (
 )
 from mahavishnu_dlq.cli.terminal import escape_line
 from mahavishnu_dlq.errors import UnreadableRecordError
-from mahavishnu_dlq.models import (
-    DeadLetterStatus,
-    FailedTask,
-    decode_cursor,
-)
+from mahavishnu_dlq.states import DeadLetterStatus
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.models import FailedTask
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["list_tasks", "show", "status"]
@@ -139,6 +136,8 @@ def list_tasks(
     selection = task_filter(status, category, workflow, since, until, text, fingerprint)
     if cursor is not None:
         try:
+            from mahavishnu_dlq.models import decode_cursor  # noqa: PLC0415 - not for --help
+
             decode_cursor(cursor)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--cursor") from None

@@ -44,9 +44,10 @@ from mahavishnu_dlq.cli.job_render import describe_filter, job_counts, render_dr
 from mahavishnu_dlq.cli.options import FINISHED, confirm, task_filter
 from mahavishnu_dlq.cli.render import when
 from mahavishnu_dlq.cli.terminal import say, text_of
-from mahavishnu_dlq.jobs import Job, JobKind, JobState
+from mahavishnu_dlq.states import JobKind, JobState
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.jobs import Job
     from mahavishnu_dlq.models import TaskFilter
     from mahavishnu_dlq.queue import DeadLetterQueue
 
@@ -165,6 +166,8 @@ async def _ask_before_purging(dlq: DeadLetterQueue, request: BulkRequest, flt: T
     now = dlq.clock.now()
     changes: dict[str, object] = {}
     if flt.status is None:
+        from mahavishnu_dlq.jobs import Job  # noqa: PLC0415 - not for --help
+
         changes["status"] = Job.default_statuses(JobKind.PURGE)
     if request.older_than is not None:
         cutoff = now - request.older_than  # checked by filter_at

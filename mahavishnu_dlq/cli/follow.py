@@ -45,9 +45,10 @@ from rich.text import Text
 from mahavishnu_dlq.cli.common import PROG
 from mahavishnu_dlq.cli.terminal import escape_line, say
 from mahavishnu_dlq.errors import JobStateError
-from mahavishnu_dlq.jobs import Job, JobState
+from mahavishnu_dlq.states import JobState
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.jobs import Job
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = [

@@ -9,6 +9,7 @@ a failure's task id and error, the creator's name — is escaped as one line.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.columns import Columns
@@ -27,8 +28,11 @@ from mahavishnu_dlq.cli.render import (
     when,
 )
 from mahavishnu_dlq.cli.terminal import escape_line
-from mahavishnu_dlq.jobs import Job, JobKind, JobState, TaskSummary
-from mahavishnu_dlq.models import TaskFilter
+from mahavishnu_dlq.states import JobKind, JobState
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.jobs import Job, TaskSummary
+    from mahavishnu_dlq.models import TaskFilter
 
 __all__ = [
     "DONE_WORD",
@@ -160,6 +164,8 @@ def _sample(summary: TaskSummary) -> Text | None:
 
 def render_dry_run(job: Job) -> RenderableType:
     """A dry run's report: how many tasks, by status, category and workflow, the first ids."""
+    from mahavishnu_dlq.jobs import TaskSummary  # noqa: PLC0415 - not for --help
+
     summary = job.summary or TaskSummary(total=job.matched)
     head = Text.assemble(
         (f"{_WOULD[job.kind]} {summary.total} task(s)", "bold"),

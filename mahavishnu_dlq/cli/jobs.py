@@ -20,9 +20,10 @@ from mahavishnu_dlq.cli.common import PROG, emit_json, run
 from mahavishnu_dlq.cli.job_render import job_counts, render_job_detail, render_job_list
 from mahavishnu_dlq.cli.options import JsonOption, state_of
 from mahavishnu_dlq.cli.terminal import say
-from mahavishnu_dlq.jobs import Job, JobState
+from mahavishnu_dlq.states import JobState
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq.jobs import Job
     from mahavishnu_dlq.queue import DeadLetterQueue
 
 __all__ = ["jobs_cancel", "jobs_list", "jobs_pause", "jobs_resume", "jobs_show", "register"]

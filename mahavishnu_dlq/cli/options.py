@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,12 +21,10 @@ from mahavishnu_dlq.cli.arguments import parse_choices, parse_moment, parse_text
 from mahavishnu_dlq.cli.common import APP_ENV_VAR, EXIT_FAILED, CliState, fail
 from mahavishnu_dlq.cli.terminal import escape_line
 from mahavishnu_dlq.limits import MAX_NAME_CHARS
-from mahavishnu_dlq.models import (
-    DeadLetterStatus,
-    ErrorCategory,
-    FailedTask,
-    TaskFilter,
-)
+from mahavishnu_dlq.states import DeadLetterStatus, ErrorCategory
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.models import FailedTask, TaskFilter
 
 __all__ = [
     "FINISHED",
@@ -208,6 +206,8 @@ def task_filter(
     from the queue's clock). Checked at once: a bad value exits 2 before anything opens."""
 
     def build(now: datetime) -> TaskFilter:
+        from mahavishnu_dlq.models import TaskFilter  # noqa: PLC0415 - not for --help
+
         return TaskFilter(
             status=parse_choices(status, DeadLetterStatus, option="--status") or None,
             error_category=parse_choices(category, ErrorCategory, option="--category") or None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.columns import Columns
@@ -23,7 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from mahavishnu_dlq.cli.terminal import dumps, escape_block, escape_json, escape_line
-from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
+from mahavishnu_dlq.states import DeadLetterStatus
+
+if TYPE_CHECKING:
+    from mahavishnu_dlq.models import FailedTask
 
 __all__ = [
     "BREAKER_STYLE",

@@ -36,7 +36,7 @@ from enum import Enum
 from typing import Any
 
 from mahavishnu_dlq.clock import from_micros, to_micros
-from mahavishnu_dlq.models import AttemptOutcome, ErrorCategory
+from mahavishnu_dlq.states import AttemptOutcome, ErrorCategory
 
 __all__ = [
     "DEFAULT_TRIP_ON",

@@ -27,8 +27,8 @@ from mahavishnu_dlq.downstream.breaker import Breaker, BreakerPolicy, BreakerSta
 from mahavishnu_dlq.downstream.limiter import Limiter
 from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.limits import require_str
-from mahavishnu_dlq.models import AttemptOutcome
 from mahavishnu_dlq.printable import library_logger
+from mahavishnu_dlq.states import AttemptOutcome
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.attempt import AttemptResult

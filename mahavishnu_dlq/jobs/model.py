@@ -14,12 +14,12 @@ changing field names is a migration.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mahavishnu_dlq.models import DeadLetterStatus, TaskFilter
+from mahavishnu_dlq.states import JobKind, JobState
 
 __all__ = [
     "FAILURES_KEPT",
@@ -33,31 +33,6 @@ __all__ = [
 
 #: Per-item failures a job keeps (the first ones); beyond, only the count grows.
 FAILURES_KEPT = 1000
-
-
-class JobKind(str, Enum):
-    """What a job does to each task it selects."""
-
-    #: make the task due now; the processors retry it on their own (one more retry
-    #: for an exhausted task)
-    REPLAY = "replay"
-    #: retry the task now, in the job's runner, through its handler
-    RETRY = "retry"
-    #: set the task aside for audit
-    ARCHIVE = "archive"
-    #: delete the record
-    PURGE = "purge"
-
-
-class JobState(str, Enum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"  # waiting for a runner (new, resumed, or its runner let it go)
-    RUNNING = "running"  # leased to a runner
-    PAUSED = "paused"  # stopped at a page boundary; resume continues from the cursor
-    DONE = "done"
-    CANCELLED = "cancelled"
-    FAILED = "failed"  # the job itself could not go on (not one item: those are counted)
 
 
 #: States a job never leaves.
