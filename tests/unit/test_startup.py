@@ -78,7 +78,7 @@ def test_help_opens_no_queue_store_or_web_console(argv: list[str]) -> None:
     )
     # nor the data models: the options take the pydantic-free enums of states.py (a
     # command's own help imports pydantic all the same: typer's parameter adapters do)
-    models = ("mahavishnu_dlq.models", "mahavishnu_dlq.jobs")
+    models: tuple[str, ...] = ("mahavishnu_dlq.models", "mahavishnu_dlq.jobs")
     models += ("pydantic",) if argv == ["--help"] else ()
     assert heavy(imported_by(code), (*HEAVY, *models)) == []
 
