@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mahavishnu_dlq.classifier import ClassifierRule, ErrorClassifier
     from mahavishnu_dlq.errors import (
         ConfigurationError,
+        Dispatched,
         DLQError,
         InvalidPayloadError,
         JobNotFoundError,
@@ -83,6 +84,7 @@ __all__ = [
     "DLQSettings",
     "DeadLetterQueue",
     "DeadLetterStatus",
+    "Dispatched",
     "ErrorCategory",
     "ErrorClassifier",
     "FailedTask",
@@ -126,6 +128,7 @@ __all__ = [
 _ERRORS = (
     "ConfigurationError",
     "DLQError",
+    "Dispatched",
     "InvalidPayloadError",
     "JobNotFoundError",
     "JobStateError",

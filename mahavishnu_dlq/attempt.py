@@ -36,7 +36,7 @@ import anyio
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.classifier import error_type_name
 from mahavishnu_dlq.context import exception_message
-from mahavishnu_dlq.errors import RetryAfter, TaskBusyError
+from mahavishnu_dlq.errors import Dispatched, RetryAfter, TaskBusyError
 from mahavishnu_dlq.limits import MAX_TYPE_CHARS, bound_text, clean_text
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, ErrorCategory, FailedTask
 from mahavishnu_dlq.policy import (
@@ -307,7 +307,7 @@ def _trace_status_error(description: str) -> Any:
     return Status(StatusCode.ERROR, description)
 
 
-async def _run_attempt(
+async def _run_attempt(  # noqa: PLR0912 - one branch per way a handler can end
     dlq: DeadLetterQueue,
     task: FailedTask,
     *,
@@ -315,7 +315,7 @@ async def _run_attempt(
     timeout: float | None,
     slot: Slot | None,
 ) -> AttemptResult:
-    handler: Handler | None = dlq.handler_for(task.workflow)
+    handler, args = _handler_call(dlq, task)
     limit = dlq.attempt_timeout_seconds if timeout is None else timeout
     result: Any = None
     outcome: dict[str, Any]
@@ -325,14 +325,18 @@ async def _run_attempt(
             raise LookupError(f"no handler registered for workflow {task.workflow!r}")
         if slot is None:
             with anyio.move_on_after(limit) as scope:
-                result = await call_handler(handler, dict(task.task), list(task.repos))
+                result = await call_handler(handler, *args)
             timed_out = scope.cancelled_caught
         else:
-            result = await call_handler(handler, dict(task.task), list(task.repos))
+            result = await call_handler(handler, *args)
             timed_out = False
         outcome = _timeout(limit) if timed_out else {"outcome": AttemptOutcome.SUCCESS}
     except RetryAfter as signal:
         outcome = {"outcome": AttemptOutcome.DEFERRED, "defer_seconds": signal.seconds}
+    except Dispatched as signal:  # sent to its engine: the outcome is reported later
+        from mahavishnu_dlq.engines import hand_off  # noqa: PLC0415 - engines import this
+
+        return await hand_off(dlq, task, owner, signal)
     except anyio.get_cancelled_exc_class() as exc:
         if not _cancelled():  # the handler raised it itself: a failure like any other
             outcome = _failure(dlq, exc)
@@ -366,6 +370,22 @@ async def _run_attempt(
         category,
         outcome.get("defer_seconds"),
     )
+
+
+def _handler_call(
+    dlq: DeadLetterQueue, task: FailedTask
+) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+    """What retries ``task`` and with what: its workflow's handler with the input and
+    repos, else its engine's handler with the whole record, else the default callback."""
+    handler: Handler | None = dlq.handlers.get(task.workflow)
+    if handler is None and dlq.engines:
+        engine = dlq.engine_of(task)
+        engine_handler = None if engine is None else dlq.engines.get(engine)
+        if engine_handler is not None:
+            return engine_handler, (task,)
+    if handler is None:
+        handler = dlq.default_callback
+    return handler, (dict(task.task), list(task.repos))
 
 
 def _category(dlq: DeadLetterQueue, exc: BaseException) -> ErrorCategory | None:

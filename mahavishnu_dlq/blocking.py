@@ -118,6 +118,11 @@ class BlockingDLQ:
     def enqueue_many(self, failures: Iterable[Failure]) -> list[FailedTask | DLQError]:
         return self.portal.call(self.dlq.enqueue_many, list(failures))
 
+    def report_outcome(
+        self, task_id: str, token: str, *, error: BaseException | str | None = None
+    ) -> FailedTask | None:
+        return self.portal.call(partial(self.dlq.report_outcome, task_id, token, error=error))
+
     def get_task(self, task_id: str) -> FailedTask | None:
         return self.portal.call(self.dlq.get_task, task_id)
 

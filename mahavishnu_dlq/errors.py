@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "DLQError",
+    "Dispatched",
     "InvalidPayloadError",
     "JobNotFoundError",
     "JobStateError",
@@ -217,3 +218,21 @@ class RetryAfter(Exception):  # noqa: N818 - a signal, not an error; named like 
         self.seconds = float(seconds)
         self.reason = reason
         super().__init__(f"retry after {seconds:g}s" + (f": {reason}" if reason else ""))
+
+
+class Dispatched(Exception):  # noqa: N818 - a signal, not an error, like RetryAfter
+    """Raised by a retry handler that sent the work to an engine (a Celery or Dramatiq
+    worker, a Prefect deployment) instead of running it: the attempt stays running,
+    held under ``token`` for up to ``wait_seconds``, until the engine's worker reports
+    how it ended with :meth:`DeadLetterQueue.report_outcome`. A report that never
+    comes is a lost attempt once the wait is over, and the task is retried again."""
+
+    def __init__(self, token: str, wait_seconds: float, reason: str = "") -> None:
+        if not isinstance(token, str) or not token:
+            raise ValueError("Dispatched needs a non-empty token")
+        if not wait_seconds > 0:  # also NaN
+            raise ValueError(f"Dispatched wait_seconds must be > 0, got {wait_seconds}")
+        self.token = token
+        self.wait_seconds = float(wait_seconds)
+        self.reason = reason
+        super().__init__(f"dispatched as {token}" + (f": {reason}" if reason else ""))

@@ -39,6 +39,7 @@ __all__ = [
     "claim",
     "expire",
     "finish",
+    "hand_off",
     "make_due",
     "merge_failure",
     "release",
@@ -207,6 +208,18 @@ def renew(task: FailedTask, *, now: datetime, owner: str, lease_seconds: float) 
     """Extend the lease of a long attempt; refused when the lease was lost."""
     _check_owner(task, owner)
     return task.evolve(lease_expires_at=_lease_end(now, lease_seconds), updated_at=now)
+
+
+def hand_off(
+    task: FailedTask, *, now: datetime, owner: str, token: str, wait_seconds: float
+) -> FailedTask:
+    """The attempt ``owner`` holds was sent to an engine: it stays running, its lease
+    passed to ``token`` for ``wait_seconds``, until the engine reports how it ended
+    (:func:`finish` with ``owner=token``) or the lease runs out (a lost attempt)."""
+    _check_owner(task, owner)
+    return task.evolve(
+        lease_owner=token, lease_expires_at=_lease_end(now, wait_seconds), updated_at=now
+    )
 
 
 def finish(

@@ -420,7 +420,7 @@ class ReplayItem(BaseModel):
 
     task_id: str
     outcome: str = Field(
-        description="'replayed', 'would_replay', 'succeeded', 'failed' or 'skipped'"
+        description="'replayed', 'would_replay', 'succeeded', 'failed', 'dispatched' or 'skipped'"
     )
     detail: str = ""
 

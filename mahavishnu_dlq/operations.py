@@ -30,6 +30,7 @@ from mahavishnu_dlq.errors import (
 )
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.models import (
+    AttemptOutcome,
     DeadLetterStatus,
     ErrorCategory,
     FailedTask,
@@ -230,7 +231,7 @@ class Operations:
                 "error": "not retryable",
                 "message": f"task {task_id} is {current.status.value}; there is nothing to retry",
             }
-        if dlq.handler_for(current.workflow) is None:
+        if not dlq.can_retry(current):
             return {
                 "success": False,
                 "task_id": task_id,
@@ -262,6 +263,14 @@ class Operations:
                 "task_id": task_id,
                 "result": outcome.result,
                 "message": f"task {task_id} succeeded on retry {claimed.retry_count}",
+            }
+        if outcome.outcome is AttemptOutcome.RUNNING and outcome.record is not None:
+            return {  # an engine handler sent it: its worker reports the outcome
+                "success": False,
+                "task_id": task_id,
+                "dispatched": outcome.record.lease_owner,
+                "message": f"retry {claimed.retry_count} of task {task_id} was sent as "
+                f"{outcome.record.lease_owner}; its engine reports the outcome",
             }
         return {
             "success": False,
@@ -382,7 +391,13 @@ class Operations:
                 return ReplayItem(task_id=task.task_id, outcome="would_replay")
             if run:
                 result = await self.retry_task(task.task_id)
-                outcome = "succeeded" if result["success"] else "failed"
+                outcome = (
+                    "succeeded"
+                    if result["success"]
+                    else "dispatched"
+                    if result.get("dispatched")
+                    else "failed"
+                )
                 return ReplayItem(
                     task_id=task.task_id, outcome=outcome, detail=str(result.get("error") or "")
                 )

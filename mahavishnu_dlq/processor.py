@@ -107,7 +107,7 @@ class RetryProcessor:
         def claim(current: FailedTask | None) -> FailedTask:
             if current is None:
                 raise TaskBusyError("?", reason="gone")
-            if self.dlq.handler_for(current.workflow) is None:
+            if not self.dlq.can_retry(current):
                 raise TaskBusyError(
                     current.task_id, reason=f"no handler here for workflow {current.workflow!r}"
                 )

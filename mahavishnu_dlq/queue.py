@@ -32,6 +32,7 @@ from mahavishnu_dlq.clock import Clock, SystemClock
 from mahavishnu_dlq.downstream.breaker import BreakerBook
 from mahavishnu_dlq.downstream.rates import RateBook
 from mahavishnu_dlq.downstream.shared import BreakerMethods, Downstream
+from mahavishnu_dlq.engines import EngineHandler, EngineMethods
 from mahavishnu_dlq.errors import ConfigurationError, DLQError
 from mahavishnu_dlq.hooks import ExhaustedHook, Hooks, JobFinishedHook
 from mahavishnu_dlq.insights import InsightMethods
@@ -86,11 +87,12 @@ _LIFETIME_KEYS = (
     "archived",
     "purged",
     "deferred",
+    "dispatched",
     "lost",
 )
 
 
-class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMethods):
+class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMethods, EngineMethods):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
@@ -174,6 +176,8 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         self.downstream = Downstream(self)
         self.handlers: dict[str, Handler] = {}
         self.default_callback: Handler | None = None
+        #: retry handlers of engines' records (:mod:`mahavishnu_dlq.engines`)
+        self.engines: dict[str, EngineHandler] = {}
         self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
         self.processor: RetryProcessor | None = None
         self._task_group: TaskGroup | None = None
@@ -245,7 +249,11 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         await self.connect()
         wants = self.settings is not None and self.settings.enabled
         wants = wants and self.settings is not None and self.settings.retry_processor_enabled
-        if wants and (self.handlers or self.default_callback) and not self.is_processor_running:
+        if (
+            wants
+            and (self.handlers or self.default_callback or self.engines)
+            and not self.is_processor_running
+        ):
             await self.start_retry_processor(check_interval_seconds=self.retry_interval_seconds)
 
     async def stop(self) -> None:

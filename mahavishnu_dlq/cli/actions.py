@@ -142,13 +142,19 @@ def retry(
         emit_json(result)
     else:
         console = Console()
-        mark, style = ("✓", "green") if result["success"] else ("✗", "red")
+        mark, style = (
+            ("✓", "green")
+            if result["success"]
+            else ("→", "yellow")
+            if result.get("dispatched")
+            else ("✗", "red")
+        )
         console.print(Text(escape_line(f"{mark} {result['message']}"), style=style))
         if not result["success"] and result.get("error"):
             console.print(Text(escape_line(f"  error: {result['error']}")))
         if task is not None and task.next_retry_at is not None:
             console.print(Text(f"  next automatic retry: {when(task.next_retry_at)}"))
-    if not result["success"]:
+    if not result["success"] and not result.get("dispatched"):
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -147,7 +147,7 @@ class DeadLetterQueue:
         record = await native.get_task(task_id)
         if record is None or record.status in _GONE:
             raise TaskNotFoundError(task_id)
-        if native.handler_for(record.workflow) is None:
+        if not native.can_retry(record):
             raise RuntimeError("No retry callback configured. Use start_retry_processor() first.")
         return await native.retry_task(task_id)
 

@@ -504,7 +504,7 @@ class JobRunner:
         owner = f"{self.worker_id}/job"
 
         async def retry_one(task: FailedTask) -> None:
-            if dlq.handler_for(task.workflow) is None:
+            if not dlq.can_retry(task):
                 tally.skip(task.task_id, f"no handler here for workflow {task.workflow!r}")
                 return
             await dlq.downstream.limiter.acquire(task.workflow)  # the workflow's rate limit

@@ -68,7 +68,14 @@ async def retry_one(dlq: DeadLetterQueue, who: Principal, task_id: str) -> dict[
     except DLQError as exc:
         audit(who, "retry", type(exc).__name__, task_id=task_id)
         raise
-    audit(who, "retry", "succeeded" if result.get("success") else "failed", task_id=task_id)
+    outcome = (
+        "succeeded"
+        if result.get("success")
+        else "dispatched"
+        if result.get("dispatched")
+        else "failed"
+    )
+    audit(who, "retry", outcome, task_id=task_id)
     return result
 
 

@@ -279,6 +279,8 @@ KIND_VERBS = {
 _FLASHES = {
     "signed-in": "Signed in.",
     "retry-succeeded": "Retried: the handler succeeded; the task is completed.",
+    "retry-dispatched": "Sent to its engine: the task stays retrying until its worker "
+    "reports how the retry ended.",
     "retry-failed": "Retried: the handler failed again; see the attempts below.",
     "retry-refused": "Not retried: the task is finished (completed or archived).",
     "retry-no-handler": "Not retried: this process has no handler for the task's workflow "

@@ -168,6 +168,8 @@ async def act_on_task(request: Request, who: Operator, dlq: Queue) -> Response:
         result = await actions.retry_one(dlq, who, task_id)
         if result.get("success"):
             code = "retry-succeeded"
+        elif result.get("dispatched"):
+            code = "retry-dispatched"
         elif result.get("error") == "not retryable":
             code = "retry-refused"
         elif result.get("error") == "no handler":
