@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mahavishnu_dlq.models import DeadLetterStatus
+from mahavishnu_dlq import Dispatched
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.storage import build as build_module
 from mahavishnu_dlq.storage.memory import MemoryStore
@@ -86,6 +87,23 @@ def test_retry_failure_counts_and_is_exit_1(
     assert data["status"] == "pending"
     assert isinstance(data["next_retry_at"], str)
     assert record(dlq, "t-1").retry_count == 2
+
+
+def test_retry_of_an_engine_record_says_where_it_was_sent(cli: Cli, dlq: DeadLetterQueue) -> None:
+    def send(task: FailedTask) -> None:
+        raise Dispatched(f"celery:{task.task_id}:{task.retry_count}", 600)
+
+    dlq.register_engine("celery", send)
+    enqueue(dlq, "t-1", workflow="proj.add", metadata={"engine": "celery"})
+    ran = cli(*APP, "retry", "t-1")
+    assert ran.code == 0, ran.err
+    assert "→ retry 1 of task t-1 was sent as celery:t-1:1; its engine reports" in ran.out
+    task = record(dlq, "t-1")
+    assert task.status is DeadLetterStatus.RETRYING
+    assert task.lease_owner == "celery:t-1:1"
+    data = cli(*APP, "retry", "t-1", "--json")
+    assert data.code == 1  # held by the dispatch: busy until the engine reports
+    assert "celery:t-1:1" in data.err
 
 
 def test_retry_without_app_is_exit_2(cli: Cli, dlq: DeadLetterQueue) -> None:
