@@ -316,6 +316,11 @@ async def _run_attempt(  # noqa: PLR0912 - one branch per way a handler can end
     slot: Slot | None,
 ) -> AttemptResult:
     handler, args = _handler_call(dlq, task)
+    if handler is not None and args[0] is task:  # an engine's: hand the attempt over first
+        handed = await _hand_off(dlq, task, owner)
+        if handed is None:
+            return AttemptResult(task.task_id, AttemptOutcome.LOST, DeadLetterStatus.RETRYING)
+        task, owner, args = handed, handed.lease_owner or owner, (handed,)
     limit = dlq.attempt_timeout_seconds if timeout is None else timeout
     result: Any = None
     outcome: dict[str, Any]
@@ -333,10 +338,12 @@ async def _run_attempt(  # noqa: PLR0912 - one branch per way a handler can end
         outcome = _timeout(limit) if timed_out else {"outcome": AttemptOutcome.SUCCESS}
     except RetryAfter as signal:
         outcome = {"outcome": AttemptOutcome.DEFERRED, "defer_seconds": signal.seconds}
-    except Dispatched as signal:  # sent to its engine: the outcome is reported later
-        from mahavishnu_dlq.engines import hand_off  # noqa: PLC0415 - engines import this
+    except Dispatched as signal:
+        if args[0] is task:  # sent by its engine's handler: the worker reports the outcome
+            from mahavishnu_dlq.engines import dispatched  # noqa: PLC0415 - engines import this
 
-        return await hand_off(dlq, task, owner, signal)
+            return dispatched(dlq, task, signal)
+        outcome = _failure(dlq, TypeError(f"{signal!r} raised by a handler that is no engine's"))
     except anyio.get_cancelled_exc_class() as exc:
         if not _cancelled():  # the handler raised it itself: a failure like any other
             outcome = _failure(dlq, exc)
@@ -386,6 +393,12 @@ def _handler_call(
     if handler is None:
         handler = dlq.default_callback
     return handler, (dict(task.task), list(task.repos))
+
+
+async def _hand_off(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> FailedTask | None:
+    from mahavishnu_dlq.engines import hand_off  # noqa: PLC0415 - engines import this module
+
+    return await hand_off(dlq, task, owner)
 
 
 def _category(dlq: DeadLetterQueue, exc: BaseException) -> ErrorCategory | None:

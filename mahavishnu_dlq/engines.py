@@ -8,14 +8,19 @@ an *engine handler* with :meth:`EngineMethods.register_engine`: it is called wit
 the whole :class:`~mahavishnu_dlq.models.FailedTask` (routing, ids, args) for
 every record of its engine whose workflow has no handler of its own.
 
-An engine handler either returns (the retry succeeded here), raises (a failed
-attempt, as for any handler), or raises :class:`~mahavishnu_dlq.errors.Dispatched`
-once it has sent the work: the attempt then stays running, its lease passed to the
-dispatch token, and the engine's worker reports the outcome with
-:meth:`EngineMethods.report_outcome` — success completes the task, a failure
-counts as the attempt. A report is a compare-and-set on that token, so a late one
-(after the wait ran out and the task was retried again) changes nothing, and an
-engine that never reports costs one lost attempt when the wait is over.
+Before an engine handler runs, the attempt the processor claimed is passed to its
+*dispatch token* (``<engine>:<task id>:<attempt>``, the record's ``lease_owner`` as
+the handler gets it) for the engine's ``wait_seconds``. The handler then either
+returns (the retry succeeded here), raises (a failed attempt, as for any handler),
+or puts the token in what it sends and raises
+:class:`~mahavishnu_dlq.errors.Dispatched`: the attempt stays running, and the
+engine's worker reports the outcome with :meth:`EngineMethods.report_outcome` —
+success completes the task, a failure counts as the attempt. Passing the lease
+*before* sending means a worker that runs and reports before the handler has even
+returned finds the attempt held under its token. A report is a compare-and-set on
+that token, so a late one (after the wait ran out and the task was sent again)
+changes nothing, and an engine that never reports costs one lost attempt when the
+wait is over.
 """
 
 from __future__ import annotations
@@ -23,8 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 from mahavishnu_dlq import lifecycle
 from mahavishnu_dlq.attempt import (
@@ -42,9 +45,21 @@ from mahavishnu_dlq.printable import library_logger
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
 
-__all__ = ["ENGINE_KEY", "EngineHandler", "EngineMethods", "hand_off", "record_report"]
+__all__ = [
+    "DEFAULT_WAIT_SECONDS",
+    "ENGINE_KEY",
+    "EngineHandler",
+    "EngineMethods",
+    "dispatch_token",
+    "dispatched",
+    "hand_off",
+    "record_report",
+]
 
 _log = library_logger("mahavishnu_dlq")
+
+#: How long a dispatched attempt waits for its engine's report by default.
+DEFAULT_WAIT_SECONDS = 3600.0
 
 #: The metadata key naming the engine a record came from ("celery", "dramatiq" …).
 ENGINE_KEY = "engine"
@@ -57,16 +72,32 @@ class EngineMethods:
     """The engine methods of :class:`~mahavishnu_dlq.queue.DeadLetterQueue`."""
 
     engines: dict[str, EngineHandler]
+    engine_waits: dict[str, float]
 
     def _queue(self) -> DeadLetterQueue:
         return self  # type: ignore[return-value]  # mixed into DeadLetterQueue only
 
-    def register_engine(self, engine: str, handler: EngineHandler) -> None:
+    def register_engine(
+        self, engine: str, handler: EngineHandler, *, wait_seconds: float = DEFAULT_WAIT_SECONDS
+    ) -> None:
         """Retry the records of ``engine`` (``metadata["engine"]``) with
-        ``handler(record)``, unless their workflow has a handler of its own."""
+        ``handler(record)``, unless their workflow has a handler of its own.
+
+        Before the handler runs, the attempt is held under its dispatch token
+        (``record.lease_owner``, :func:`dispatch_token`) for ``wait_seconds``: the
+        handler puts the token in what it sends and raises
+        :class:`~mahavishnu_dlq.errors.Dispatched`, and the engine's worker reports
+        with :meth:`report_outcome` within that time (else the attempt is lost and
+        the task sent again). A handler may also return (success) or raise (a failed
+        attempt) when it knows the outcome at once."""
         if not isinstance(engine, str) or not engine:
             raise ValueError("an engine handler needs the engine's name")
+        if not callable(handler):
+            raise TypeError(f"an engine handler must be callable, got {type(handler).__name__}")
+        if isinstance(wait_seconds, bool) or not wait_seconds > 0:  # also NaN
+            raise ValueError(f"wait_seconds must be > 0, got {wait_seconds!r}")
         self.engines[engine] = handler
+        self.engine_waits[engine] = float(wait_seconds)
 
     def engine_of(self, task: FailedTask) -> str | None:
         """The engine ``task`` came from (``metadata["engine"]``), or None."""
@@ -96,8 +127,8 @@ class EngineMethods:
     ) -> FailedTask | None:
         """Record how a dispatched retry ended: ``error=None`` is a success (the task
         completes), an exception or text a failed attempt (the policy decides what
-        comes next). ``token`` is the one the handler raised
-        :class:`~mahavishnu_dlq.errors.Dispatched` with. Returns the record as
+        comes next). ``token`` is the one the attempt was held under
+        (``record.lease_owner`` as the engine's handler got it). Returns the record as
         stored, or None when the report came too late or twice (the task is no
         longer held under ``token``): nothing is changed then."""
         dlq = self._queue()
@@ -106,55 +137,65 @@ class EngineMethods:
         return await record_report(dlq, task_id, token, error)
 
 
-async def hand_off(
-    dlq: DeadLetterQueue, task: FailedTask, owner: str, signal: Dispatched
-) -> AttemptResult:
-    """The handler sent the retry to its engine: pass the lease to the dispatch token;
-    the attempt stays running until :func:`record_report` (or the lease runs out)."""
+def dispatch_token(engine: str, task: FailedTask) -> str:
+    """The token an engine's attempt is held under: ``<engine>:<task id>:<attempt>``."""
+    return f"{engine}:{task.task_id}:{task.retry_count}"
+
+
+async def hand_off(dlq: DeadLetterQueue, task: FailedTask, owner: str) -> FailedTask | None:
+    """Before its engine's handler runs, pass the attempt ``owner`` claimed to its
+    dispatch token for the engine's wait: a worker that runs the re-sent work and
+    reports before the handler has even returned finds the attempt already held
+    under the token it carries. None when ``owner``'s lease was lost meanwhile."""
+    engine = dlq.engine_of(task) or ""
+    token = dispatch_token(engine, task)
     now = dlq.clock.now()
 
-    def hand_off(current: FailedTask | None) -> FailedTask:
+    def pass_lease(current: FailedTask | None) -> FailedTask:
         return lifecycle.hand_off(
             require_present(current, task.task_id),
             now=now,
             owner=owner,
-            token=signal.token,
-            wait_seconds=signal.wait_seconds,
+            token=token,
+            wait_seconds=dlq.engine_waits.get(engine, DEFAULT_WAIT_SECONDS),
         )
 
     try:
-        with anyio.CancelScope(shield=True):  # the work is sent: say so even when stopping
-            stored: FailedTask | None = await dlq.traced_store.mutate(task.task_id, hand_off)
+        return await dlq.traced_store.mutate(task.task_id, pass_lease)
     except TaskBusyError as exc:
-        stored = None
         dlq.lifetime["lost"] += 1
         _log.warning(
-            "dlq.retry %s: dispatched as %s, but %s",
+            "dlq.retry %s: not sent to %s: %s",
             task.task_id,
-            signal.token,
+            engine,
             exc,
             extra={"action": "dlq.retry", "task_id": task.task_id, "outcome": "lease_lost"},
         )
-    else:
-        dlq.lifetime["dispatched"] += 1
-        if _log.isEnabledFor(logging.INFO):
-            _log.info(
-                "dlq.retry %s attempt %d: dispatched as %s%s",
-                task.task_id,
-                task.retry_count,
-                signal.token,
-                f" ({signal.reason})" if signal.reason else "",
-                extra={
-                    "action": "dlq.retry",
-                    "task_id": task.task_id,
-                    "workflow": task.workflow,
-                    "attempt": task.retry_count,
-                    "outcome": "dispatched",
-                    "token": signal.token,
-                },
-            )
+        return None
+
+
+def dispatched(dlq: DeadLetterQueue, task: FailedTask, signal: Dispatched) -> AttemptResult:
+    """The engine's handler sent the work (``task`` is held under its token): count
+    and log it; the attempt stays running until :func:`record_report`."""
+    dlq.lifetime["dispatched"] += 1
+    if _log.isEnabledFor(logging.INFO):
+        _log.info(
+            "dlq.retry %s attempt %d: sent as %s%s",
+            task.task_id,
+            task.retry_count,
+            task.lease_owner,
+            f" ({signal.reason})" if signal.reason else "",
+            extra={
+                "action": "dlq.retry",
+                "task_id": task.task_id,
+                "workflow": task.workflow,
+                "attempt": task.retry_count,
+                "outcome": "dispatched",
+                "token": task.lease_owner,
+            },
+        )
     return AttemptResult(
-        task.task_id, AttemptOutcome.RUNNING, DeadLetterStatus.RETRYING, record=stored
+        task.task_id, AttemptOutcome.RUNNING, DeadLetterStatus.RETRYING, record=task
     )
 
 

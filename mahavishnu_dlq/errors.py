@@ -221,18 +221,14 @@ class RetryAfter(Exception):  # noqa: N818 - a signal, not an error; named like 
 
 
 class Dispatched(Exception):  # noqa: N818 - a signal, not an error, like RetryAfter
-    """Raised by a retry handler that sent the work to an engine (a Celery or Dramatiq
-    worker, a Prefect deployment) instead of running it: the attempt stays running,
-    held under ``token`` for up to ``wait_seconds``, until the engine's worker reports
-    how it ended with :meth:`DeadLetterQueue.report_outcome`. A report that never
-    comes is a lost attempt once the wait is over, and the task is retried again."""
+    """Raised by an engine's retry handler (:meth:`DeadLetterQueue.register_engine`)
+    once it has sent the work to the engine (a Celery or Dramatiq worker, a Prefect
+    deployment) instead of running it: the attempt stays running, held under the
+    dispatch token (``record.lease_owner`` as the handler got it), until the engine's
+    worker reports how it ended with :meth:`DeadLetterQueue.report_outcome`. A report
+    that never comes is a lost attempt once the engine's wait is over, and the task is
+    sent again. Raised by any other handler, it is a failed attempt."""
 
-    def __init__(self, token: str, wait_seconds: float, reason: str = "") -> None:
-        if not isinstance(token, str) or not token:
-            raise ValueError("Dispatched needs a non-empty token")
-        if not wait_seconds > 0:  # also NaN
-            raise ValueError(f"Dispatched wait_seconds must be > 0, got {wait_seconds}")
-        self.token = token
-        self.wait_seconds = float(wait_seconds)
+    def __init__(self, reason: str = "") -> None:
         self.reason = reason
-        super().__init__(f"dispatched as {token}" + (f": {reason}" if reason else ""))
+        super().__init__("dispatched" + (f": {reason}" if reason else ""))

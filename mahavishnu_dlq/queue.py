@@ -178,6 +178,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         self.default_callback: Handler | None = None
         #: retry handlers of engines' records (:mod:`mahavishnu_dlq.engines`)
         self.engines: dict[str, EngineHandler] = {}
+        self.engine_waits: dict[str, float] = {}
         self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
         self.processor: RetryProcessor | None = None
         self._task_group: TaskGroup | None = None

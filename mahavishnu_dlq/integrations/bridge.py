@@ -61,7 +61,7 @@ class EngineBridge:
         self._given = dlq
         self._settings = dlq_settings if dlq_settings is not None else _settings_of(dlq)
         self._dlq: DeadLetterQueue | None = dlq
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # blocking() may build the host queue (dlq) under it
         self._pid = os.getpid()
         self._blocking: BlockingDLQ | None = None
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)

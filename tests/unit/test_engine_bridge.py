@@ -81,20 +81,20 @@ def test_report_completes_a_dispatched_attempt(bridge: EngineBridge) -> None:
     dlq = bridge.blocking().dlq
 
     def send(record: FailedTask) -> None:
-        raise Dispatched(f"fake:{record.task_id}", 60)
+        raise Dispatched
 
     dlq.register_engine("fake", send)
     bridge.capture("m-5", {}, ConnectionError("x"), workflow="w")
     reply = bridge.blocking().retry_task("m-5")
-    assert reply["dispatched"] == "fake:m-5"
-    done = bridge.report("m-5", "fake:m-5")
+    assert reply["dispatched"] == "fake:m-5:1"
+    done = bridge.report("m-5", "fake:m-5:1")
     assert done is not None
     assert done.status is DeadLetterStatus.COMPLETED
-    assert bridge.report("m-5", "fake:m-5") is None  # repeated: ignored
+    assert bridge.report("m-5", "fake:m-5:1") is None  # repeated: ignored
     assert bridge.counters["reported"] == 1
     assert bridge.counters["report_ignored"] == 1
     not_an_id: Any = 5
-    assert bridge.report(not_an_id, "fake:m-5") is None  # bad input: counted, not raised
+    assert bridge.report(not_an_id, "fake:m-5:1") is None  # bad input: counted, not raised
     assert bridge.counters["report_failed"] == 1
 
 

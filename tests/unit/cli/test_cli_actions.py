@@ -91,7 +91,7 @@ def test_retry_failure_counts_and_is_exit_1(
 
 def test_retry_of_an_engine_record_says_where_it_was_sent(cli: Cli, dlq: DeadLetterQueue) -> None:
     def send(task: FailedTask) -> None:
-        raise Dispatched(f"celery:{task.task_id}:{task.retry_count}", 600)
+        raise Dispatched("sent to its queue")
 
     dlq.register_engine("celery", send)
     enqueue(dlq, "t-1", workflow="proj.add", metadata={"engine": "celery"})

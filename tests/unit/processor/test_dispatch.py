@@ -28,7 +28,8 @@ class Engine:
 
     def __call__(self, record: FailedTask) -> None:
         self.sent.append(record)
-        raise Dispatched(f"fake:{record.task_id}:{record.retry_count}", self.wait_seconds)
+        assert record.lease_owner == f"fake:{record.task_id}:{record.retry_count}"
+        raise Dispatched("sent to the fake engine")
 
 
 async def _enqueue(dlq: DeadLetterQueue, task_id: str, *, max_retries: int = 3) -> FailedTask:
@@ -47,7 +48,7 @@ async def test_engine_handler_gets_the_record_and_the_attempt_stays_running(
     dlq: DeadLetterQueue,
 ) -> None:
     engine = Engine()
-    dlq.register_engine("fake", engine)
+    dlq.register_engine("fake", engine, wait_seconds=engine.wait_seconds)
     await _enqueue(dlq, "t1")
     processor = RetryProcessor(dlq)
     assert await processor.run_once() == 1
@@ -78,7 +79,7 @@ async def test_success_report_completes(dlq: DeadLetterQueue) -> None:
 
 async def test_failure_report_counts_as_an_attempt_and_reschedules(dlq: DeadLetterQueue) -> None:
     engine = Engine()
-    dlq.register_engine("fake", engine)
+    dlq.register_engine("fake", engine, wait_seconds=engine.wait_seconds)
     await _enqueue(dlq, "t1", max_retries=2)
     processor = RetryProcessor(dlq)
     await processor.run_once()
@@ -100,7 +101,7 @@ async def test_failure_report_counts_as_an_attempt_and_reschedules(dlq: DeadLett
 
 async def test_a_report_that_never_comes_costs_one_lost_attempt(dlq: DeadLetterQueue) -> None:
     engine = Engine(wait_seconds=30)
-    dlq.register_engine("fake", engine)
+    dlq.register_engine("fake", engine, wait_seconds=engine.wait_seconds)
     await _enqueue(dlq, "t1")
     processor = RetryProcessor(dlq)
     await processor.run_once()
@@ -117,7 +118,7 @@ async def test_a_report_that_never_comes_costs_one_lost_attempt(dlq: DeadLetterQ
 async def test_workflow_handler_wins_over_the_engine(dlq: DeadLetterQueue) -> None:
     engine = Engine()
     calls: list[dict[str, Any]] = []
-    dlq.register_engine("fake", engine)
+    dlq.register_engine("fake", engine, wait_seconds=engine.wait_seconds)
     dlq.register_handler("proj.add", lambda task, repos: calls.append(task))
     await _enqueue(dlq, "t1")
     await RetryProcessor(dlq).run_once()
@@ -136,7 +137,7 @@ async def test_records_of_an_unknown_engine_wait_for_a_handler(dlq: DeadLetterQu
 
 async def test_manual_retry_of_an_engine_record_dispatches(dlq: DeadLetterQueue) -> None:
     engine = Engine()
-    dlq.register_engine("fake", engine)
+    dlq.register_engine("fake", engine, wait_seconds=engine.wait_seconds)
     await _enqueue(dlq, "t1")
     reply = await dlq.retry_task("t1")
     assert reply["success"] is False
@@ -144,10 +145,67 @@ async def test_manual_retry_of_an_engine_record_dispatches(dlq: DeadLetterQueue)
     assert (await stored(dlq, "t1")).lease_owner == "fake:t1:1"
 
 
-def test_dispatched_checks_its_arguments() -> None:
-    with pytest.raises(ValueError, match="token"):
-        Dispatched("", 1)
-    with pytest.raises(ValueError, match="wait_seconds"):
-        Dispatched("x", 0)
-    with pytest.raises(ValueError, match="wait_seconds"):
-        Dispatched("x", float("nan"))
+async def test_a_report_before_the_handler_returns_is_taken(dlq: DeadLetterQueue) -> None:
+    """The attempt is held under its token before the handler sends anything, so a
+    worker that runs and reports at once (before ``Dispatched`` is even raised) counts."""
+    early: list[FailedTask | None] = []
+
+    async def send_and_run_at_once(record: FailedTask) -> None:
+        assert record.lease_owner is not None
+        early.append(await dlq.report_outcome(record.task_id, record.lease_owner))
+        raise Dispatched
+
+    dlq.register_engine("fake", send_and_run_at_once)
+    await _enqueue(dlq, "t1")
+    assert await RetryProcessor(dlq).run_once() == 1
+    assert [r.status if r else None for r in early] == [COMPLETED]
+    done = await stored(dlq, "t1")
+    assert done.status is COMPLETED
+    assert [a.outcome for a in done.attempts] == [AttemptOutcome.SUCCESS]
+
+
+async def test_an_engine_handler_may_end_the_attempt_itself(dlq: DeadLetterQueue) -> None:
+    outcomes = iter([ConnectionError("send refused"), None])
+
+    def send(record: FailedTask) -> str:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+        return "ran in-process"
+
+    dlq.register_engine("fake", send)
+    await _enqueue(dlq, "t1")
+    processor = RetryProcessor(dlq)
+    await processor.run_once()
+    failed = await stored(dlq, "t1")
+    assert failed.status is PENDING
+    assert failed.lease_owner is None
+    assert failed.last_error == "send refused"
+    dlq_clock(dlq).advance(60)
+    await processor.run_once()
+    assert (await stored(dlq, "t1")).status is COMPLETED
+
+
+async def test_dispatched_from_a_workflow_handler_is_a_failed_attempt(
+    dlq: DeadLetterQueue,
+) -> None:
+    def not_an_engine(task: dict[str, Any], repos: list[str]) -> None:
+        raise Dispatched
+
+    dlq.register_handler("proj.add", not_an_engine)
+    await _enqueue(dlq, "t1")
+    await RetryProcessor(dlq).run_once()
+    task = await stored(dlq, "t1")
+    assert task.status is PENDING
+    assert task.last_error_type == "TypeError"
+    assert "no engine's" in (task.last_error or "")
+
+
+def test_register_engine_checks_its_arguments(dlq: DeadLetterQueue) -> None:
+    with pytest.raises(ValueError, match="engine's name"):
+        dlq.register_engine("", Engine())
+    with pytest.raises(TypeError, match="callable"):
+        dlq.register_engine("fake", "send")  # type: ignore[arg-type]
+    for wait in (0, -1, float("nan"), True):
+        with pytest.raises(ValueError, match="wait_seconds"):
+            dlq.register_engine("fake", Engine(), wait_seconds=wait)
