@@ -15,13 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery import Celery
@@ -52,6 +50,7 @@ from .celery_app import (
     patient,
     unreachable,
 )
+from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0  # seconds: a bound, not a pause; every wait ends when its condition holds
@@ -95,18 +94,6 @@ def celery_worker(
             process.wait()
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Poll ``check()`` until it returns something truthy (an external worker)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
 @dataclass
 class Setup:
     """The worker, and this process's queue on the same SQLite file."""
@@ -124,7 +111,7 @@ class Setup:
                 return record
             return None
 
-        found: FailedTask = wait_for(f"{task_id} in {statuses or 'the store'}", ready)
+        found: FailedTask = wait_until(f"{task_id} in {statuses or 'the store'}", ready)
         return found
 
     def run_processor(self) -> int:
@@ -267,10 +254,12 @@ def test_idempotent_by_task_id_and_classified_from_the_real_exception(setup: Set
     second = invalid.apply_async(({"id": 18},), task_id="order-17")
     with pytest.raises(ValueError, match="quantity"):
         second.get(timeout=WAIT)
-    updated = wait_for(
-        "the second failure",
-        lambda: (t := setup.dlq.get_task("order-17")) and "18" in (t.last_error or "") and t,
-    )
+
+    def second_failure() -> FailedTask | None:
+        stored = setup.dlq.get_task("order-17")
+        return stored if stored is not None and "18" in (stored.last_error or "") else None
+
+    updated = wait_until("the second failure", second_failure)
     assert updated.created_at == record.created_at  # the same record, updated
     assert updated.task == {"args": [{"id": 18}], "kwargs": {}}
     assert len(setup.dlq.list_tasks(workflow=record.workflow)) == 1
@@ -287,7 +276,7 @@ def test_a_capture_that_fails_never_breaks_the_worker(setup: Setup) -> None:
     assert AsyncResult(result.id, app=celery_app.app).state == "FAILURE"
     assert setup.dlq.get_task(result.id) is None
     assert double.delay(4).get(timeout=WAIT) == 8  # the worker goes on
-    line = wait_for("the log line", lambda: _log_line(setup.log, result.id))
+    line = wait_until("the log line", lambda: _log_line(setup.log, result.id))
     assert "InvalidPayloadError" in line
 
 

@@ -14,9 +14,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -35,9 +34,9 @@ from mahavishnu_dlq.integrations.dramatiq import OPTION, DeadLetterMiddleware
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, ErrorCategory, FailedTask
 from mahavishnu_dlq.processor import RetryProcessor
 
+from .waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
-#: Long enough for a loaded CI machine; the waits end as soon as the condition holds.
-DEADLINE_SECONDS = 30.0
 #: Per-workflow policies the worker and this process both load from the environment.
 POLICIES = {
     "flaky": {"policy": "immediate", "max_retries": 2},
@@ -45,18 +44,6 @@ POLICIES = {
 }
 
 T = TypeVar("T")
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = DEADLINE_SECONDS) -> T:
-    """Poll ``probe`` (an external worker's effect) until it returns something, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found is not None and found is not False:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager

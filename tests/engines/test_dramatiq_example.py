@@ -16,7 +16,8 @@ from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.queue import DeadLetterQueue
 from mahavishnu_dlq.settings import DLQSettings
 
-from .test_dramatiq import ROOT, dramatiq_worker, wait_until
+from .test_dramatiq import ROOT, dramatiq_worker
+from .waiting import wait_until
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
