@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,7 +100,7 @@ def test_report_completes_a_dispatched_attempt(bridge: EngineBridge) -> None:
 
 
 def test_settings_give_each_process_its_own_capturing_queue(
-    tmp_path: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     settings = DLQSettings.load(store="sqlite", sqlite={"path": f"{tmp_path}/dlq.db"})
     host = DeadLetterQueue.from_settings(settings)
@@ -112,5 +113,24 @@ def test_settings_give_each_process_its_own_capturing_queue(
         assert capturing.settings is not None
         assert capturing.settings.retry_processor_enabled is False
         assert bridge.blocking().get_task("m-6") is not None
+    finally:
+        bridge.close()
+
+
+def test_a_worker_keeps_capturing_while_opensearch_is_down(tmp_path: Path) -> None:
+    """``store: failover``: with OpenSearch unreachable, an engine's failures go to the
+    durable local journal (and re-sync later), not to the floor."""
+    settings = DLQSettings.load(
+        store="failover",
+        opensearch={"hosts": ["http://127.0.0.1:9"], "timeout_seconds": 0.5},
+        failover={"fallback": "sqlite", "path": str(tmp_path), "store_timeout_seconds": 0.5},
+    )
+    bridge = EngineBridge("fake", DeadLetterQueue.from_settings(settings))
+    try:
+        stored = bridge.capture("m-7", {"args": [7]}, ConnectionError("x"), workflow="w")
+        assert stored is not None
+        assert bridge.counters == {**bridge.counters, "captured": 1, "capture_failed": 0}
+        assert bridge.blocking().get_task("m-7") is not None  # read back from the journal
+        assert list(tmp_path.iterdir())  # the journal file
     finally:
         bridge.close()
