@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .waiting import stop
+
 #: Point the engine tests at a running Redis instead of starting one.
 REDIS_URL_VAR = "MAHAVISHNU_DLQ_TEST_REDIS_URL"
 #: The redis-server binary (default: the one on PATH, from Debian's package).
@@ -61,12 +63,7 @@ def redis_server(workdir: Path, *, start_timeout: float = 20.0) -> Iterator[str]
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 def _tail(log: Path) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -50,7 +49,7 @@ from .celery_app import (
     patient,
     unreachable,
 )
-from .waiting import wait_until
+from .waiting import stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0  # seconds: a bound, not a pause; every wait ends when its condition holds
@@ -86,12 +85,7 @@ def celery_worker(
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)  # warm shutdown: the child ends first
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)  # a warm shutdown: the child ends first
 
 
 @dataclass

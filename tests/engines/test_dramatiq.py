@@ -34,7 +34,7 @@ from mahavishnu_dlq.integrations.dramatiq import OPTION, DeadLetterMiddleware
 from mahavishnu_dlq.models import AttemptOutcome, DeadLetterStatus, ErrorCategory, FailedTask
 from mahavishnu_dlq.processor import RetryProcessor
 
-from .waiting import wait_until
+from .waiting import stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Per-workflow policies the worker and this process both load from the environment.
@@ -61,12 +61,7 @@ def dramatiq_worker(module: str, env: Mapping[str, str], log: Path) -> Iterator[
     try:
         yield
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
 
 
 def worker_env(redis_url: str, namespace: str, db: Path) -> dict[str, str]:

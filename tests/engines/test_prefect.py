@@ -54,7 +54,7 @@ from mahavishnu_dlq.processor import RetryProcessor
 from mahavishnu_dlq.settings import DLQSettings
 
 from . import prefect_flows as flows
-from .waiting import wait_until
+from .waiting import stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -399,12 +399,7 @@ def runner(prefect_api: str, dlq_settings: DLQSettings, tmp_path: Path) -> Itera
         wait_until("the deployment", deployed)
         yield name
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck runner
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)
         log.close()
 
 
