@@ -157,16 +157,7 @@ class EngineBridge:
                 )
             stored = blocking.portal.call(blocking.dlq.enqueue_record, record)
         except Exception as exc:  # noqa: BLE001 - never break the host's worker
-            self.counters["capture_failed"] += 1
-            _log.error(  # one line: the host's worker goes on
-                "dlq.%s.capture %s (%s) not stored: %s: %s",
-                self.engine,
-                task_id,
-                workflow,
-                type(exc).__name__,
-                exc,
-                extra={"action": f"dlq.{self.engine}.capture", "task_id": task_id},
-            )
+            self._failed("capture", task_id, f"({workflow}) not stored", exc)
             return None
         self.counters["captured"] += 1
         return stored
@@ -180,19 +171,24 @@ class EngineBridge:
             blocking = self.blocking()
             stored = blocking.report_outcome(task_id, token, error=error)
         except Exception as exc:  # noqa: BLE001 - never break the host's worker
-            self.counters["report_failed"] += 1
-            _log.error(  # one line: the host's worker goes on
-                "dlq.%s.report %s (%s) not recorded: %s: %s",
-                self.engine,
-                task_id,
-                token,
-                type(exc).__name__,
-                exc,
-                extra={"action": f"dlq.{self.engine}.report", "task_id": task_id},
-            )
+            self._failed("report", task_id, f"({token}) not recorded", exc)
             return None
         self.counters["reported" if stored is not None else "report_ignored"] += 1
         return stored
+
+    def _failed(self, what: str, task_id: object, detail: str, exc: Exception) -> None:
+        """Count and log (one line) a capture or report that failed; the worker goes on."""
+        self.counters[f"{what}_failed"] += 1
+        _log.error(
+            "dlq.%s.%s %s %s: %s: %s",
+            self.engine,
+            what,
+            task_id,
+            detail,
+            type(exc).__name__,
+            exc,
+            extra={"action": f"dlq.{self.engine}.{what}", "task_id": task_id},
+        )
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
