@@ -280,7 +280,8 @@ async def get_task(task_id: TaskIdPath, request: Request, dlq: Queue, _: Viewer)
 async def retry_task(
     task_id: TaskIdPath, request: Request, dlq: Queue, who: Operator
 ) -> dict[str, Any]:
-    """`{success, task_id, result | error, message}`; 404 unknown, 409 busy elsewhere."""
+    """`{success, task_id, result | error | dispatched, message}` (`dispatched`: the token
+    a task sent to its engine is held under); 404 unknown, 409 busy elsewhere."""
     task_id = task_id_of(request, "/api/v1/tasks/", "/retry")
     return await actions.retry_one(dlq, who, task_id)
 

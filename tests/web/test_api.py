@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from mahavishnu_dlq import DeadLetterQueue, RetryProcessor
+from mahavishnu_dlq import DeadLetterQueue, Dispatched, RetryProcessor
 from mahavishnu_dlq.errors import StoreUnavailableError
-from mahavishnu_dlq.models import DeadLetterStatus, TaskFilter
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskFilter
 from mahavishnu_dlq.storage.base import StoreStatistics
 from mahavishnu_dlq.storage.memory import MemoryStore
 from mahavishnu_dlq.testing import FakeClock
@@ -210,6 +210,30 @@ async def test_a_failing_retry_is_reported_not_raised(
     assert answer.status_code == 200
     assert answer.json()["success"] is False
     assert "still down" in answer.json()["error"]
+
+
+async def test_a_retry_sent_to_an_engine_says_so(
+    operator: httpx.AsyncClient, dlq: DeadLetterQueue
+) -> None:
+    sent: list[str | None] = []
+
+    def send(record: FailedTask) -> None:
+        sent.append(record.lease_owner)
+        raise Dispatched("queued")
+
+    dlq.register_engine("celery", send)
+    await dlq.enqueue(
+        "c-1", {"args": []}, error=ConnectionError("x"), metadata={"engine": "celery"}
+    )
+    answer = await operator.post(url("c-1", "/retry"))
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["success"] is False
+    assert body["dispatched"] == "celery:c-1:1"
+    assert "its engine reports the outcome" in body["message"]
+    assert sent == ["celery:c-1:1"]
+    again = await operator.post(url("c-1", "/retry"))
+    assert again.status_code == 409  # held under the token until the engine reports
 
 
 async def test_a_task_being_retried_elsewhere_is_409(

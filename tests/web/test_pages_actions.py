@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from mahavishnu_dlq import DeadLetterQueue
+from mahavishnu_dlq import DeadLetterQueue, Dispatched
 from mahavishnu_dlq.jobs.model import JobState
-from mahavishnu_dlq.models import DeadLetterStatus
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.web.ids import task_url
 
 from .conftest import OPERATOR_TOKEN, VIEWER_TOKEN
@@ -156,6 +156,10 @@ async def test_one_task_is_retried_after_a_confirmation(app: FastAPI, dlq: DeadL
     assert not shown.find_all(data_action="retry-link")  # completed: nothing to retry
 
 
+def _send_to_celery(record: FailedTask) -> None:
+    raise Dispatched("queued")
+
+
 async def test_retry_outcomes_are_told_apart(app: FastAPI, dlq: DeadLetterQueue) -> None:
     async def fail(task: dict[str, Any], repos: list[str]) -> None:
         raise ConnectionError("still down")
@@ -178,6 +182,12 @@ async def test_retry_outcomes_are_told_apart(app: FastAPI, dlq: DeadLetterQueue)
         assert ghost.status_code == 404
         flash = Page((await browser.get("/tasks/task-000?done=retry-failed")).text)
         assert "failed again" in flash.one(data_flash=None).text
+        dlq.register_engine("celery", _send_to_celery)
+        await dlq.enqueue("c-1", {}, error=failure(), metadata={"engine": "celery"})
+        sent = await post_form(browser, "/tasks/c-1", {"csrf": csrf, "action": "retry"})
+        assert sent.headers["location"].endswith("?done=retry-dispatched")
+        told = Page((await browser.get("/tasks/c-1?done=retry-dispatched")).text)
+        assert "Sent to its engine" in told.one(data_flash=None).text
         invented = Page((await browser.get("/tasks/task-000?done=<b>hacked</b>")).text)
         assert not invented.find_all(data_flash=None)  # only known codes show a message
 
