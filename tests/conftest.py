@@ -25,6 +25,20 @@ SECURED_NODE_VAR = "MAHAVISHNU_DLQ_TEST_SECURED_NODE"
 _NODE_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "opensearch_node.py"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The engine integrations' tests run last, Prefect's the very last. Prefect keeps
+    its global event-loop threads running for the rest of the process once a flow has
+    run (retrying its API calls with random jitter, finalising its leaked sockets), and
+    other tests must not share the process with them: hypothesis, for one, refuses a
+    ``random`` module whose state changes while it draws."""
+
+    def late(item: pytest.Item) -> tuple[bool, bool]:
+        path = item.nodeid.replace("\\", "/")
+        return "tests/engines/" in path, "test_prefect" in path
+
+    items.sort(key=late)  # stable: every other test keeps its order
+
+
 @pytest.fixture(autouse=True)
 def _own_state_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
