@@ -181,7 +181,11 @@ async def test_a_queue_started_while_the_node_is_down_syncs_when_it_appears(
         changes, seconds = store.last_resync or (0, 0.0)
     finally:
         await dlq.stop()
-    assert changes == count
+    # nothing left to re-sync, and every task is on the node (below). On a loaded
+    # machine a bulk against the node that has just started may time out: that pass
+    # stops, and the next probe's pass takes the rest (last_resync is that pass)
+    assert store.pending_resync == 0
+    assert 0 < changes <= count
     chaos_timing(f"re-sync of {changes} changes ({changes / seconds:.0f}/s)", seconds)
     assert {t.task_id for t in await everything(reader)} == {f"early-{n}" for n in range(count)}
 
