@@ -41,6 +41,7 @@ from typing import Any
 import anyio
 from opensearchpy import AsyncOpenSearch, NotFoundError
 
+from mahavishnu_dlq import __version__
 from mahavishnu_dlq.models import (
     Attempt,
     AttemptOutcome,
@@ -230,7 +231,7 @@ def chunk_body(start: int, stop: int, now: datetime) -> str:
                     "host": f"app-{rng.randrange(12)}",
                     "pid": rng.randrange(1000, 60000),
                     "python": "3.11.7",
-                    "mahavishnu_dlq": "0.1.0",
+                    "mahavishnu_dlq": __version__,
                     "uptime_seconds": round(rng.uniform(1, 900_000), 3),
                 },
                 "tenant": f"t-{w % 5}",

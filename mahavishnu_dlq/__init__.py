@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mahavishnu_dlq._version import __version__
     from mahavishnu_dlq.alerts import Alert, AlertRule
     from mahavishnu_dlq.blocking import BlockingDLQ
     from mahavishnu_dlq.capture import Failure
@@ -67,8 +68,6 @@ if TYPE_CHECKING:
         SQLiteStore,
         Store,
     )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Alert",
@@ -179,6 +178,7 @@ _MODULE_OF: dict[str, str] = {
     "PolicyBook": "policy",
     "PolicyParams": "policy",
     "RetryProcessor": "processor",
+    "__version__": "_version",  # written there alone (the build reads it too)
     **dict.fromkeys(_ERRORS, "errors"),
     **dict.fromkeys(_MODELS, "models"),
     **dict.fromkeys(_STORES, "storage"),  # OpenSearchStore needs the ``opensearch`` extra

@@ -1,0 +1,1 @@
+"""The package as built and installed: wheel, sdist, version, license, changelog."""
