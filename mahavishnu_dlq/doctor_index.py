@@ -30,7 +30,7 @@ from opensearchpy import TransportError
 
 from mahavishnu_dlq.doctor import Check
 from mahavishnu_dlq.storage import opensearch_query as q
-from mahavishnu_dlq.storage.opensearch_client import Connection, error_info
+from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, refusal
 from mahavishnu_dlq.storage.opensearch_controls import OpenSearchControlStore
 from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
 from mahavishnu_dlq.storage.opensearch_missing import (
@@ -77,10 +77,18 @@ class IndexChecks:
     # -- requests --------------------------------------------------------------------------
 
     async def _get(self, action: str, path: str, *, params: Any = None) -> Answer:
-        """A ``GET`` of ``path`` through the store's client (see :meth:`_ask`)."""
-        return await self._ask(
-            action, lambda client: client.transport.perform_request("GET", path, params=params)
+        """A ``GET`` of ``path`` through the store's client (see :meth:`_ask`). A 400 or
+        404 (no such index or template, no security plugin) is a finding, not a fault:
+        asked for with ``ignore=``, so opensearch-py logs no WARNING for it, and read
+        from the error body the client returns instead."""
+        status, body = await self._ask(
+            action,
+            lambda client: client.transport.perform_request(
+                "GET", path, params=params, ignore=(400, 404)
+            ),
         )
+        refused = refusal(body)
+        return (status, body) if refused is None else (refused, body)
 
     async def _ask(self, action: str, call: Callable[[Any], Awaitable[Any]]) -> Answer:
         """``call(client)`` with the store's client: the status and body of any HTTP

@@ -254,7 +254,9 @@ class FailoverStore(FailoverReads):
         if ids or tombstones:
             self.degraded_since = self.degraded_since or self.clock.now()
             self._wake.set()
-            _log.warning(
+            # INFO: the process that left them warned as it closed; picking them up is
+            # the normal start after an outage
+            _log.info(
                 "dlq.failover: the journal %s holds %d changes not yet re-synced to %s "
                 "(left by a process that ended during an outage); re-syncing them when it "
                 "answers",
@@ -575,7 +577,7 @@ class FailoverStore(FailoverReads):
             self.recovered_at = self.clock.now()
             if self.on_transition is not None:
                 self.on_transition("primary")
-            _log.warning(
+            _log.info(  # the outage warned once as it began; its end is good news
                 "dlq.failover: %s is back; %d changes re-synced in %.2f s; serving from it again",
                 self.primary.backend,
                 done,

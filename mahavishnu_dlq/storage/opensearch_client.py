@@ -24,15 +24,27 @@ only; :func:`require_asyncio` refuses trio with a clear error.
 Compare-and-set starts from a realtime read: :meth:`Connection.read` and
 :meth:`Connection.read_many` (one ``_mget``) give each document's source with its
 ``_seq_no`` and ``_primary_term`` (:data:`Versioned`).
+
+Answers that are outcomes, not failures — a document or index that is not there
+(404), a conditional write that lost (409), an index that exists already (400) — are
+asked for with ``ignore=`` and read from the body the client then returns
+(:func:`refusal`): opensearch-py logs a WARNING on its ``opensearch`` logger for
+every other non-2xx answer, and a normal run must leave the host's logs alone.
+Genuine failures are raised (above), and the failover store warns once per outage:
+the client this module makes logs opensearch-py's line for each failed request at
+DEBUG instead (:class:`QuietConnection`), so an outage is not one WARNING per call
+and per probe. Only that client is quieted: opensearch-py's logger, and the host's
+other clients, are left as they are.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from opensearchpy import AsyncOpenSearch, ConnectionTimeout, NotFoundError, TransportError
+from opensearchpy import AIOHttpConnection, AsyncOpenSearch, ConnectionTimeout, TransportError
 from opensearchpy import ConnectionError as OpenSearchConnectionError
 from pydantic import SecretStr
 
@@ -48,7 +60,14 @@ from mahavishnu_dlq.errors import (
 )
 from mahavishnu_dlq.storage.opensearch_tls import tls_context, tls_failure
 
-__all__ = ["Connection", "Versioned", "error_info", "require_asyncio"]
+__all__ = [
+    "Connection",
+    "QuietConnection",
+    "Versioned",
+    "error_info",
+    "refusal",
+    "require_asyncio",
+]
 
 #: A document's source and ``(seq_no, primary_term)``; ``(None, None)`` when absent.
 Versioned = tuple[dict[str, Any] | None, tuple[int, int] | None]
@@ -86,6 +105,49 @@ def error_info(info: Any) -> tuple[str, str]:
         cause = causes[0] if isinstance(causes[0], dict) else error
         return str(cause.get("type", "")), str(cause.get("reason", ""))
     return "", "" if error is None else str(error)
+
+
+#: opensearch-py's logger (:class:`QuietConnection` writes its lines at DEBUG)
+_client_log = logging.getLogger("opensearch")
+
+
+class QuietConnection(AIOHttpConnection):
+    """opensearch-py's asyncio connection, logging a failed request at DEBUG, not WARNING
+    (see the module docstring: the store raises each failure as its own error)."""
+
+    def log_request_fail(
+        self,
+        method: str,
+        full_url: str,
+        path: str,
+        body: Any,
+        duration: float,
+        status_code: int | None = None,
+        response: str | None = None,
+        exception: Exception | None = None,
+    ) -> None:
+        _client_log.debug(
+            "%s %s [status:%s request:%.3fs]",
+            method,
+            full_url,
+            status_code or "N/A",
+            duration,
+            exc_info=exception is not None,
+        )
+
+
+def refusal(answer: Any) -> int | None:
+    """The HTTP status of the error body a request sent with ``ignore=`` returned in
+    place of an exception (opensearch-py logs no WARNING for an ignored status), or
+    None when ``answer`` is no error body (a 404 ``GET`` or ``DELETE`` of a missing
+    document is no error body: it says ``found: false`` / ``result: not_found``)."""
+    if not isinstance(answer, dict) or "error" not in answer:
+        return None
+    status = answer.get("status")
+    if isinstance(status, int):
+        return status
+    # "no handler found" (400) has no status; an index named "error" is no error
+    return 400 if isinstance(answer["error"], str) else None
 
 
 class Connection:
@@ -139,6 +201,7 @@ class Connection:
             )
             client = AsyncOpenSearch(
                 hosts=self.hosts,
+                connection_class=QuietConnection,
                 http_auth=auth,
                 ssl_context=context,
                 timeout=timeout,
@@ -198,6 +261,18 @@ class Connection:
         """The library's error for a bulk item that failed."""
         return self.failure(item.get("status"), *error_info(item.get("error")), action)
 
+    def created(self, answer: Any, action: str) -> bool:
+        """Whether an index creation sent with ``ignore=(400,)`` made the index: False
+        when it existed already (another process made it first, or an earlier start);
+        any other refusal is raised as the library's error."""
+        status = refusal(answer)
+        if status is None:
+            return True
+        kind, reason = error_info(answer)
+        if kind == "resource_already_exists_exception":
+            return False
+        raise self.failure(status, kind, reason, action)
+
     @contextmanager
     def translated(self, action: str) -> Iterator[None]:
         """Turn opensearch-py's exceptions into the library's (the original as cause)."""
@@ -221,10 +296,10 @@ class Connection:
     async def read(self, doc_id: str) -> Versioned:
         """The document and its version, realtime (a ``GET``)."""
         with self.translated("get"):
-            try:
-                found = await self.client.get(index=self.index, id=doc_id)
-            except NotFoundError:
-                return None, None
+            # a 404 (no such document, or no index yet) is an answer: not logged
+            found = await self.client.get(index=self.index, id=doc_id, ignore=(404,))
+        if refusal(found) is not None or not found.get("found"):
+            return None, None
         return found["_source"], (found["_seq_no"], found["_primary_term"])
 
     async def read_many(self, doc_ids: list[str]) -> list[Versioned | DLQError]:

@@ -50,11 +50,11 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from opensearchpy import AuthorizationException, ConflictError, NotFoundError
+from opensearchpy import ConflictError
 
 from mahavishnu_dlq.storage.base import ControlMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_control
-from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
+from mahavishnu_dlq.storage.opensearch_client import Connection, refusal, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
 from mahavishnu_dlq.storage.opensearch_side import Ensured, SideIndex
 from mahavishnu_dlq.storage.stored_controls import ControlBusyError, control_key, read_control
@@ -144,10 +144,10 @@ class OpenSearchControlStore:
     async def _read(self, key: str) -> tuple[dict[str, Any] | None, tuple[int, int] | None, Any]:
         """The record (realtime), its ``(seq_no, primary_term)`` and its ``write_id``."""
         with self._translated("get control"):
-            try:
-                found = await self._client.get(index=self.index, id=doc_id(key))
-            except NotFoundError:  # no such record, or no controls index yet
-                return None, None, None
+            # 404: no such record, or no controls index yet (an answer: not logged)
+            found = await self._client.get(index=self.index, id=doc_id(key), ignore=(404,))
+        if refusal(found) is not None or not found.get("found"):
+            return None, None, None
         source = found.get("_source")
         if not isinstance(source, dict):
             source = {"doc": source}
@@ -166,9 +166,11 @@ class OpenSearchControlStore:
         body = {"key": key, "write_id": write_id, "doc": new}
         await self._made.before_write()  # a store opened for reading makes it now
         with self._translated("mutate control"):
-            try:
+            try:  # a 409 (another write came first) is an answer: not logged
                 if version is None:
-                    done = await self._client.create(index=self.index, id=doc_id(key), body=body)
+                    done = await self._client.create(
+                        index=self.index, id=doc_id(key), body=body, ignore=(409,)
+                    )
                 else:
                     done = await self._client.index(
                         index=self.index,
@@ -176,9 +178,12 @@ class OpenSearchControlStore:
                         body=body,
                         if_seq_no=version[0],
                         if_primary_term=version[1],
+                        ignore=(409,),
                     )
-            except ConflictError:
+            except ConflictError:  # a client wrapped to raise it all the same
                 return None
+        if refusal(done) is not None:
+            return None
         return done["_seq_no"], done["_primary_term"]
 
     def _remember(self, key: str, record: dict[str, Any], version: tuple[int, int]) -> None:
@@ -236,13 +241,9 @@ class OpenSearchControlStore:
         there is no controls index yet (no records). A read-only user may not refresh:
         it reads what is searchable already (at most the refresh interval old)."""
         with self._translated("list controls"):
-            try:
-                await self._client.indices.refresh(index=self.index)
-            except NotFoundError:
-                return False
-            except AuthorizationException:
-                pass
-        return True
+            # no index (404) and no right to refresh (403) are answers: not logged
+            refreshed = await self._client.indices.refresh(index=self.index, ignore=(403, 404))
+        return refusal(refreshed) != 404
 
     async def list(self, prefix: str) -> builtins.list[tuple[str, dict[str, Any]]]:
         require_asyncio()
@@ -264,10 +265,10 @@ class OpenSearchControlStore:
             return found
         while True:
             with self._translated("list controls"):
-                try:
-                    response = await self._client.search(index=self.index, body=body)
-                except NotFoundError:
-                    return found
+                # no controls index (404): no records
+                response = await self._client.search(index=self.index, body=body, ignore=(404,))
+            if refusal(response) is not None:
+                return found
             hits = response["hits"]["hits"]
             for hit in hits:
                 source = hit.get("_source") or {}
@@ -294,8 +295,6 @@ class OpenSearchControlStore:
         async with self._keys.hold(key):
             self._last.pop(key, None)
             with self._translated("delete control"):
-                try:
-                    await self._client.delete(index=self.index, id=doc_id(key))
-                except NotFoundError:
-                    return False
-        return True
+                # 404: no such record, or no controls index (an answer: not logged)
+                deleted = await self._client.delete(index=self.index, id=doc_id(key), ignore=(404,))
+        return refusal(deleted) is None and deleted.get("result") != "not_found"

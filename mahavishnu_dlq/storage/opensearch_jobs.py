@@ -34,15 +34,13 @@ import builtins
 from collections.abc import Collection
 from typing import Any
 
-from opensearchpy import ConflictError, NotFoundError
-
 from mahavishnu_dlq.clock import to_micros
 from mahavishnu_dlq.errors import JobNotFoundError, JobStateError
 from mahavishnu_dlq.jobs.model import Job, JobState
 from mahavishnu_dlq.limits import require_str
 from mahavishnu_dlq.storage.base import JobMutation, KeyedLock
 from mahavishnu_dlq.storage.memory_jobs import check_job_result
-from mahavishnu_dlq.storage.opensearch_client import Connection, require_asyncio
+from mahavishnu_dlq.storage.opensearch_client import Connection, refusal, require_asyncio
 from mahavishnu_dlq.storage.opensearch_query import doc_id
 from mahavishnu_dlq.storage.opensearch_side import Ensured, SideIndex
 from mahavishnu_dlq.storage.stored_jobs import read_job
@@ -130,10 +128,10 @@ class OpenSearchJobStore:
     async def _read(self, job_id: str) -> tuple[Job | None, tuple[int, int] | None]:
         """The job (realtime) and its ``(seq_no, primary_term)``."""
         with self._translated("get job"):
-            try:
-                found = await self._client.get(index=self.index, id=doc_id(job_id))
-            except NotFoundError:  # no such job, or no jobs index yet
-                return None, None
+            # 404: no such job, or no jobs index yet (an answer: not logged)
+            found = await self._client.get(index=self.index, id=doc_id(job_id), ignore=(404,))
+        if refusal(found) is not None or not found.get("found"):
+            return None, None
         source = found["_source"]
         stored = source.get("doc") if isinstance(source, dict) else source
         job = read_job(self._where(), job_id, stored, strict=True)
@@ -145,12 +143,15 @@ class OpenSearchJobStore:
             raise TypeError(f"create takes a Job, got {type(job).__name__}")
         await self._made.before_write()  # a store opened for reading makes it now
         with self._translated("create job"):
-            try:
-                await self._client.create(
-                    index=self.index, id=doc_id(job.job_id), body=_document(job), refresh="true"
-                )
-            except ConflictError as exc:
-                raise ValueError(f"a job with id {job.job_id!r} exists in {self._where()}") from exc
+            made = await self._client.create(
+                index=self.index,
+                id=doc_id(job.job_id),
+                body=_document(job),
+                refresh="true",
+                ignore=(409,),  # the id is taken: the caller's error, not the node's
+            )
+        if refusal(made) is not None:
+            raise ValueError(f"a job with id {job.job_id!r} exists in {self._where()}")
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -168,17 +169,17 @@ class OpenSearchJobStore:
                     raise JobNotFoundError(job_id)
                 new = check_job_result(job_id, fn(current))
                 with self._translated("mutate job"):
-                    try:
-                        await self._client.index(
-                            index=self.index,
-                            id=doc_id(job_id),
-                            body=_document(new),
-                            if_seq_no=version[0],
-                            if_primary_term=version[1],
-                            refresh="true",
-                        )
-                    except ConflictError:
-                        continue  # another process wrote it meanwhile: read it again
+                    written = await self._client.index(
+                        index=self.index,
+                        id=doc_id(job_id),
+                        body=_document(new),
+                        if_seq_no=version[0],
+                        if_primary_term=version[1],
+                        refresh="true",
+                        ignore=(409,),
+                    )
+                if refusal(written) is not None:
+                    continue  # another process wrote it meanwhile (409): read it again
                 return new
         raise JobStateError(
             job_id, f"{self._conflict_retries} concurrent updates won the race; try again"
@@ -203,10 +204,10 @@ class OpenSearchJobStore:
         jobs: builtins.list[Job] = []
         while len(jobs) < limit:
             with self._translated("list jobs"):
-                try:
-                    response = await self._client.search(index=self.index, body=body)
-                except NotFoundError:  # no jobs index yet: no jobs
-                    return jobs
+                # no jobs index yet (404): no jobs
+                response = await self._client.search(index=self.index, body=body, ignore=(404,))
+            if refusal(response) is not None:
+                return jobs
             hits = response["hits"]["hits"]
             for hit in hits:
                 source = hit.get("_source") or {}
@@ -225,8 +226,8 @@ class OpenSearchJobStore:
         require_asyncio()
         job_id = require_str(job_id, "job_id")
         with self._translated("delete job"):
-            try:
-                await self._client.delete(index=self.index, id=doc_id(job_id), refresh="true")
-            except NotFoundError:
-                return False
-        return True
+            # 404: no such job, or no jobs index (an answer: not logged)
+            deleted = await self._client.delete(
+                index=self.index, id=doc_id(job_id), refresh="true", ignore=(404,)
+            )
+        return refusal(deleted) is None and deleted.get("result") != "not_found"

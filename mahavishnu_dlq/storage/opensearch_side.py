@@ -17,14 +17,11 @@ makes OpenSearch create it, and only the template makes that one strict.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from opensearchpy import NotFoundError, RequestError
-
 from mahavishnu_dlq.errors import ConfigurationError
-from mahavishnu_dlq.storage.opensearch_client import Connection, error_info
+from mahavishnu_dlq.storage.opensearch_client import Connection
 from mahavishnu_dlq.storage.opensearch_query import shard_settings
 
 __all__ = ["Ensured", "SideIndex"]
@@ -83,12 +80,8 @@ class SideIndex:
         }
         with conn.translated(f"open {self.suffix}"):
             await indices.put_index_template(name=self.template, body=template)
-            try:
-                await indices.create(index=self.name, body=self.body())
-            except RequestError as exc:
-                if error_info(exc.info)[0] != "resource_already_exists_exception":
-                    raise
-            else:
+            made = await indices.create(index=self.name, body=self.body(), ignore=(400,))
+            if conn.created(made, f"open {self.suffix}"):
                 return
             found = await indices.get_mapping(index=self.name)
             for name, entry in found.items():
@@ -108,10 +101,8 @@ class SideIndex:
     async def drop(self, conn: Connection) -> None:
         """Delete the index and its template."""
         with conn.translated(f"drop {self.suffix}"):
-            with suppress(NotFoundError):
-                await conn.client.indices.delete(index=self.name)
-            with suppress(NotFoundError):
-                await conn.client.indices.delete_index_template(name=self.template)
+            await conn.client.indices.delete(index=self.name, ignore=(404,))
+            await conn.client.indices.delete_index_template(name=self.template, ignore=(404,))
 
 
 class Ensured:

@@ -12,8 +12,9 @@ then share transactions of about 100, instead of alternating one of 1 and one of
 99). So many producers share one fsync, and one caller's operations are applied
 in the order it queued them. A leader that is cancelled
 hands the lead to the next caller in line (a batch it had not begun goes back in
-line first); an operation whose caller is cancelled before a transaction took it
-is never applied, and one whose transaction failed reports that failure.
+line first, less the operations whose callers are gone); an operation whose caller
+is cancelled before a transaction took it is never applied, and one whose
+transaction failed reports that failure.
 
 Only anyio primitives, created when used: a writer works on asyncio and trio.
 """
@@ -52,7 +53,17 @@ class Op:
     own, three times the cost of the change itself for a claim of 1,000 tasks.
     """
 
-    __slots__ = ("apply", "done", "error", "finished", "lead", "result", "taken", "undo")
+    __slots__ = (
+        "abandoned",
+        "apply",
+        "done",
+        "error",
+        "finished",
+        "lead",
+        "result",
+        "taken",
+        "undo",
+    )
 
     def __init__(
         self,
@@ -68,6 +79,7 @@ class Op:
         self.finished = False  # its transaction ended (committed or not)
         self.taken = False  # a transaction took it
         self.lead = False  # the writer was handed to its caller
+        self.abandoned = False  # its caller is gone (cancelled): nobody waits for it
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -114,6 +126,7 @@ class Writer:
         applied, and a lead handed to one of them goes to the next in line."""
         handed = False
         for op in ops:
+            op.abandoned = True
             if not op.taken and op in self._queue:
                 self._queue.remove(op)
             handed = handed or op.lead
@@ -155,7 +168,8 @@ class Writer:
                     else:  # cancelled before it began: back in line, for the next leader
                         for op in reversed(batch):
                             op.taken = False
-                            self._queue.appendleft(op)
+                            if not op.abandoned:  # (one whose caller is gone: dropped,
+                                self._queue.appendleft(op)  # or none would lead it)
         finally:
             self._hand_over()
 
