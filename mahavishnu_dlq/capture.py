@@ -7,14 +7,14 @@ the encoding), classification and policy resolution are cached, the first
 retry decision is computed once per policy, and the failure context has its
 static part encoded once per process. ``enqueue_many`` shares the clock
 reading, the failure context, the ``max_size`` estimate and the store call
-among a batch.
+among a batch. The ``max_size`` check and the ``on_full`` policy are
+:class:`~mahavishnu_dlq.room.Room`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +28,6 @@ from mahavishnu_dlq.errors import (
     DLQError,
     InvalidPayloadError,
     PayloadTooLargeError,
-    QueueFullError,
 )
 from mahavishnu_dlq.limits import (
     MAX_TYPE_CHARS,
@@ -93,8 +92,7 @@ class Capture:
         self._dlq = dlq
         self._text_errors: dict[str, tuple[ErrorCategory, str]] = {}
         self._first_plans: dict[int, _FirstPlan] = {}
-        self._open_seen = 0
-        self._open_asked_at: float | None = None
+        self._room = dlq._room  # the max_size estimate and on_full (mahavishnu_dlq.room)
 
     # -- building ----------------------------------------------------------------------
 
@@ -294,9 +292,12 @@ class Capture:
     async def enqueue(self, record: FailedTask) -> FailedTask:
         """Store one built record (see :meth:`DeadLetterQueue.enqueue`)."""
         dlq = self._dlq
-        open_now = self._fresh_open_count()  # no coroutine on the common path
+        room = self._room
+        open_now = room.fresh()  # no coroutine on the common path
         if open_now is None:
-            open_now = await self._open_estimate()
+            open_now = await room.estimate()
+        if open_now >= dlq.max_size and dlq.on_full == "archive_oldest":
+            open_now = await room.make_room(open_now)
         full = open_now >= dlq.max_size
         duplicate = False
 
@@ -304,23 +305,29 @@ class Capture:
             nonlocal duplicate
             duplicate = current is not None and current.is_open
             if full and not duplicate:
-                raise QueueFullError(open_now, dlq.max_size)
+                raise room.full_error(open_now)
             return lifecycle.merge_failure(current, record)
 
         task_id = record.task_id
         tracer = dlq.telemetry.tracer()
-        if tracer is None:
-            stored = await dlq.store.mutate(task_id, enqueue_into)
-        else:
-            attributes = {
-                "dlq.task_id": task_id,
-                "dlq.workflow": record.workflow,
-                "dlq.category": record.error_category.value,
-                "dlq.backend": dlq.store.backend,
-            }
-            with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
-                stored = await dlq.traced_store.mutate(task_id, enqueue_into)
-                span.set_attribute("dlq.status", stored.status.value)
+        if not full:
+            room.reserve()  # counted until stored: concurrent enqueues see it
+        try:
+            if tracer is None:
+                stored = await dlq.store.mutate(task_id, enqueue_into)
+            else:
+                attributes = {
+                    "dlq.task_id": task_id,
+                    "dlq.workflow": record.workflow,
+                    "dlq.category": record.error_category.value,
+                    "dlq.backend": dlq.store.backend,
+                }
+                with tracer.start_as_current_span("dlq.enqueue", attributes=attributes) as span:
+                    stored = await dlq.traced_store.mutate(task_id, enqueue_into)
+                    span.set_attribute("dlq.status", stored.status.value)
+        finally:
+            if not full:
+                room.release()
         if self._stored(stored, duplicate=duplicate):
             await dlq.exhausted(stored)
         if stored.next_retry_at is not None and dlq._wakeup is not None:
@@ -377,7 +384,11 @@ class Capture:
         results: list[FailedTask | DLQError | None],
     ) -> None:
         dlq = self._dlq
-        room = dlq.max_size - await self._open_estimate()
+        estimate = self._room
+        open_now = await estimate.estimate()
+        if open_now + len(records) > dlq.max_size and dlq.on_full == "archive_oldest":
+            open_now = await estimate.make_room(open_now, len(records))
+        room = max(0, dlq.max_size - open_now)
         taken: set[int] = set()  # items counted as new against ``room``
         duplicate: dict[int, bool] = {}
 
@@ -386,7 +397,7 @@ class Capture:
                 duplicate[index] = is_open = current is not None and current.is_open
                 if not is_open and index not in taken:
                     if len(taken) >= room:
-                        raise QueueFullError(dlq.max_size - room + len(taken), dlq.max_size)
+                        raise estimate.full_error(dlq.max_size - room + len(taken))
                     taken.add(index)
                 return lifecycle.merge_failure(current, record)
 
@@ -394,12 +405,19 @@ class Capture:
 
         items = [(record.task_id, into(index, record)) for index, record in records]
         tracer = dlq.telemetry.tracer()
-        if tracer is None:
-            outcomes = await dlq.store.mutate_many(items)
-        else:
-            attributes = {"dlq.items": len(items), "dlq.backend": dlq.store.backend}
-            with tracer.start_as_current_span("dlq.enqueue_many", attributes=attributes):
-                outcomes = await dlq.traced_store.mutate_many(items)
+        reserved = min(room, len(items))  # counted until stored, like enqueue's
+        for _ in range(reserved):
+            estimate.reserve()
+        try:
+            if tracer is None:
+                outcomes = await dlq.store.mutate_many(items)
+            else:
+                attributes = {"dlq.items": len(items), "dlq.backend": dlq.store.backend}
+                with tracer.start_as_current_span("dlq.enqueue_many", attributes=attributes):
+                    outcomes = await dlq.traced_store.mutate_many(items)
+        finally:
+            for _ in range(reserved):
+                estimate.release()
         wake = False
         for (index, _), outcome in zip(records, outcomes, strict=True):
             if isinstance(outcome, DLQError):
@@ -425,7 +443,7 @@ class Capture:
             dlq.lifetime["deduplicated"] += 1
         else:
             dlq.lifetime["enqueued_total"] += 1
-            self._open_seen += 1
+            self._room.added()
             dlq.telemetry.count("enqueued", stored)
             if stored.status is DeadLetterStatus.EXHAUSTED:
                 dlq.lifetime["exhausted"] += 1
@@ -446,35 +464,6 @@ class Capture:
                 },
             )
         return exhausted
-
-    async def _open_estimate(self) -> int:
-        """Open tasks, for the ``max_size`` check, without a count per enqueue.
-
-        Asking the store costs a round trip (and a refresh) on OpenSearch, so the
-        answer is reused for up to a second and raised by one for every task this
-        queue adds meanwhile — an over-estimate, never an under-estimate. Within
-        5% of ``max_size`` the store is asked every time, so the limit is exact
-        for this process (other processes' enqueues show at the next ask).
-        """
-        fresh = self._fresh_open_count()
-        if fresh is not None:
-            return fresh
-        asked_at = time.monotonic()  # before the round trip: the answer is at least this old
-        self._open_seen = await self._dlq.traced_store.open_count()
-        self._open_asked_at = asked_at
-        return self._open_seen
-
-    def _fresh_open_count(self) -> int | None:
-        """The estimate while it may be reused (asked under a second ago, not within
-        5% of ``max_size``); None when the store must be asked."""
-        asked_at = self._open_asked_at
-        if (
-            asked_at is not None
-            and time.monotonic() - asked_at < 1.0
-            and self._open_seen < 0.95 * self._dlq.max_size
-        ):
-            return self._open_seen
-        return None
 
 
 def _repos(task_id: str, repos: Iterable[str] | None) -> list[str]:

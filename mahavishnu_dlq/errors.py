@@ -47,12 +47,12 @@ class QueueFullError(DLQError, ValueError):
     keeps working.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, reason: str | None = None) -> None:
         self.size = size
         self.limit = limit
         super().__init__(
             f"dead-letter queue is full: {size} open tasks, max_size is {limit}; "
-            "archive or purge tasks, or raise max_size"
+            + (reason or "archive or purge tasks, or raise max_size")
         )
 
 

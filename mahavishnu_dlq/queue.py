@@ -6,7 +6,9 @@ policy; :mod:`mahavishnu_dlq.capture`), enforces the limits (``max_size`` and
 :mod:`mahavishnu_dlq.lifecycle` through :meth:`Store.mutate`, keeps the lifetime
 counters, and owns the background :class:`RetryProcessor`. Operator actions
 (retry now, replay, archive, purge) live in :mod:`mahavishnu_dlq.operations`, and
-the methods here delegate to them; wrapping workflows (``execute_with_dlq``,
+the methods of :class:`~mahavishnu_dlq.operator_actions.OperatorActions` delegate to
+them; the ``max_size`` estimate and the ``on_full`` policy are
+:mod:`mahavishnu_dlq.room`'s; wrapping workflows (``execute_with_dlq``,
 ``workflow``, ``guard``) are methods it inherits from
 :class:`~mahavishnu_dlq.integration.WorkflowWrapping`.
 """
@@ -18,7 +20,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,10 +44,7 @@ from mahavishnu_dlq.limits import Limits, require_str
 from mahavishnu_dlq.models import (
     ErrorCategory,
     FailedTask,
-    ReplayItem,
-    ReplayReport,
     RetryPolicy,
-    TaskFilter,
     TaskPage,
     decode_cursor,
 )
@@ -53,13 +52,14 @@ from mahavishnu_dlq.operations import (
     Operations,
     StatusArg,
     make_filter,
-    purge_filter,
-    replay_filter,
     statuses,
 )
+from mahavishnu_dlq.operator_actions import OperatorActions
 from mahavishnu_dlq.policy import PolicyBook
 from mahavishnu_dlq.printable import library_logger
 from mahavishnu_dlq.processor import RetryProcessor
+from mahavishnu_dlq.retention import Retention
+from mahavishnu_dlq.room import LifetimeCounters, OnFull, Room, check_on_full
 from mahavishnu_dlq.storage.base import Store, open_store
 from mahavishnu_dlq.storage.build import store_from_settings
 from mahavishnu_dlq.storage.failover import FailoverStore
@@ -85,14 +85,20 @@ _LIFETIME_KEYS = (
     "exhausted",
     "manually_retried",
     "archived",
+    "archived_to_make_room",
     "purged",
     "deferred",
     "dispatched",
     "lost",
+    "retention_runs",
+    "retention_archived",
+    "retention_purged",
 )
 
 
-class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMethods, EngineMethods):
+class DeadLetterQueue(
+    WorkflowWrapping, OperatorActions, JobMethods, BreakerMethods, InsightMethods, EngineMethods
+):
     """Captures failed workflow runs, retries them under a policy, keeps them for operators.
 
     Use it as ``async with DeadLetterQueue.from_settings(s) as dlq:`` or with
@@ -105,6 +111,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         store: Store | None = None,
         *,
         max_size: int = 10000,
+        on_full: OnFull = "reject",
         classifier: ErrorClassifier | None = None,
         settings: DLQSettings | None = None,
         policies: PolicyBook | None = None,
@@ -118,6 +125,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         attempt_timeout_seconds: float = 300.0,
         concurrency: int = 10,
         batch_size: int = 100,
+        prefetch: int = 4,
         retry_interval_seconds: float = 60.0,
         job_page_size: int = 500,
         job_lease_seconds: float = 60.0,
@@ -129,6 +137,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         meter_provider: Any = None,
         alert_rules: Iterable[AlertRule] = (),
         hooks: Hooks | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"max_size must be >= 1, got {max_size}", field="max_size")
@@ -140,6 +149,8 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
             self.store.on_transition = self.telemetry.failover
         self.settings = settings
         self.max_size = max_size
+        #: what a full queue does with a new failure: "reject" or "archive_oldest"
+        self.on_full: OnFull = check_on_full(on_full)
         self.classifier = classifier or ErrorClassifier()
         self.policies = policies or PolicyBook()
         self.clock: Clock = clock or SystemClock()
@@ -162,6 +173,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         self.attempt_timeout_seconds = attempt_timeout_seconds
         self.concurrency = concurrency
         self.batch_size = batch_size
+        self.prefetch = prefetch
         self.enabled = enabled
         self.retry_interval_seconds = retry_interval_seconds
         #: bulk jobs (:mod:`mahavishnu_dlq.jobs`): tasks per page, the runner's lease,
@@ -179,7 +191,8 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         #: retry handlers of engines' records (:mod:`mahavishnu_dlq.engines`)
         self.engines: dict[str, EngineHandler] = {}
         self.engine_waits: dict[str, float] = {}
-        self.lifetime: dict[str, int] = dict.fromkeys(_LIFETIME_KEYS, 0)
+        self._room = Room(self)  # the open-task estimate behind max_size, and on_full
+        self.lifetime: dict[str, int] = LifetimeCounters(_LIFETIME_KEYS, self._room)
         self.processor: RetryProcessor | None = None
         self._task_group: TaskGroup | None = None
         self._maintenance: TaskGroup | None = None
@@ -187,6 +200,8 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         self._wakeup: Callable[[], None] | None = None
         self._capture = Capture(self)
         self._operations = Operations(self)
+        #: what ages out on its own, run by the processors (:mod:`mahavishnu_dlq.retention`)
+        self.retention = Retention() if retention is None else retention
 
     @property
     def max_payload_bytes(self) -> int:
@@ -203,6 +218,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         return cls(
             store,
             max_size=settings.max_size,
+            on_full=settings.on_full,
             classifier=settings.error_classifier(),
             settings=settings,
             policies=settings.policy_book(),
@@ -213,6 +229,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
             attempt_timeout_seconds=settings.processor.attempt_timeout_seconds,
             concurrency=settings.processor.concurrency,
             batch_size=settings.processor.batch_size,
+            prefetch=settings.processor.prefetch,
             retry_interval_seconds=settings.retry_interval_seconds,
             job_page_size=settings.jobs.page_size,
             job_lease_seconds=settings.jobs.lease_seconds,
@@ -221,6 +238,7 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
             rates=settings.processor.rate_book(),
             enabled=settings.enabled,
             alert_rules=settings.alert_rules(),
+            retention=settings.retention.policy(),
         )
 
     async def connect(self, *, create: bool = True) -> None:
@@ -472,85 +490,6 @@ class DeadLetterQueue(WorkflowWrapping, JobMethods, BreakerMethods, InsightMetho
         if not 0 <= top_fingerprints <= 100:
             raise ValueError(f"top_fingerprints must be between 0 and 100, got {top_fingerprints}")
         return await self._operations.statistics(top_fingerprints)
-
-    # -- operator actions (see mahavishnu_dlq.operations) ------------------------------
-
-    async def retry_task(self, task_id: str) -> dict[str, Any]:
-        """Retry one task now through its handler, claiming it like the processor does.
-
-        Returns ``{"success", "task_id", "result" | "error", "message"}``. Raises
-        :class:`TaskNotFoundError` for an unknown id, :class:`TaskBusyError` while
-        the task is being retried elsewhere, :class:`UnreadableRecordError` when its
-        stored record cannot be read. A failure counts toward exhaustion exactly like
-        an automatic retry.
-        """
-        return await self._operations.retry_task(task_id)
-
-    async def archive_task(self, task_id: str) -> bool:
-        """Set a task aside for audit. False when no such task exists."""
-        return await self._operations.archive_task(task_id)
-
-    async def replay(
-        self,
-        filter: TaskFilter | None = None,
-        *,
-        dry_run: bool = False,
-        rate_per_second: float | None = None,
-        limit: int | None = None,
-        run: bool = False,
-        on_item: Callable[[ReplayItem], object] | None = None,
-    ) -> ReplayReport:
-        """Make matching tasks due now (or, with ``run=True``, retry each one inline).
-
-        Without a status in ``filter``, pending, exhausted and stranded retrying
-        tasks are selected (:meth:`replay_filter`). ``dry_run`` lists what would be
-        replayed and touches nothing; ``rate_per_second`` paces the changes;
-        ``limit`` caps how many; ``on_item`` is called after each task (progress).
-        An exhausted task gets one more retry. Records that cannot be read are
-        skipped (and counted by :meth:`get_statistics` as ``unreadable``).
-        """
-        return await self._operations.replay(
-            filter,
-            dry_run=dry_run,
-            rate_per_second=rate_per_second,
-            limit=limit,
-            run=run,
-            on_item=on_item,
-        )
-
-    @staticmethod
-    def replay_filter(filter: TaskFilter | None = None) -> TaskFilter:
-        """What :meth:`replay` selects: ``filter``, by default pending/exhausted/retrying."""
-        return replay_filter(filter)
-
-    async def purge(
-        self,
-        *,
-        older_than: timedelta | datetime | None = None,
-        status: StatusArg = None,
-        dry_run: bool = False,
-    ) -> int:
-        """Delete records (completed and archived unless ``status`` says otherwise).
-
-        ``older_than`` is an age (timedelta) or a cut-off time: records last
-        updated before it go. Returns how many were deleted, or with ``dry_run``
-        how many match now (nothing is deleted).
-        """
-        return await self._operations.purge(older_than=older_than, status=status, dry_run=dry_run)
-
-    def purge_filter(
-        self, *, older_than: timedelta | datetime | None = None, status: StatusArg = None
-    ) -> TaskFilter:
-        """The records :meth:`purge` with these arguments deletes, as a filter."""
-        return purge_filter(self.clock.now(), older_than, status)
-
-    async def count_tasks(self, filter: TaskFilter | None = None) -> int:
-        """How many stored records match ``filter`` (all when None)."""
-        return await self.traced_store.count(filter)
-
-    async def clear_all(self) -> int:
-        """Delete every record. Returns how many were deleted."""
-        return await self._operations.clear_all()
 
     # -- the processor ---------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ through it:
    stops without recording: the new runner acts on the announced page again, by
    id, and the marker keeps items from repeating while still counting them).
 
+A processor's runner (``retention=True``) also starts the retention jobs when a run
+is due, in :meth:`JobRunner.run_pending` (:mod:`mahavishnu_dlq.retention`).
+
 **Rate.** One runner per job: the lease makes sure of it, so the job's rate is
 the runner's pace (item k of a run starts k/rate seconds after the run started),
 whichever process runs it; a takeover starts its own pace from where the job is.
@@ -43,6 +46,7 @@ from mahavishnu_dlq.jobs import items
 from mahavishnu_dlq.jobs.model import FAILURES_KEPT, Job, JobKind, JobState
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, TaskPage
 from mahavishnu_dlq.printable import library_logger
+from mahavishnu_dlq.retention import RetentionScheduler, count_removed, log_finished
 
 if TYPE_CHECKING:
     from mahavishnu_dlq.queue import DeadLetterQueue
@@ -73,8 +77,11 @@ class JobRunner:
         worker_id: str | None = None,
         lease_seconds: float | None = None,
         page_size: int | None = None,
+        retention: bool = False,
     ) -> None:
         self.dlq = dlq
+        #: a processor's runner also makes the retention runs when due (:mod:`.retention`)
+        self.retention = RetentionScheduler(dlq) if retention else None
         self.worker_id = worker_id or dlq.worker_id
         self.lease_seconds = lease_seconds or dlq.job_lease_seconds
         self.page_size = page_size or dlq.job_page_size
@@ -144,7 +151,10 @@ class JobRunner:
         )
 
     async def run_pending(self, *, kinds: Collection[JobKind] | None = None) -> int:
-        """Claim and run claimable jobs until none is left; how many were run."""
+        """Claim and run claimable jobs until none is left; how many were run. A
+        processor's runner first starts the retention jobs when a run is due."""
+        if self.retention is not None:
+            await self.retention.run_due()
         ran = 0
         while (job := await self.claim_next(kinds=kinds)) is not None:
             await self.run(job)
@@ -254,6 +264,7 @@ class JobRunner:
             error,
             extra={"action": "dlq.job.failed", "job_id": job.job_id, "kind": job.kind.value},
         )
+        log_finished(failed)
         await self.dlq.hooks.job_finished(failed)
 
     async def _release(self, job_id: str) -> None:
@@ -433,6 +444,7 @@ class JobRunner:
             },
         )
         if job.finished:
+            log_finished(job)
             await self.dlq.hooks.job_finished(job)
 
     # -- acting on items ---------------------------------------------------------------
@@ -468,6 +480,7 @@ class JobRunner:
                 archived += 1
                 self.dlq.telemetry.count("archived", result)
         self.dlq.lifetime["archived"] += archived
+        count_removed(self.dlq, job, archived)
 
     async def _purge(self, job: Job, tasks: Sequence[FailedTask], tally: items.Tally) -> None:
         """Delete each task the snapshot still covers (a deletion leaves no marker: a
@@ -495,6 +508,7 @@ class JobRunner:
 
         await _each(purge_one, tasks)
         self.dlq.lifetime["purged"] += deleted
+        count_removed(self.dlq, job, deleted)
         self.dlq.telemetry.purged(deleted)
 
     async def _retry(self, job: Job, tasks: Sequence[FailedTask], tally: items.Tally) -> None:

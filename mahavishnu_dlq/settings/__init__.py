@@ -44,6 +44,7 @@ from .groups import (
 )
 from .model import DLQSettings
 from .opensearch import OpenSearchSettings
+from .retention import RetentionSettings
 from .sources import CONFIG_ENV_VAR, ENV_PREFIX
 from .web import WebSettings, WebToken
 
@@ -59,6 +60,7 @@ __all__ = [
     "PolicyOverrideSettings",
     "PolicySettings",
     "ProcessorSettings",
+    "RetentionSettings",
     "SQLiteSettings",
     "WebSettings",
     "WebToken",

@@ -161,6 +161,15 @@ class ProcessorSettings(_Group):
     batch_size: int = Field(
         default=100, ge=1, le=10000, description="due tasks claimed per processor cycle"
     )
+    prefetch: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description=(
+            "a running processor holds up to concurrency times prefetch claimed tasks (running "
+            "and waiting for a slot); 1: it claims only for its free slots"
+        ),
+    )
     worker_id: str | None = Field(
         default=None,
         min_length=1,

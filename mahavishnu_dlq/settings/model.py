@@ -44,6 +44,7 @@ from .groups import (
 )
 from .opensearch import OpenSearchSettings
 from .problems import configuration_error
+from .retention import RetentionSettings
 from .sources import (
     ENV_PREFIX,
     YAML_FILE,
@@ -74,6 +75,11 @@ class DLQSettings(BaseSettings):
     enabled: bool = Field(default=True, description="capture failures at all")
     max_size: int = Field(
         default=10000, ge=100, le=100000, description="most open tasks the queue holds"
+    )
+    on_full: Literal["reject", "archive_oldest"] = Field(
+        default="reject",
+        description="when max_size open tasks are stored: refuse a new failure (reject), "
+        "or archive the oldest exhausted tasks to make room (archive_oldest)",
     )
     default_retry_policy: RetryPolicy = Field(
         default=RetryPolicy.EXPONENTIAL, description="policy when nothing more specific applies"
@@ -113,6 +119,7 @@ class DLQSettings(BaseSettings):
 
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     policies: PolicySettings = Field(default_factory=PolicySettings)
     classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     sqlite: SQLiteSettings = Field(default_factory=SQLiteSettings)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from mahavishnu_dlq.errors import StoreUnavailableError
 from mahavishnu_dlq.jobs.model import TaskSummary
-from mahavishnu_dlq.models import FailedTask, TaskFilter, TaskPage
+from mahavishnu_dlq.models import DeadLetterStatus, FailedTask, RetryPolicy, TaskFilter, TaskPage
 from mahavishnu_dlq.storage.aggregations import check_limit, histogram_buckets
 from mahavishnu_dlq.storage.base import (
     FingerprintGroup,
@@ -26,6 +26,7 @@ from mahavishnu_dlq.storage.base import (
     Store,
     StoreStatistics,
 )
+from mahavishnu_dlq.storage.oldest import check_oldest_limit, oldest_records
 
 __all__ = ["FailoverReads"]
 
@@ -79,6 +80,16 @@ class FailoverReads:
         self, flt: TaskFilter, *, limit: int, cursor: str | None = None
     ) -> TaskPage[FailedTask]:
         return await self._read("query", lambda s: s.query(flt, limit=limit, cursor=cursor))
+
+    async def oldest(
+        self, status: DeadLetterStatus, *, limit: int, retry_policy: RetryPolicy | None = None
+    ) -> list[FailedTask]:
+        """See :mod:`mahavishnu_dlq.storage.oldest` (the primary's, or the fallback's
+        while it serves)."""
+        check_oldest_limit(limit)
+        return await self._read(
+            "oldest", lambda s: oldest_records(s, status, limit=limit, retry_policy=retry_policy)
+        )
 
     async def count(self, flt: TaskFilter | None = None) -> int:
         return await self._read("count", lambda s: s.count(flt))

@@ -50,6 +50,7 @@ from mahavishnu_dlq.storage.base import (
     StoreStatistics,
 )
 from mahavishnu_dlq.storage.memory_jobs import MemoryControlStore, MemoryJobStore
+from mahavishnu_dlq.storage.oldest import check_oldest_limit, policy_value
 
 __all__ = ["MemoryStore"]
 
@@ -370,6 +371,21 @@ class MemoryStore:
 
     async def open_count(self) -> int:
         return sum(self._by_status.get(status, 0) for status in _OPEN)
+
+    async def oldest(
+        self, status: DeadLetterStatus, *, limit: int, retry_policy: RetryPolicy | None = None
+    ) -> list[FailedTask]:
+        """See :mod:`mahavishnu_dlq.storage.oldest`."""
+        check_oldest_limit(limit)
+        wanted = DeadLetterStatus(status).value
+        policy = policy_value(retry_policy)
+        rows = (
+            row
+            for row in self._rows.values()
+            if row[_STATUS_AT] == wanted and (policy is None or row[_POLICY_AT] == policy)
+        )
+        first = heapq.nsmallest(limit, rows, key=lambda row: (to_micros(row[_FAILED_AT]), row[_ID]))
+        return [_to_task(row) for row in first]
 
     async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:
         by_status: dict[str, int] = {}

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from mahavishnu_dlq.clock import from_micros
 from mahavishnu_dlq.jobs.model import TaskSummary
-from mahavishnu_dlq.models import FailedTask, TaskFilter, TaskPage, decode_cursor, encode_cursor
+from mahavishnu_dlq.models import (
+    DeadLetterStatus,
+    FailedTask,
+    RetryPolicy,
+    TaskFilter,
+    TaskPage,
+    decode_cursor,
+    encode_cursor,
+)
 from mahavishnu_dlq.storage import opensearch_query as q
 from mahavishnu_dlq.storage.aggregations import (
     EXAMPLE_CHARS,
@@ -41,6 +49,7 @@ from mahavishnu_dlq.storage.base import (
     StoreStatistics,
     UnreadableRecords,
 )
+from mahavishnu_dlq.storage.oldest import check_oldest_limit, policy_value
 from mahavishnu_dlq.storage.opensearch_client import require_asyncio
 
 __all__ = [
@@ -228,6 +237,35 @@ class OpenSearchReads:
         if more and last_sort is not None:
             next_cursor = encode_cursor(-last_sort[0], last_sort[1])
         return TaskPage(page, next_cursor)
+
+    async def oldest(
+        self, status: DeadLetterStatus, *, limit: int, retry_policy: RetryPolicy | None = None
+    ) -> list[FailedTask]:
+        """See :mod:`mahavishnu_dlq.storage.oldest`: one search sorted by
+        ``failed_at_us`` ascending (more only when some hits cannot be read)."""
+        require_asyncio()
+        check_oldest_limit(limit)
+        clauses: list[dict[str, Any]] = [{"term": {"status": DeadLetterStatus(status).value}}]
+        if retry_policy is not None:
+            clauses.append({"term": {"retry_policy": policy_value(retry_policy)}})
+        body: dict[str, Any] = {
+            "query": {"bool": {"filter": clauses}},
+            "sort": [{"failed_at_us": "asc"}, {"task_id": "asc"}],
+            "track_total_hits": False,
+        }
+        await self._ensure_visible()
+        found: list[FailedTask] = []
+        while len(found) < limit:
+            body["size"] = limit - len(found)
+            hits = await self._search(body, "oldest")
+            for hit in hits:
+                task = self._unreadable.read(hit["_id"], hit["_source"])
+                if task is not None:
+                    found.append(task)
+            if len(hits) < body["size"]:
+                break
+            body["search_after"] = hits[-1]["sort"]
+        return found
 
     async def count(self, flt: TaskFilter | None = None) -> int:
         require_asyncio()

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from mahavishnu_dlq.clock import from_micros, to_micros
 from mahavishnu_dlq.jobs.model import TaskSummary
 from mahavishnu_dlq.models import (
+    DeadLetterStatus,
     FailedTask,
+    RetryPolicy,
     TaskFilter,
     TaskPage,
     decode_cursor,
@@ -46,6 +48,7 @@ from mahavishnu_dlq.storage.base import (
     StoreStatistics,
     UnreadableRecords,
 )
+from mahavishnu_dlq.storage.oldest import check_oldest_limit, policy_value
 
 __all__ = ["PAGE", "SQLiteReads", "read_groups", "read_histogram"]
 
@@ -278,6 +281,34 @@ class SQLiteReads:
             return int(row[0])
 
         result: int = await self._read(read)
+        return result
+
+    async def oldest(
+        self, status: DeadLetterStatus, *, limit: int, retry_policy: RetryPolicy | None = None
+    ) -> list[FailedTask]:
+        """See :mod:`mahavishnu_dlq.storage.oldest` (through the ``tasks_status`` index,
+        read backwards)."""
+        check_oldest_limit(limit)
+        sql = "SELECT task_id, doc FROM tasks WHERE status = ?"
+        values: list[Any] = [DeadLetterStatus(status).value]
+        if retry_policy is not None:
+            sql += " AND retry_policy = ?"
+            values.append(policy_value(retry_policy))
+        sql += " ORDER BY failed_at_us ASC, task_id ASC LIMIT ?"
+
+        def read(connection: sqlite3.Connection) -> list[FailedTask]:
+            found: list[FailedTask] = []
+            offset = 0
+            while len(found) < limit:  # more pages only when some rows cannot be read
+                fetch = limit - len(found)
+                rows = connection.execute(sql + " OFFSET ?", [*values, fetch, offset]).fetchall()
+                offset += len(rows)
+                found.extend(t for t in (self._decode(i, doc) for i, doc in rows) if t)
+                if len(rows) < fetch:
+                    break
+            return found
+
+        result: list[FailedTask] = await self._read(read)
         return result
 
     async def summarize(self, flt: TaskFilter, *, sample: int = 20) -> TaskSummary:

@@ -89,6 +89,7 @@ def test_example_yaml_lists_every_field() -> None:
     for group in (
         "processor",
         "jobs",
+        "retention",
         "policies",
         "classifier",
         "sqlite",
@@ -159,6 +160,7 @@ def test_the_settings_package_keeps_its_public_names() -> None:
         "PolicyOverrideSettings",
         "PolicySettings",
         "ProcessorSettings",
+        "RetentionSettings",
         "SQLiteSettings",
         "WebSettings",
         "WebToken",
