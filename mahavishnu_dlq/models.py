@@ -231,10 +231,12 @@ class FailedTask(BaseModel):
         return self
 
     def evolve(self, **changes: Any) -> FailedTask:
-        """A copy with ``changes`` applied (trusted values; no validation)."""
+        """A copy with ``changes`` applied (trusted values; no validation); the JSON of
+        ``task`` and ``metadata`` is kept when neither changes."""
         values = self.__dict__.copy()
         values.update(changes)
-        return FailedTask.trusted(values)
+        kept = None if "task" in changes or "metadata" in changes else self.payload_json()
+        return FailedTask.trusted(values, kept)
 
 
 #: Every record built by :meth:`FailedTask.trusted` has all fields set; they share

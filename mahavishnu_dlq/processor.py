@@ -74,13 +74,17 @@ class RetryProcessor:
         batch_size: int | None = None,
         lease_seconds: float | None = None,
         worker_id: str | None = None,
+        prefetch: int | None = None,
     ) -> None:
         concurrency = dlq.concurrency if concurrency is None else concurrency
+        prefetch = dlq.prefetch if prefetch is None else prefetch
         check_interval = dlq.retry_interval_seconds if check_interval is None else check_interval
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if check_interval <= 0:
             raise ValueError(f"check_interval must be > 0, got {check_interval}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.dlq = dlq
         self.concurrency = concurrency
         self.attempt_timeout = (
@@ -90,15 +94,21 @@ class RetryProcessor:
         self.batch_size = dlq.batch_size if batch_size is None else batch_size
         self.lease_seconds = lease_seconds or dlq.lease_seconds
         self.worker_id = worker_id or dlq.worker_id
+        self.prefetch = prefetch
+        #: tasks ``run`` holds at most: running, and claimed ahead for the next free slots
+        self.capacity = concurrency * prefetch
+        #: ``run`` claims again when it holds this many or fewer (its buffer is half empty)
+        self.low_water = concurrency + (self.capacity - concurrency) // 2
         self.running = False
         self.cycles = 0
         self._in_flight: dict[str, FailedTask] = {}
+        self._probes: set[str] = set()  # claimed as a half-open breaker's probes
         self._scope: anyio.CancelScope | None = None
         self._pool_scope: anyio.CancelScope | None = None
         self._wake: anyio.Event | None = None
         self._job_wake: anyio.Event | None = None
         #: runs the bulk jobs this processor takes (:mod:`mahavishnu_dlq.jobs`)
-        self.jobs = JobRunner(dlq, worker_id=self.worker_id)
+        self.jobs = JobRunner(dlq, worker_id=self.worker_id, retention=True)
         self._fatal: BaseException | None = None  # a handler's KeyboardInterrupt, SystemExit …
 
     # -- claiming -----------------------------------------------------------------
@@ -155,6 +165,8 @@ class RetryProcessor:
         for task in changed:
             if task.status is DeadLetterStatus.RETRYING and task.lease_owner == self.worker_id:
                 mine.append(task)
+                if task.workflow in gate.probes:
+                    self._probes.add(task.task_id)
             else:  # a stranded attempt that had no retry left
                 self.dlq.lifetime["lost"] += 1
                 self.dlq.lifetime["exhausted"] += 1
@@ -168,6 +180,11 @@ class RetryProcessor:
         slot.attempt += 1
         result: AttemptResult | None = None
         try:
+            if task.task_id not in self._probes and self.dlq.downstream.holds(task.workflow):
+                # its breaker opened (or its workflow was paused) while it waited for a
+                # slot: given back unattempted, claimed again once the gate lets it
+                await release(self.dlq, task, self.worker_id)
+                return
             result = await run_attempt(
                 self.dlq, task, owner=self.worker_id, timeout=self.attempt_timeout, slot=slot
             )
@@ -190,8 +207,9 @@ class RetryProcessor:
         finally:
             slot.task = None  # the watchdog leaves this slot alone from here on
             self._in_flight.pop(task.task_id, None)
-            if self._wake is not None:
-                self._wake.set()
+            self._probes.discard(task.task_id)
+            if self._wake is not None and len(self._in_flight) <= self.low_water:
+                self._wake.set()  # room for a claim worth its round trips
         if result is not None:
             await self._feed_breaker(task, result)
         if (
@@ -392,6 +410,7 @@ class RetryProcessor:
                     except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                         break
                     self._in_flight.pop(task.task_id, None)
+                    self._probes.discard(task.task_id)
                     await release(self.dlq, task, self.worker_id)
             send.close()
             receive.close()
@@ -400,11 +419,12 @@ class RetryProcessor:
     async def _loop(self, send: MemoryObjectSendStream[FailedTask]) -> None:
         while True:
             self._wake = anyio.Event()
-            free = self.concurrency - len(self._in_flight)
+            held = len(self._in_flight)
+            want = min(self.capacity - held, self.batch_size) if held <= self.low_water else 0
             claimed: list[FailedTask] = []
-            if free > 0:
+            if want > 0:
                 try:
-                    claimed = await self.claim(min(free, self.batch_size))
+                    claimed = await self.claim(want)
                 except Exception as exc:  # noqa: BLE001 - tried again after the interval
                     _log.warning(
                         "dlq.claim failed: %s: %s",
@@ -416,8 +436,8 @@ class RetryProcessor:
                     self._in_flight[task.task_id] = task
                     send.send_nowait(task)
             self.cycles += 1
-            if len(claimed) == free:
-                await self._wake.wait()  # saturated: go on when a slot frees
+            if want <= 0 or len(claimed) == want:
+                await self._wake.wait()  # saturated: go on when the buffer is half empty
                 continue
             await self._idle(took_any=bool(claimed))
 

@@ -123,6 +123,17 @@ class Downstream:
         await self.limiter.reserve(gate, wanted)
         return gate
 
+    def holds(self, workflow: str) -> bool:
+        """Whether a task of ``workflow`` claimed with its breaker closed must not start
+        now: its breaker, as this process last knew it, is open, half-open (only the
+        reserved probes run) or paused."""
+        breaker = self.known.get(workflow)
+        if breaker is None:
+            return False
+        if breaker.paused(self.dlq.clock.now()):
+            return True
+        return breaker.state is not BreakerState.CLOSED and self._applies(breaker)
+
     def wake_in(self) -> float | None:
         """Seconds until a held-back workflow may go on (a token, the end of a pause)."""
         now = self.dlq.clock.now()

@@ -70,11 +70,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Collection, Sequence
-from contextlib import suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from opensearchpy import AsyncOpenSearch, NotFoundError, RequestError
+from opensearchpy import AsyncOpenSearch
 from pydantic import SecretStr
 
 from mahavishnu_dlq.errors import ConfigurationError, StoreUnavailableError, TaskBusyError
@@ -92,7 +91,7 @@ from mahavishnu_dlq.storage.base import (
 )
 from mahavishnu_dlq.storage.opensearch_batch import BatchMutations
 from mahavishnu_dlq.storage.opensearch_claims import Claims
-from mahavishnu_dlq.storage.opensearch_client import Connection, error_info, require_asyncio
+from mahavishnu_dlq.storage.opensearch_client import Connection, refusal, require_asyncio
 from mahavishnu_dlq.storage.opensearch_controls import OpenSearchControlStore
 from mahavishnu_dlq.storage.opensearch_jobs import OpenSearchJobStore
 from mahavishnu_dlq.storage.opensearch_missing import missing_index
@@ -287,14 +286,12 @@ class OpenSearchStore(OpenSearchReads):
         with self._translated("open"):
             template = q.template_body(self._index, shards=self._shards, replicas=self._replicas)
             await indices.put_index_template(name=self._template, body=template)
-            try:
-                await indices.create(
-                    index=self._index,
-                    body=q.index_body(shards=self._shards, replicas=self._replicas),
-                )
-            except RequestError as exc:
-                if error_info(exc.info)[0] != "resource_already_exists_exception":
-                    raise
+            made = await indices.create(  # an index that exists (400) is no failure
+                index=self._index,
+                body=q.index_body(shards=self._shards, replicas=self._replicas),
+                ignore=(400,),
+            )
+            self._conn.created(made, "open")
             found = await indices.get_mapping(index=self._index)
             for name, entry in found.items():
                 conflicts, update = q.mapping_problems(entry.get("mappings") or {})
@@ -308,11 +305,8 @@ class OpenSearchStore(OpenSearchReads):
     async def _open_existing(self) -> None:
         """:meth:`open` for reading: check the index and its mapping, change nothing."""
         with self._translated("open"):
-            try:
-                found = await self._client.indices.get_mapping(index=self._index)
-            except NotFoundError:
-                found = None
-        if found is None:
+            found = await self._client.indices.get_mapping(index=self._index, ignore=(404,))
+        if refusal(found) is not None:
             raise await missing_index(self._conn, self._index)
         for name, entry in found.items():
             conflicts, update = q.mapping_problems(entry.get("mappings") or {})
@@ -351,10 +345,8 @@ class OpenSearchStore(OpenSearchReads):
         self._known.clear()
         self._unreadable.forget()
         with self._translated("drop"):
-            with suppress(NotFoundError):
-                await self._client.indices.delete(index=self._index)
-            with suppress(NotFoundError):
-                await self._client.indices.delete_index_template(name=self._template)
+            await self._client.indices.delete(index=self._index, ignore=(404,))
+            await self._client.indices.delete_index_template(name=self._template, ignore=(404,))
         await self.jobs.drop()
         await self.controls.drop()
 
@@ -376,18 +368,19 @@ class OpenSearchStore(OpenSearchReads):
 
     async def _mutate(self, task_id: str, doc_id: str, fn: Mutation) -> FailedTask:
         known = self._known.take(doc_id)
+        record: FailedTask | None = None  # our last write, decoded: no parsing needed
         if known is None:
             created = await self._create_if_absent(task_id, doc_id, fn)
             if created is not None:
                 return created
             source, version = await self._conn.read(doc_id)
         else:
-            source, version = json.loads(known[0].text), known[1]
+            record, version = known[0].record, known[1]
+            source = None if record is not None else json.loads(known[0].text)
         cached = known is not None
         for _ in range(self._conflict_retries):
-            current = (
-                None if source is None else self._unreadable.read_or_raise(task_id, doc_id, source)
-            )
+            current = record if record is not None else self._current(task_id, doc_id, source)
+            record = None
             try:
                 new = fn(current)
             except Exception:
@@ -395,12 +388,7 @@ class OpenSearchStore(OpenSearchReads):
                     raise
                 cached = False  # judged on our last write: ask the index before refusing
                 source, version = await self._conn.read(doc_id)
-                current = (
-                    None
-                    if source is None
-                    else self._unreadable.read_or_raise(task_id, doc_id, source)
-                )
-                new = fn(current)
+                new = fn(self._current(task_id, doc_id, source))
             cached = False
             if new.task_id != task_id:
                 raise ValueError(f"a mutation of {task_id!r} returned task {new.task_id!r}")

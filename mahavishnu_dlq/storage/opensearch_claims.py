@@ -39,8 +39,9 @@ from one index and no task is claimed twice while its lease holds.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +61,31 @@ Search = Callable[[dict[str, Any], str], Awaitable[list[dict[str, Any]]]]
 _log = library_logger("mahavishnu_dlq.storage.opensearch")  # the store's log
 
 _MAX_PAGE = 10_000  # index.max_result_window
+_MAX_SPREAD = 8  # a claim searches at most this many times the tasks it needs
 _OK = frozenset({200, 201})
+
+
+@dataclass(eq=False)
+class Contention:
+    """How much this store's claims collide with other processes' claims.
+
+    While none are lost, a claim searches exactly the tasks it still needs, oldest
+    due first. Claims lost to another process double ``spread`` (at most
+    :data:`_MAX_SPREAD`): the next claim searches ``spread`` times as many and takes
+    them in a random order, so processes claiming at the same moment mostly take
+    different tasks of the oldest due. A claim that loses none narrows it again by one.
+    """
+
+    spread: int = 1
+    lost: int = 0  # claims lost to another process, in all
+    lost_last: int = 0  # … in the last bulk of claims
+
+    def settle(self, lost: int) -> None:
+        self.lost += lost
+        if lost:
+            self.spread = min(2 * self.spread, _MAX_SPREAD)
+        elif self.spread > 1:
+            self.spread -= 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,7 @@ class Claims:
     known: LastWrites
     unreadable: UnreadableRecords
     item_error: Callable[[Item, str], DLQError]
+    contention: Contention = field(default_factory=Contention)
 
     async def claim_due(
         self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()
@@ -91,17 +117,27 @@ class Claims:
             "seq_no_primary_term": True,
             "track_total_hits": False,
         }
+        contention = self.contention
+        spread = contention.spread
+        lost = 0
         while len(claimed) < limit:
-            body["size"] = min(2 * (limit - len(claimed)), _MAX_PAGE)
+            # what the batch still needs; a wider window while claims collide
+            body["size"] = min((limit - len(claimed)) * spread, _MAX_PAGE)
             hits = await self.search(body, "claim_due")
+            order = hits
+            if spread > 1:  # each process takes its own random part of the oldest due
+                order = random.sample(hits, len(hits))
             start = 0
-            while start < len(hits) and len(claimed) < limit:
-                chunk = hits[start : start + limit - len(claimed)]
+            while start < len(order) and len(claimed) < limit:
+                chunk = order[start : start + limit - len(claimed)]
                 start += len(chunk)
-                claimed.extend(await self._claim(chunk, fn))
+                won = await self._claim(chunk, fn)
+                lost += contention.lost_last
+                claimed.extend(won)
             if len(hits) < body["size"]:
                 break
             body["search_after"] = hits[-1]["sort"]
+        contention.settle(lost)
         return claimed
 
     def _plan(
@@ -131,6 +167,7 @@ class Claims:
 
     async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
         """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
+        self.contention.lost_last = 0
         planned, entries = self._plan(hits, fn)
         if not entries:
             return []
@@ -151,6 +188,7 @@ class Claims:
             ours = await self.writer.written([entries[i] for i in lost], "get")
             for i, mine in zip(lost, ours, strict=True):
                 won[i] = planned[i][0] if mine else None
+            self.contention.lost_last = len(lost) - sum(ours)
         result = [task for task in won if task is not None]
         if failures:
             if not result:

@@ -301,8 +301,9 @@ def document_json(task: FailedTask, write_id: str) -> str:
         "write_id": write_id,
     }
     known = task.payload_json()
-    if known is None:
+    if known is None:  # kept: the next version of this record writes them as they are
         known = encode_json(v["task"]), encode_json(v["metadata"])
+        task.keep_payload_json(known)
     return f'{encode_json(doc)[:-1]},"task":{known[0]},"metadata":{known[1]}}}'
 
 

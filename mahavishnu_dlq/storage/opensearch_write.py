@@ -100,6 +100,8 @@ class Doc(NamedTuple):
     text: str
     write_id: str
     size: int
+    #: the record it encodes (what a later mutation of our own last write starts from)
+    record: FailedTask | None = None
 
 
 #: One bulk item: the action line and the document (None for deletes).
@@ -200,7 +202,7 @@ class BulkWriter:
                 setting="opensearch.bulk_max_bytes",
                 what="stored record",
             )
-        return Doc(text, write_id, size)
+        return Doc(text, write_id, size, task)
 
     # -- writing ---------------------------------------------------------------------------
 
