@@ -460,8 +460,8 @@ def _count(
             life["exhausted"] += 1
             telemetry.count("exhausted", stored)
             dlq.alerts.record_exhausted()  # the hooks run after the attempt (async)
-    if _log.isEnabledFor(logging.INFO):
-        level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
+    level = logging.WARNING if stored.status is DeadLetterStatus.EXHAUSTED else logging.INFO
+    if _log.isEnabledFor(level):  # an exhausted task is told at the default WARNING level too
         extra = {
             "action": "dlq.retry",
             "task_id": task.task_id,

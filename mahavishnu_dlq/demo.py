@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 
+from mahavishnu_dlq.downstream.breaker import BreakerBook, BreakerPolicy
 from mahavishnu_dlq.models import DeadLetterStatus, FailedTask
 from mahavishnu_dlq.policy import PolicyBook, PolicyParams
 from mahavishnu_dlq.queue import DeadLetterQueue
@@ -201,6 +202,9 @@ def build_queue(
         attempt_timeout_seconds=2.0,
         lease_seconds=30.0,
         retry_interval_seconds=0.2,
+        # no circuit breaker: a workflow that always fails (charge_card) would open its
+        # breaker and hold its scheduled retries past the demo's time limit
+        breakers=BreakerBook(default=BreakerPolicy(enabled=False)),
         **extra,
     )
 

@@ -223,3 +223,12 @@ def test_cli_without_the_extra_says_which_to_install() -> None:
     assert proc.stderr.strip() == (
         "the CLI needs the 'cli' extra: pip install 'mahavishnu-dlq[cli]'"
     )
+
+
+async def test_the_default_demo_ends_before_its_time_limit() -> None:
+    """The README's first command: 60 runs, whose always-failing workflow would open a
+    circuit breaker and hold its retries past the limit if the demo had one."""
+    result = await run_demo(seed=SEED)
+    assert not result.timed_out
+    assert result.counts["executed"] == 60
+    assert any(record.status.value == "exhausted" for record in result.records)

@@ -63,3 +63,27 @@ async def test_actions_are_logged_with_stable_names_and_without_payloads(
         assert SECRET not in repr(record.__dict__)
         if getattr(record, "task_id", None) is not None:
             assert record.task_id.startswith("t")  # type: ignore[attr-defined]
+
+
+async def test_an_exhausted_retry_warns_at_the_default_warning_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dlq = DeadLetterQueue(MemoryStore(), clock=FakeClock())
+
+    async def handler(task: dict[str, Any], repos: list[str]) -> None:
+        raise ConnectionError("still down")
+
+    dlq.register_handler("pay", handler)
+    with caplog.at_level(logging.WARNING, logger="mahavishnu_dlq"):
+        for n in range(2):
+            await dlq.enqueue(
+                f"t{n}",
+                {},
+                error=ConnectionError("reset"),
+                workflow="pay",
+                retry_policy="immediate",
+                max_retries=1 + n,
+            )
+        await RetryProcessor(dlq).run_once()  # t0 is exhausted, t1 has a retry left
+    retries = [r for r in caplog.records if getattr(r, "action", None) == "dlq.retry"]
+    assert [(r.task_id, r.levelno) for r in retries] == [("t0", logging.WARNING)]  # type: ignore[attr-defined]
