@@ -488,17 +488,29 @@ class RetryProcessor:
         interval = max(0.05, self.lease_seconds / 3)
         while True:
             await anyio.sleep(interval)
-            now = self.dlq.clock.now()
-            for task_id in list(self._in_flight):
-                try:
-                    await self.dlq.traced_store.mutate(task_id, partial(self._renew, task_id, now))
-                except Exception as exc:  # noqa: BLE001 - the attempt goes on; so does renewal
-                    _log.warning(
-                        "dlq.renew %s failed: %s",
-                        task_id,
-                        exc,
-                        extra={"action": "dlq.renew", "task_id": task_id, "outcome": "failed"},
-                    )
+            await self._renew_held()
+
+    async def _renew_held(self) -> None:
+        """Renew the lease of every task this processor holds (running or waiting for a
+        slot), in one batch. A task that finished meanwhile needs none: its refusal is
+        not a failure."""
+        now = self.dlq.clock.now()
+        held = list(self._in_flight)
+        if not held:
+            return
+        items = [(task_id, partial(self._renew, task_id, now)) for task_id in held]
+        try:
+            results: list[FailedTask | Exception] = await self.dlq.traced_store.mutate_many(items)
+        except Exception as exc:  # noqa: BLE001 - the attempts go on; so does renewal
+            results = [exc] * len(held)
+        for task_id, result in zip(held, results, strict=True):
+            if isinstance(result, Exception) and task_id in self._in_flight:
+                _log.warning(
+                    "dlq.renew %s failed: %s",
+                    task_id,
+                    result,
+                    extra={"action": "dlq.renew", "task_id": task_id, "outcome": "failed"},
+                )
 
     def _renew(self, task_id: str, now: datetime, current: FailedTask | None) -> FailedTask:
         return lifecycle.renew(

@@ -3,7 +3,7 @@ reading back, a recording handler (the fixtures are in ``conftest``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,13 @@ class WatchedStore(MemoryStore):
         stored = await super().mutate(task_id, fn)
         self._notify()
         return stored
+
+    async def mutate_many(
+        self, items: Sequence[tuple[str, Mutation]]
+    ) -> list[FailedTask | Exception]:
+        results = await super().mutate_many(items)
+        self._notify()
+        return results
 
     async def claim_due(
         self, now: datetime, limit: int, fn: Mutation, *, skip_workflows: Collection[str] = ()

@@ -6,6 +6,7 @@ processor settle after each step: no timing is involved.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -137,3 +138,36 @@ async def test_tasks_waiting_for_a_slot_are_given_back_when_their_breaker_opens(
     assert [t.status.value for t in waited] == ["pending"] * 3
     assert all(t.retry_count == 0 for t in waited)  # given back unattempted
     assert all(a.outcome.value == "cancelled" for t in waited for a in t.attempts)
+
+
+async def test_lease_renewal_is_one_batch_and_quiet_about_tasks_that_left_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = CountedClaims()
+    dlq, _ = await _queue(store, 2, concurrency=2, lease_seconds=60)
+    processor = RetryProcessor(dlq, check_interval=3600)
+    held = await processor.claim(2)
+    for task in held:
+        processor._in_flight[task.task_id] = task
+    await store.delete("t001")  # gone from the store while this processor holds it
+    batches: list[int] = []
+    original = store.mutate_many
+
+    async def finishing_meanwhile(items: Any) -> list[FailedTask | Exception]:
+        batches.append(len(items))
+        if len(batches) == 2:
+            processor._in_flight.pop("t001")  # its attempt ended while renewal ran
+        return await original(items)
+
+    store.mutate_many = finishing_meanwhile  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="mahavishnu_dlq"):
+        await processor._renew_held()  # t001 still held here: a real failure, said once
+        await processor._renew_held()  # t001 left meanwhile: nothing to say
+    assert batches == [2, 2]  # one batch per pass, not a write per task
+    warned = [r for r in caplog.records if getattr(r, "action", None) == "dlq.renew"]
+    assert [r.task_id for r in warned] == ["t001"]  # type: ignore[attr-defined]
+    renewed = await store.get("t000")
+    assert renewed is not None
+    assert renewed.lease_owner == processor.worker_id
+    assert renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > held[0].lease_expires_at  # type: ignore[operator]
