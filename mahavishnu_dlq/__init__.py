@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from mahavishnu_dlq.policy import Jitter, PolicyBook, PolicyParams
     from mahavishnu_dlq.processor import RetryProcessor
     from mahavishnu_dlq.queue import DeadLetterQueue
+    from mahavishnu_dlq.retention import Retention
     from mahavishnu_dlq.settings import DLQSettings
     from mahavishnu_dlq.storage import (
         FailoverStore,
@@ -105,6 +106,7 @@ __all__ = [
     "PolicyParams",
     "QueueFullError",
     "ReplayReport",
+    "Retention",
     "RetryAfter",
     "RetryPolicy",
     "RetryProcessor",
@@ -178,6 +180,7 @@ _MODULE_OF: dict[str, str] = {
     "PolicyBook": "policy",
     "PolicyParams": "policy",
     "RetryProcessor": "processor",
+    "Retention": "retention",
     "__version__": "_version",  # written there alone (the build reads it too)
     **dict.fromkeys(_ERRORS, "errors"),
     **dict.fromkeys(_MODELS, "models"),
