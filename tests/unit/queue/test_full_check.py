@@ -156,7 +156,7 @@ async def test_make_room_archives_in_batches_and_logs_one_info_line_each(
         task = make_task(task_id=f"old-{n:03}", status="exhausted", next_retry_at=None)
         await store.mutate(task.task_id, _put(task))
     dlq = DeadLetterQueue(store, max_size=200, on_full="archive_oldest", clock=clock)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="mahavishnu_dlq")  # the CLI tests raise it in-process
     for n in range(4):
         await dlq.enqueue(f"new-{n}", {"n": n}, error="boom")
     batches = [r for r in caplog.records if getattr(r, "action", None) == "dlq.make_room"]
