@@ -3,10 +3,13 @@
 ``run()`` keeps up to ``concurrency`` attempts in flight: it claims due tasks
 from the store (a lease each), runs their handlers with a per-attempt timeout
 (:mod:`mahavishnu_dlq.attempt`), and records the outcome through the state
-machine. It wakes when a task falls due, when a slot frees, when new work is
-enqueued, or every ``check_interval``. Leases of long attempts are renewed;
-stopping (or cancelling) the processor releases in-flight attempts back to
-PENDING in shielded cleanup.
+machine. It holds up to ``concurrency`` times ``prefetch`` claimed tasks (running, and
+waiting for a slot) so that one claim serves many attempts, and claims again when
+half of the waiting ones have started; a waiting task whose breaker opened
+meanwhile is given back unattempted. It wakes when a task falls due, when its
+buffer is half empty, when new work is enqueued, or every ``check_interval``.
+Leases of the held tasks are renewed in one batch; stopping (or cancelling) the
+processor releases in-flight attempts back to PENDING in shielded cleanup.
 
 It never dies of an error of the store or of one record: a failed claim, lease
 renewal, statistics read or recording of an outcome is logged and tried again
