@@ -406,8 +406,7 @@ class Capture:
         items = [(record.task_id, into(index, record)) for index, record in records]
         tracer = dlq.telemetry.tracer()
         reserved = min(room, len(items))  # counted until stored, like enqueue's
-        for _ in range(reserved):
-            estimate.reserve()
+        estimate.reserve(reserved)
         try:
             if tracer is None:
                 outcomes = await dlq.store.mutate_many(items)
@@ -416,8 +415,7 @@ class Capture:
                 with tracer.start_as_current_span("dlq.enqueue_many", attributes=attributes):
                     outcomes = await dlq.traced_store.mutate_many(items)
         finally:
-            for _ in range(reserved):
-                estimate.release()
+            estimate.release(reserved)
         wake = False
         for (index, _), outcome in zip(records, outcomes, strict=True):
             if isinstance(outcome, DLQError):

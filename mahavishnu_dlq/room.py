@@ -187,13 +187,13 @@ class Room:
             asking.set()
         return self._seen + self._reserved
 
-    def reserve(self) -> None:
-        """An enqueue passed the check: counted until its store call returns."""
-        self._reserved += 1
+    def reserve(self, count: int = 1) -> None:
+        """``count`` enqueues passed the check: counted until their store call returns."""
+        self._reserved += count
 
-    def release(self) -> None:
-        """The store call of a reserved enqueue returned (see :meth:`added`)."""
-        self._reserved -= 1
+    def release(self, count: int = 1) -> None:
+        """The store call of ``count`` reserved enqueues returned (see :meth:`added`)."""
+        self._reserved -= count
 
     def added(self, count: int = 1) -> None:
         """This queue stored ``count`` new open tasks."""

@@ -78,7 +78,6 @@ class Contention:
 
     spread: int = 1
     lost: int = 0  # claims lost to another process, in all
-    lost_last: int = 0  # … in the last bulk of claims
 
     def settle(self, lost: int) -> None:
         self.lost += lost
@@ -131,8 +130,8 @@ class Claims:
             while start < len(order) and len(claimed) < limit:
                 chunk = order[start : start + limit - len(claimed)]
                 start += len(chunk)
-                won = await self._claim(chunk, fn)
-                lost += contention.lost_last
+                won, lost_now = await self._claim(chunk, fn)
+                lost += lost_now
                 claimed.extend(won)
             if len(hits) < body["size"]:
                 break
@@ -165,15 +164,18 @@ class Claims:
             planned.append((new, doc))
         return planned, entries
 
-    async def _claim(self, hits: list[dict[str, Any]], fn: Mutation) -> list[FailedTask]:
-        """Apply ``fn`` to each hit and write the results conditionally, in one bulk."""
-        self.contention.lost_last = 0
+    async def _claim(
+        self, hits: list[dict[str, Any]], fn: Mutation
+    ) -> tuple[list[FailedTask], int]:
+        """Apply ``fn`` to each hit and write the results conditionally, in one bulk: the
+        claims won, and how many other processes took first."""
         planned, entries = self._plan(hits, fn)
         if not entries:
-            return []
+            return [], 0
         items = await self.writer.write(entries, "claim_due")
         won: list[FailedTask | None] = [None] * len(planned)
         lost: list[int] = []
+        taken_by_others = 0
         failures: list[DLQError] = []
         for i, item in enumerate(items):
             if item["status"] in _OK:
@@ -188,7 +190,7 @@ class Claims:
             ours = await self.writer.written([entries[i] for i in lost], "get")
             for i, mine in zip(lost, ours, strict=True):
                 won[i] = planned[i][0] if mine else None
-            self.contention.lost_last = len(lost) - sum(ours)
+            taken_by_others = len(lost) - sum(ours)
         result = [task for task in won if task is not None]
         if failures:
             if not result:
@@ -199,7 +201,7 @@ class Claims:
                 failures[0],
                 extra={"action": "dlq.claim", "outcome": "not_written", "count": len(failures)},
             )
-        return result
+        return result, taken_by_others
 
     async def next_due_at(self) -> datetime | None:
         """The earliest ``due_us`` in the index (it may be past), or None when no task is due
